@@ -1,0 +1,48 @@
+//! # spore-core
+//!
+//! The protocol core of spore, written sans-IO: every protocol is a deterministic state machine
+//! that takes inputs (messages, connection events, the current time) and produces outputs
+//! (messages to send, events, the next timeout). No sockets, no clocks, no global RNG, no async
+//! runtime. The runtime (`spore-net`) drives it over QUIC; the simulator (`spore-sim`) drives the
+//! very same code over a modelled network.
+//!
+//! ```
+//! use spore_core::identity::Keypair;
+//! use spore_core::node::{Config, ConnectionEvent, Direction, Event, Node};
+//! use spore_core::pow::{Difficulty, Stamp};
+//! use spore_core::time::Instant;
+//!
+//! let config = Config { difficulty: Difficulty(8), ..Config::default() };
+//! let make = |seed: u8| {
+//!     let key = Keypair::from_secret_bytes([seed; 32]);
+//!     let stamp = Stamp::mint(&key.peer_id(), config.difficulty);
+//!     Node::new(key, stamp, config.clone(), [seed; 32], Instant::ZERO).unwrap()
+//! };
+//! let (mut a, mut b) = (make(1), make(2));
+//! let addr = "127.0.0.1:4000".parse().unwrap();
+//! let now = Instant::ZERO;
+//!
+//! // The transport reports an authenticated connection on both sides...
+//! a.handle_connection_event(now, ConnectionEvent::Connected { peer: b.peer_id(), addr, direction: Direction::Outbound });
+//! b.handle_connection_event(now, ConnectionEvent::Connected { peer: a.peer_id(), addr, direction: Direction::Inbound });
+//! // ...and the driver carries each node's transmits to the other.
+//! while let Some(t) = a.poll_transmit() { b.handle_message(now, a.peer_id(), t.message); }
+//! while let Some(t) = b.poll_transmit() { a.handle_message(now, b.peer_id(), t.message); }
+//!
+//! assert!(matches!(a.poll_event(), Some(Event::PeerReady { .. })));
+//! assert!(matches!(b.poll_event(), Some(Event::PeerReady { .. })));
+//! ```
+//!
+//! Modules: [`identity`] (keys, [`PeerId`](identity::PeerId), signatures), [`pow`] (the id
+//! stamp), [`wire`] (frames and messages), [`node`] (the composed state machine and the
+//! [`Protocol`](node::Protocol) trait), [`ping`] (the first protocol), [`time`].
+
+pub mod identity;
+pub mod node;
+pub mod ping;
+pub mod pow;
+pub mod time;
+pub mod wire;
+
+pub use identity::{Keypair, PeerId};
+pub use node::Node;

@@ -1,0 +1,538 @@
+//! The sans-IO [`Node`]: one identity, its connections' handshake state, and its sub-protocols.
+//!
+//! # The contract
+//!
+//! A driver (the runtime in `spore-net`, or the simulator) owns a `Node` and:
+//!
+//! 1. feeds it inputs, each stamped with the current [`Instant`]:
+//!    [`handle_connection_event`](Node::handle_connection_event) when a connection opens or
+//!    closes, [`handle_message`](Node::handle_message) for every message decoded from a peer,
+//!    [`handle_timeout`](Node::handle_timeout) when [`poll_timeout`](Node::poll_timeout) is
+//!    reached, and local commands such as [`ping`](Node::ping);
+//! 2. after **every** input, drains [`poll_transmit`](Node::poll_transmit) (messages to send) and
+//!    [`poll_event`](Node::poll_event) (what happened, including requests to close a
+//!    connection), then asks [`poll_timeout`](Node::poll_timeout) for the next wake-up.
+//!
+//! The node never reads a clock or an OS RNG: time arrives as a parameter, and randomness comes
+//! from a ChaCha20 RNG seeded by the driver. The same seed and the same inputs give the same
+//! outputs, bit for bit; the simulator depends on it. Maps that decide behaviour are `BTreeMap`s,
+//! so iteration order is deterministic too.
+//!
+//! # Adding a protocol
+//!
+//! Write a module with a `Message` type, a `Config` and a state machine implementing
+//! [`Protocol`]; add one variant to [`Message`](crate::wire::Message) and one field here, and
+//! route its variant in [`Node::handle_message`] and list it in `Node::protocols` and
+//! `Node::for_each_protocol`.
+
+mod protocol;
+
+pub use protocol::{Context, PeerEvent, Protocol, Transmit};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::identity::{Keypair, PeerId};
+use crate::ping::{self, Ping, PingError};
+use crate::pow::{Difficulty, Stamp};
+use crate::time::Instant;
+use crate::wire::{Capabilities, Hello, MAX_LISTEN_ADDRS, Message};
+
+use protocol::Outputs;
+
+/// The application protocol version carried in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Node-wide settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proof-of-work difficulty required of every peer's id (a network parameter).
+    pub difficulty: Difficulty,
+    /// Roles this node offers.
+    pub capabilities: Capabilities,
+    /// Addresses this node listens on, announced in `Hello`.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// A peer that has not sent a valid `Hello` this long after connecting is disconnected.
+    pub hello_timeout: Duration,
+    /// Most connected peers (ready or handshaking); further connections are closed.
+    pub max_peers: usize,
+    /// Bound on each output queue between two drains.
+    pub max_queued_outputs: usize,
+    /// Software name sent in `Hello`.
+    pub agent: String,
+    /// Ping settings.
+    pub ping: ping::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            difficulty: Difficulty::DEFAULT,
+            capabilities: Capabilities::empty(),
+            listen_addrs: Vec::new(),
+            hello_timeout: Duration::from_secs(10),
+            max_peers: 1024,
+            max_queued_outputs: 65_536,
+            agent: concat!("spore/", env!("CARGO_PKG_VERSION")).to_string(),
+            ping: ping::Config::default(),
+        }
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// We dialed.
+    Outbound,
+    /// They dialed.
+    Inbound,
+}
+
+/// A connection opened or closed; reported by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// An authenticated connection to `peer` is up (the transport has verified its key).
+    Connected {
+        /// The peer, as authenticated by the transport.
+        peer: PeerId,
+        /// The address the connection comes from (our view of the peer's address).
+        addr: SocketAddr,
+        /// Who dialed.
+        direction: Direction,
+    },
+    /// The connection to `peer` closed.
+    Closed {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// What the node reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A peer's `Hello` verified: it is ready for protocol messages.
+    PeerReady {
+        /// The peer.
+        peer: PeerId,
+        /// What it told us about itself.
+        info: PeerInfo,
+    },
+    /// A ready peer went away.
+    PeerGone {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The driver must close the connection to `peer`.
+    Close {
+        /// The peer.
+        peer: PeerId,
+        /// Why; sent to the peer in the close frame.
+        reason: CloseReason,
+    },
+    /// A ping result.
+    Ping(ping::Event),
+}
+
+impl From<ping::Event> for Event {
+    fn from(e: ping::Event) -> Self {
+        Event::Ping(e)
+    }
+}
+
+/// Why the node asks for a connection to be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer broke the protocol (e.g. a message before `Hello`, a second `Hello`).
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The peer's `Hello` was unacceptable (version, stamp).
+    #[error("bad hello: {0}")]
+    BadHello(String),
+    /// No `Hello` in time.
+    #[error("no hello within the handshake timeout")]
+    HelloTimeout,
+    /// This node is at its peer limit.
+    #[error("too many peers")]
+    TooManyPeers,
+}
+
+/// What a node knows about a connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its address as this node sees it.
+    pub addr: SocketAddr,
+    /// Who dialed.
+    pub direction: Direction,
+    /// When the connection came up.
+    pub connected_at: Instant,
+    /// Addresses it listens on (from its `Hello`).
+    pub listen_addrs: Vec<SocketAddr>,
+    /// The address at which it sees *us* (from its `Hello`).
+    pub observed_us: Option<SocketAddr>,
+    /// Its roles.
+    pub capabilities: Capabilities,
+    /// Its software.
+    pub agent: String,
+    /// Whether its `Hello` has been verified.
+    pub ready: bool,
+    /// Last measured round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    info: PeerInfo,
+    hello_deadline: Option<Instant>,
+}
+
+/// Counters of things the node noticed and discarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Messages from peers with no open connection (a driver race; harmless).
+    pub messages_from_unknown: u64,
+    /// Outputs dropped because a queue was at its bound.
+    pub outputs_dropped: u64,
+    /// Connections closed for a protocol violation or bad hello.
+    pub violations: u64,
+}
+
+/// A spore node's protocol core. See the [module docs](self) for the driving contract.
+pub struct Node {
+    keypair: Keypair,
+    stamp: Stamp,
+    config: Config,
+    rng: ChaCha20Rng,
+    now: Instant,
+    peers: BTreeMap<PeerId, Peer>,
+    out: Outputs,
+    stats: Stats,
+    ping: Ping,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.keypair.peer_id())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with identity `keypair`, whose `stamp` must meet `config.difficulty`, and whose
+    /// randomness comes from `rng_seed`.
+    pub fn new(
+        keypair: Keypair,
+        stamp: Stamp,
+        config: Config,
+        rng_seed: [u8; 32],
+        now: Instant,
+    ) -> Result<Self, crate::pow::StampError> {
+        stamp.verify(&keypair.peer_id(), config.difficulty)?;
+        let ping = Ping::new(config.ping.clone());
+        let out = Outputs::new(config.max_queued_outputs);
+        Ok(Self {
+            keypair,
+            stamp,
+            rng: ChaCha20Rng::from_seed(rng_seed),
+            now,
+            peers: BTreeMap::new(),
+            out,
+            stats: Stats::default(),
+            ping,
+            config,
+        })
+    }
+
+    /// This node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.keypair.peer_id()
+    }
+
+    /// This node's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the announced listen addresses (e.g. once the socket is bound).
+    pub fn set_listen_addrs(&mut self, mut addrs: Vec<SocketAddr>) {
+        addrs.truncate(MAX_LISTEN_ADDRS);
+        self.config.listen_addrs = addrs;
+    }
+
+    /// Connected peers, handshaking ones included, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = PeerInfo> + '_ {
+        self.peers.values().map(|p| {
+            let mut info = p.info.clone();
+            info.rtt = self.ping.rtt(&info.peer);
+            info
+        })
+    }
+
+    /// One connected peer.
+    pub fn peer(&self, id: &PeerId) -> Option<PeerInfo> {
+        self.peers.get(id).map(|p| {
+            let mut info = p.info.clone();
+            info.rtt = self.ping.rtt(id);
+            info
+        })
+    }
+
+    /// Counters of discarded inputs and outputs.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            outputs_dropped: self.out.dropped,
+            ..self.stats
+        }
+    }
+
+    /// Input: a connection opened or closed.
+    pub fn handle_connection_event(&mut self, now: Instant, event: ConnectionEvent) {
+        self.advance(now);
+        match event {
+            ConnectionEvent::Connected {
+                peer,
+                addr,
+                direction,
+            } => {
+                if self.peers.contains_key(&peer) {
+                    // The driver keeps one connection per peer; a second Connected means it
+                    // replaced the connection. Start the handshake afresh.
+                    self.remove_peer(peer);
+                } else if self.peers.len() >= self.config.max_peers {
+                    self.out.push_event(Event::Close {
+                        peer,
+                        reason: CloseReason::TooManyPeers,
+                    });
+                    return;
+                }
+                let info = PeerInfo {
+                    peer,
+                    addr,
+                    direction,
+                    connected_at: now,
+                    listen_addrs: Vec::new(),
+                    observed_us: None,
+                    capabilities: Capabilities::empty(),
+                    agent: String::new(),
+                    ready: false,
+                    rtt: None,
+                };
+                let hello_deadline = Some(now + self.config.hello_timeout);
+                self.peers.insert(
+                    peer,
+                    Peer {
+                        info,
+                        hello_deadline,
+                    },
+                );
+                let hello = Hello {
+                    versions: vec![PROTOCOL_VERSION],
+                    capabilities: self.config.capabilities,
+                    listen_addrs: self.config.listen_addrs.clone(),
+                    observed_addr: addr,
+                    stamp: self.stamp,
+                    agent: self.config.agent.clone(),
+                };
+                self.send(peer, Message::Hello(hello));
+            }
+            ConnectionEvent::Closed { peer } => self.remove_peer(peer),
+        }
+    }
+
+    /// Input: a message decoded from `from`'s connection.
+    pub fn handle_message(&mut self, now: Instant, from: PeerId, msg: Message) {
+        self.advance(now);
+        let Some(peer) = self.peers.get_mut(&from) else {
+            self.stats.messages_from_unknown += 1;
+            return;
+        };
+        let ready = peer.info.ready;
+        match msg {
+            Message::Hello(hello) if !ready => self.handle_hello(from, hello),
+            Message::Hello(_) => self.violation(from, "second hello"),
+            other if !ready => {
+                let what = format!("{} before hello", other.kind());
+                self.violation(from, &what);
+            }
+            Message::Ping(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.ping.handle_message(&mut cx, from, m);
+            }
+        }
+    }
+
+    /// Input: the time returned by [`poll_timeout`](Self::poll_timeout) has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let expired: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.hello_deadline.is_some_and(|d| d <= now))
+            .map(|p| p.info.peer)
+            .collect();
+        for peer in expired {
+            self.remove_peer(peer);
+            self.out.push_event(Event::Close {
+                peer,
+                reason: CloseReason::HelloTimeout,
+            });
+        }
+        self.for_each_protocol(|p, cx| {
+            if p.poll_timeout().is_some_and(|t| t <= cx.now) {
+                p.handle_timeout(cx);
+            }
+        });
+    }
+
+    /// Command: ping `peer` now. The answer arrives as [`Event::Ping`].
+    pub fn ping(&mut self, now: Instant, peer: PeerId) -> Result<u64, PingError> {
+        self.advance(now);
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        self.ping.ping(&mut cx, peer)
+    }
+
+    /// Output: the next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    /// Output: the next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    /// Output: when to call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let hello = self.peers.values().filter_map(|p| p.hello_deadline).min();
+        let protocols = self
+            .protocols()
+            .into_iter()
+            .filter_map(|p| p.poll_timeout());
+        hello.into_iter().chain(protocols).min()
+    }
+
+    fn advance(&mut self, now: Instant) {
+        // Time never runs backwards inside the node, whatever the driver does.
+        self.now = self.now.max(now);
+    }
+
+    fn send(&mut self, to: PeerId, message: Message) {
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        cx.send(to, message);
+    }
+
+    fn handle_hello(&mut self, from: PeerId, hello: Hello) {
+        if !hello.versions.contains(&PROTOCOL_VERSION) {
+            let reason = format!(
+                "no common protocol version (they speak {:?}, we speak {PROTOCOL_VERSION})",
+                hello.versions
+            );
+            return self.reject(from, CloseReason::BadHello(reason));
+        }
+        if let Err(e) = hello.stamp.verify(&from, self.config.difficulty) {
+            return self.reject(from, CloseReason::BadHello(e.to_string()));
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.hello_deadline = None;
+        let info = &mut peer.info;
+        info.ready = true;
+        info.listen_addrs = hello.listen_addrs;
+        info.observed_us = Some(hello.observed_addr);
+        info.capabilities = hello.capabilities;
+        info.agent = hello.agent;
+        let info = info.clone();
+        let event = PeerEvent::Ready {
+            peer: from,
+            addr: info.addr,
+            capabilities: info.capabilities,
+        };
+        self.out.push_event(Event::PeerReady { peer: from, info });
+        self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+    }
+
+    fn violation(&mut self, from: PeerId, what: &str) {
+        self.reject(from, CloseReason::Violation(what.to_string()));
+    }
+
+    fn reject(&mut self, peer: PeerId, reason: CloseReason) {
+        self.stats.violations += 1;
+        self.remove_peer(peer);
+        self.out.push_event(Event::Close { peer, reason });
+    }
+
+    fn remove_peer(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if p.info.ready {
+            self.out.push_event(Event::PeerGone { peer });
+            let event = PeerEvent::Gone { peer };
+            self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+        }
+    }
+
+    /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
+    /// are the two places that list them.
+    fn protocols(&self) -> [&dyn AnyProtocol; 1] {
+        [&self.ping]
+    }
+
+    /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
+    fn for_each_protocol(&mut self, mut f: impl FnMut(&mut dyn AnyProtocol, &mut Context<'_>)) {
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        f(&mut self.ping, &mut cx);
+    }
+}
+
+/// [`Protocol`] without its message type, so protocols can be visited uniformly.
+trait AnyProtocol {
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent);
+    fn handle_timeout(&mut self, cx: &mut Context<'_>);
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl<P: Protocol> AnyProtocol for P {
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
+        Protocol::handle_peer_event(self, cx, event);
+    }
+    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
+        Protocol::handle_timeout(self, cx);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Protocol::poll_timeout(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod tests_support;

@@ -1,0 +1,144 @@
+use std::time::Duration;
+
+use super::tests_support::{Pair, test_config, test_node};
+use super::*;
+use crate::ping;
+use crate::pow::Difficulty;
+
+#[test]
+fn handshake_reports_observed_addresses() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    pair.handshake();
+    let a_view = pair.a.peer(&pair.b.peer_id()).unwrap();
+    assert_eq!(a_view.observed_us, Some("10.0.0.1:1000".parse().unwrap()));
+    let b_view = pair.b.peer(&pair.a.peer_id()).unwrap();
+    assert_eq!(b_view.observed_us, Some("10.0.0.2:2000".parse().unwrap()));
+    assert!(matches!(pair.a_events[0], Event::PeerReady { .. }));
+}
+
+#[test]
+fn message_before_hello_closes() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    pair.connect();
+    pair.inject_to_b(Message::Ping(ping::Message::Ping { nonce: 1 }));
+    let a = pair.a.peer_id();
+    assert!(pair.b_events.iter().any(|e| matches!(
+        e,
+        Event::Close { peer, reason: CloseReason::Violation(_) } if *peer == a
+    )));
+    assert!(pair.b.peer(&a).is_none());
+    assert_eq!(pair.b.stats().violations, 1);
+}
+
+#[test]
+fn second_hello_closes() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    pair.handshake();
+    let hello = Hello {
+        versions: vec![PROTOCOL_VERSION],
+        capabilities: Capabilities::empty(),
+        listen_addrs: vec![],
+        observed_addr: "10.0.0.2:2000".parse().unwrap(),
+        stamp: Stamp::mint(&pair.a.peer_id(), Difficulty(4)),
+        agent: String::new(),
+    };
+    pair.inject_to_b(Message::Hello(hello));
+    assert!(
+        pair.b_events
+            .iter()
+            .any(|e| matches!(e, Event::Close { .. }))
+    );
+    assert!(
+        pair.b_events
+            .iter()
+            .any(|e| matches!(e, Event::PeerGone { .. }))
+    );
+}
+
+#[test]
+fn weak_stamp_rejected() {
+    let strict = Config {
+        difficulty: Difficulty(12),
+        ..test_config()
+    };
+    // `a` only has a 4-bit stamp; `b` demands 12. (A 4-bit minimum stamp rarely has 12 bits.)
+    let a = test_node(1, test_config());
+    let b = test_node(2, strict);
+    let mut pair = Pair::with_nodes(a, b, Duration::from_millis(10));
+    pair.connect();
+    pair.run_for(Duration::from_millis(10));
+    assert!(
+        pair.b_events.iter().any(|e| matches!(
+            e,
+            Event::Close {
+                reason: CloseReason::BadHello(_),
+                ..
+            }
+        )),
+        "{:?}",
+        pair.b_events
+    );
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    pair.drop_b_to_a = true;
+    pair.connect();
+    pair.run_for(Duration::from_secs(11));
+    assert!(pair.a_events.iter().any(|e| matches!(
+        e,
+        Event::Close {
+            reason: CloseReason::HelloTimeout,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn peer_limit_enforced() {
+    let config = Config {
+        max_peers: 1,
+        ..test_config()
+    };
+    let mut n = test_node(1, config);
+    let p2 = test_node(2, test_config()).peer_id();
+    let p3 = test_node(3, test_config()).peer_id();
+    let addr = "10.0.0.9:9".parse().unwrap();
+    let now = Instant::ZERO;
+    n.handle_connection_event(
+        now,
+        ConnectionEvent::Connected {
+            peer: p2,
+            addr,
+            direction: Direction::Inbound,
+        },
+    );
+    n.handle_connection_event(
+        now,
+        ConnectionEvent::Connected {
+            peer: p3,
+            addr,
+            direction: Direction::Inbound,
+        },
+    );
+    let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+    assert_eq!(
+        events,
+        vec![Event::Close {
+            peer: p3,
+            reason: CloseReason::TooManyPeers
+        }]
+    );
+}
+
+#[test]
+fn same_seed_same_outputs() {
+    let run = || {
+        let mut pair = Pair::new(Duration::from_millis(7));
+        pair.handshake();
+        pair.run_for(Duration::from_secs(60));
+        format!("{:?}{:?}", pair.a_events, pair.b_events)
+    };
+    assert_eq!(run(), run());
+}

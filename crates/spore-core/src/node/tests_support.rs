@@ -1,0 +1,146 @@
+//! Two nodes joined by a link with fixed one-way latency, driven in virtual time: the pattern of
+//! quinn-proto's test `Pair`. Always advances to the earliest pending delivery or timeout.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::{Config, ConnectionEvent, Direction, Event, Node};
+use crate::identity::Keypair;
+use crate::pow::{Difficulty, Stamp};
+use crate::time::Instant;
+use crate::wire::Message;
+
+pub(crate) fn test_node(seed: u8, config: Config) -> Node {
+    let key = Keypair::from_secret_bytes([seed; 32]);
+    let stamp = Stamp::mint(&key.peer_id(), config.difficulty);
+    Node::new(key, stamp, config, [seed; 32], Instant::ZERO).unwrap()
+}
+
+pub(crate) fn test_config() -> Config {
+    Config {
+        difficulty: Difficulty(4),
+        ..Config::default()
+    }
+}
+
+pub(crate) struct Pair {
+    pub(crate) a: Node,
+    pub(crate) b: Node,
+    pub(crate) now: Instant,
+    latency: Duration,
+    /// (arrival, to_b, message)
+    in_flight: VecDeque<(Instant, bool, Message)>,
+    pub(crate) a_events: Vec<Event>,
+    pub(crate) b_events: Vec<Event>,
+    pub(crate) drop_b_to_a: bool,
+}
+
+impl Pair {
+    pub(crate) fn new(latency: Duration) -> Self {
+        Self::with_nodes(
+            test_node(1, test_config()),
+            test_node(2, test_config()),
+            latency,
+        )
+    }
+
+    pub(crate) fn with_nodes(a: Node, b: Node, latency: Duration) -> Self {
+        Self {
+            a,
+            b,
+            now: Instant::ZERO,
+            latency,
+            in_flight: VecDeque::new(),
+            a_events: Vec::new(),
+            b_events: Vec::new(),
+            drop_b_to_a: false,
+        }
+    }
+
+    pub(crate) fn connect(&mut self) {
+        let addr_a = "10.0.0.1:1000".parse().unwrap();
+        let addr_b = "10.0.0.2:2000".parse().unwrap();
+        let (ida, idb) = (self.a.peer_id(), self.b.peer_id());
+        self.a.handle_connection_event(
+            self.now,
+            ConnectionEvent::Connected {
+                peer: idb,
+                addr: addr_b,
+                direction: Direction::Outbound,
+            },
+        );
+        self.b.handle_connection_event(
+            self.now,
+            ConnectionEvent::Connected {
+                peer: ida,
+                addr: addr_a,
+                direction: Direction::Inbound,
+            },
+        );
+        self.drain();
+    }
+
+    /// Connects and runs until both `Hello`s have arrived.
+    pub(crate) fn handshake(&mut self) {
+        self.connect();
+        self.run_for(self.latency);
+        assert!(self.a.peer(&self.b.peer_id()).is_some_and(|p| p.ready));
+        assert!(self.b.peer(&self.a.peer_id()).is_some_and(|p| p.ready));
+    }
+
+    /// Delivers one message directly, bypassing the link (for injecting what a peer might send).
+    pub(crate) fn inject_to_b(&mut self, msg: Message) {
+        let from = self.a.peer_id();
+        self.b.handle_message(self.now, from, msg);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        let arrival = self.now + self.latency;
+        while let Some(t) = self.a.poll_transmit() {
+            self.in_flight.push_back((arrival, true, t.message));
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            if !self.drop_b_to_a {
+                self.in_flight.push_back((arrival, false, t.message));
+            }
+        }
+        while let Some(e) = self.a.poll_event() {
+            self.a_events.push(e);
+        }
+        while let Some(e) = self.b.poll_event() {
+            self.b_events.push(e);
+        }
+    }
+
+    pub(crate) fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next_msg = self.in_flight.front().map(|(t, _, _)| *t);
+            let next = [next_msg, self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    if next_msg == Some(t) {
+                        let (_, to_b, msg) = self.in_flight.pop_front().unwrap();
+                        let (ida, idb) = (self.a.peer_id(), self.b.peer_id());
+                        if to_b {
+                            self.b.handle_message(self.now, ida, msg);
+                        } else {
+                            self.a.handle_message(self.now, idb, msg);
+                        }
+                    } else {
+                        self.a.handle_timeout(self.now);
+                        self.b.handle_timeout(self.now);
+                    }
+                    self.drain();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+}

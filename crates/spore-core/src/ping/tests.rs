@@ -1,0 +1,60 @@
+use std::time::Duration;
+
+use crate::node::Event;
+use crate::node::tests_support::Pair;
+
+use super::Event as PingEvent;
+
+#[test]
+fn periodic_pings_measure_rtt() {
+    let mut pair = Pair::new(Duration::from_millis(20));
+    pair.handshake();
+    pair.run_for(Duration::from_secs(1));
+    let a_rtt = pair.a.peer(&pair.b.peer_id()).and_then(|p| p.rtt);
+    assert_eq!(a_rtt, Some(Duration::from_millis(40)));
+    let pongs = pair
+        .a_events
+        .iter()
+        .filter(|e| matches!(e, Event::Ping(PingEvent::Pong { .. })))
+        .count();
+    assert_eq!(
+        pongs, 1,
+        "one periodic ping in the first second: {:?}",
+        pair.a_events
+    );
+}
+
+#[test]
+fn unanswered_ping_times_out() {
+    let mut pair = Pair::new(Duration::from_millis(5));
+    pair.handshake();
+    pair.drop_b_to_a = true;
+    let nonce = pair.a.ping(pair.now, pair.b.peer_id()).unwrap();
+    pair.run_for(Duration::from_secs(11));
+    assert!(
+        pair.a_events.iter().any(|e| *e
+            == Event::Ping(PingEvent::Timeout {
+                peer: pair.b.peer_id(),
+                nonce
+            })),
+        "{:?}",
+        pair.a_events
+    );
+}
+
+#[test]
+fn in_flight_limit_enforced() {
+    let mut pair = Pair::new(Duration::from_millis(5));
+    pair.handshake();
+    let b = pair.b.peer_id();
+    // The periodic ping may already be in flight; either way the ninth is refused.
+    let mut sent = 0;
+    while pair.a.ping(pair.now, b).is_ok() {
+        sent += 1;
+        assert!(sent <= 8);
+    }
+    assert_eq!(
+        pair.a.ping(pair.now, b),
+        Err(super::PingError::TooManyOutstanding(8))
+    );
+}

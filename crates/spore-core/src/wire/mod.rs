@@ -1,0 +1,121 @@
+//! The wire format: versioned, length-prefixed frames carrying one [`Message`] each.
+//!
+//! ```text
+//! frame   = length:u32be  version:u8  body
+//! length  = 1 + len(body)             (at most MAX_FRAME_LEN)
+//! body    = postcard(Message)
+//! ```
+//!
+//! A decoder never trusts a peer: the length is checked against [`MAX_FRAME_LEN`] before anything
+//! is buffered, the version must be [`WIRE_VERSION`], the body must decode to exactly one message
+//! with no trailing bytes, and the message must pass [`Message::validate`] (counts and sizes).
+//! `docs/protocol.md` describes the format byte by byte.
+
+mod frame;
+mod hello;
+
+pub use frame::{FrameDecoder, encode_frame};
+pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIONS};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ping;
+
+/// The frame format version this implementation speaks.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Hard upper bound on `length` (version byte plus body), in bytes. No frame larger than this is
+/// ever buffered, sent or accepted.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Everything a spore node says on a connection's control stream.
+///
+/// Variants are only ever appended: the postcard encoding of an enum is its variant index, so the
+/// order is part of the wire format. Each sub-protocol owns exactly one variant holding its own
+/// message type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// The first message on every connection, in both directions.
+    Hello(Hello),
+    /// Liveness and round-trip time.
+    Ping(ping::Message),
+}
+
+impl Message {
+    /// Checks the bounds that the type system does not: list lengths, string sizes.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Message::Hello(h) => h.validate(),
+            Message::Ping(_) => Ok(()),
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Ping(ping::Message::Ping { .. }) => "ping",
+            Message::Ping(ping::Message::Pong { .. }) => "pong",
+        }
+    }
+}
+
+impl From<Hello> for Message {
+    fn from(h: Hello) -> Self {
+        Message::Hello(h)
+    }
+}
+
+impl From<ping::Message> for Message {
+    fn from(m: ping::Message) -> Self {
+        Message::Ping(m)
+    }
+}
+
+/// Why bytes from a peer are not a valid frame or message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The length prefix exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The length prefix is zero (no room for the version byte).
+    #[error("empty frame")]
+    Empty,
+    /// The frame's version byte is not one we speak.
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    Version(u8),
+    /// The body is not a valid postcard encoding of a [`Message`].
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The body decoded but left bytes unread.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    /// A field is out of bounds.
+    #[error("{field} has {found} entries/bytes, at most {max} allowed")]
+    Bounds {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({0} bytes buffered)")]
+    Truncated(usize),
+}
+
+pub(crate) fn check_bound(field: &'static str, found: usize, max: usize) -> Result<(), WireError> {
+    if found > max {
+        Err(WireError::Bounds { field, found, max })
+    } else {
+        Ok(())
+    }
+}
