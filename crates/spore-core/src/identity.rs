@@ -34,9 +34,33 @@ fn base32() -> &'static Encoding {
 ///
 /// A `PeerId` can only be built from bytes that are a valid Ed25519 public key (a point on the
 /// curve), so holding one means signatures can be checked against it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "[u8; 32]", into = "[u8; 32]")]
+///
+/// Serialized as its text form in human-readable formats (JSON, TOML) and as 32 raw bytes in
+/// binary ones (the wire format).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId([u8; PEER_ID_LEN]);
+
+impl Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let bytes = <[u8; PEER_ID_LEN]>::deserialize(d)?;
+            Self::from_bytes(bytes).map_err(serde::de::Error::custom)
+        }
+    }
+}
 
 impl PeerId {
     /// Builds a `PeerId` from raw public-key bytes, checking they are a valid Ed25519 key.
@@ -65,19 +89,6 @@ impl PeerId {
         let mut s = self.to_string();
         s.truncate(10);
         s
-    }
-}
-
-impl TryFrom<[u8; 32]> for PeerId {
-    type Error = PeerIdError;
-    fn try_from(bytes: [u8; 32]) -> Result<Self, Self::Error> {
-        Self::from_bytes(bytes)
-    }
-}
-
-impl From<PeerId> for [u8; 32] {
-    fn from(id: PeerId) -> Self {
-        id.0
     }
 }
 

@@ -1,1 +1,54 @@
-fn main() {}
+//! The `spore` command.
+
+use clap::Parser;
+use spore::cli::{Cli, Command};
+use spore::commands;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default = if matches!(cli.command, Command::Node(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = match EnvFilter::try_new(cli.log.as_deref().unwrap_or(default)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid --log filter: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Id { json } => commands::id(cli.data_dir, json),
+            Command::Node(args) => commands::node(cli.data_dir, args).await,
+            Command::Peers { json } => commands::peers(cli.data_dir, json).await,
+            Command::Status { json } => commands::status(cli.data_dir, json).await,
+            Command::Ping(args) => commands::ping(args).await,
+            Command::Demo(args) => spore::demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

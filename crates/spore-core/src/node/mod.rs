@@ -196,7 +196,7 @@ struct Peer {
 }
 
 /// Counters of things the node noticed and discarded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Messages from peers with no open connection (a driver race; harmless).
     pub messages_from_unknown: u64,

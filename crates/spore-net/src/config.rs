@@ -1,0 +1,116 @@
+//! Runtime settings: sockets, connection limits, QUIC transport parameters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spore_core::PeerId;
+
+/// Settings of a running node.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// UDP addresses to bind QUIC endpoints on (one endpoint each; use `0.0.0.0:PORT` and
+    /// `[::]:PORT` for IPv4 and IPv6). Port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    /// Peers to connect to at start and to keep reconnecting to with backoff.
+    pub bootstrap: Vec<(PeerId, SocketAddr)>,
+    /// Protocol-core settings.
+    pub node: spore_core::node::Config,
+    /// Connection limits.
+    pub limits: Limits,
+    /// QUIC transport parameters.
+    pub transport: TransportParams,
+    /// How long a dial may take, handshake and `Hello` included.
+    pub dial_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
+            bootstrap: Vec::new(),
+            node: spore_core::node::Config::default(),
+            limits: Limits::default(),
+            transport: TransportParams::default(),
+            dial_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bounds on connections. Incoming connections over a limit are refused before the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most established connections in total.
+    pub max_connections: usize,
+    /// Most established connections from one IP address.
+    pub max_per_ip: usize,
+    /// Most incoming handshakes in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Most queued control frames per connection before further frames to it are dropped.
+    pub max_queued_frames: usize,
+    /// Most unidirectional streams a peer may have open towards us at once.
+    pub max_uni_streams: u32,
+    /// Most application streams waiting for the application to accept them.
+    pub max_pending_app_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_per_ip: 8,
+            max_pending_handshakes: 64,
+            max_queued_frames: 1024,
+            max_uni_streams: 16,
+            max_pending_app_streams: 64,
+        }
+    }
+}
+
+/// QUIC transport parameters.
+///
+/// The flow-control windows must cover the bandwidth-delay product of the paths spore runs on:
+/// quinn's defaults are sized for 100 Mbit/s at 100 ms, and a window capped too low caps
+/// throughput at window / RTT however fast the link is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportParams {
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive after this much silence, so NAT bindings and the idle timer stay fresh.
+    pub keep_alive: Duration,
+    /// Receive window per stream, in bytes.
+    pub stream_receive_window: u32,
+    /// Receive window per connection, in bytes.
+    pub receive_window: u32,
+    /// Send buffer per connection, in bytes.
+    pub send_window: u64,
+}
+
+impl Default for TransportParams {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            stream_receive_window: 16 << 20,
+            receive_window: 32 << 20,
+            send_window: 32 << 20,
+        }
+    }
+}
+
+impl TransportParams {
+    pub(crate) fn quinn(&self, limits: &Limits) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)));
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
+            .receive_window(quinn::VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window)
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(limits.max_uni_streams))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None);
+        Arc::new(t)
+    }
+}

@@ -1,0 +1,189 @@
+//! Per-connection tasks: the control-stream writer and the stream acceptor/reader.
+//!
+//! Each side opens one unidirectional stream whose first byte is [`StreamKind::Control`] and then
+//! carries frames; further unidirectional streams start with another kind byte. A reader turns
+//! the peer's control stream into messages for the runtime; nothing from the peer is buffered
+//! beyond one frame, and any decoding error closes the connection.
+
+use bytes::Bytes;
+use spore_core::PeerId;
+use spore_core::wire::{FrameDecoder, Message, WireError};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::runtime::Input;
+
+/// The first byte of every unidirectional stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// Frames of [`Message`]s; exactly one per direction per connection.
+    Control = 0x00,
+    /// An application byte stream, handed to the embedding program.
+    App = 0x01,
+}
+
+impl StreamKind {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0x00 => Some(Self::Control),
+            0x01 => Some(Self::App),
+            _ => None,
+        }
+    }
+}
+
+/// Application error codes used when closing connections.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const NORMAL: u32 = 0;
+    /// The peer broke the wire protocol (malformed or oversized frame, unknown stream kind).
+    pub const PROTOCOL: u32 = 1;
+    /// A second connection to the same peer; the other one is kept.
+    pub const DUPLICATE: u32 = 2;
+    /// A connection limit was reached.
+    pub const LIMIT: u32 = 3;
+    /// The protocol core asked for the close (bad hello, violation, timeout).
+    pub const REJECTED: u32 = 4;
+}
+
+/// Error code for stopping an application stream nobody is accepting.
+const STREAM_REFUSED: u32 = 1;
+
+/// Writes queued frames to the control stream until the queue closes or the stream fails.
+pub(crate) async fn write_control(conn: quinn::Connection, mut frames: mpsc::Receiver<Bytes>) {
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "cannot open control stream");
+            return;
+        }
+    };
+    if send.write_all(&[StreamKind::Control as u8]).await.is_err() {
+        return;
+    }
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = send.write_chunk(frame).await {
+            debug!(error = %e, "control stream write failed");
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Accepts the peer's unidirectional streams and dispatches them by kind.
+pub(crate) async fn accept_streams(
+    conn: quinn::Connection,
+    peer: PeerId,
+    inputs: mpsc::Sender<Input>,
+    app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
+) {
+    let conn_id = conn.stable_id();
+    let mut have_control = false;
+    loop {
+        let mut recv = match conn.accept_uni().await {
+            Ok(r) => r,
+            Err(_) => return, // connection closed; the runtime learns it from its watcher
+        };
+        let mut kind = [0u8; 1];
+        if recv.read_exact(&mut kind).await.is_err() {
+            continue;
+        }
+        match StreamKind::from_byte(kind[0]) {
+            Some(StreamKind::Control) if !have_control => {
+                have_control = true;
+                tokio::spawn(read_control(recv, peer, conn_id, inputs.clone()));
+            }
+            Some(StreamKind::Control) => {
+                let err = WireError::Malformed("second control stream".into());
+                let _ = inputs
+                    .send(Input::WireError {
+                        peer,
+                        conn_id,
+                        error: err,
+                    })
+                    .await;
+                return;
+            }
+            Some(StreamKind::App) => {
+                if let Err(mpsc::error::TrySendError::Full((_, mut recv))) =
+                    app_streams.try_send((peer, recv))
+                {
+                    debug!(%peer, "application stream refused: queue full");
+                    let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
+                }
+            }
+            None => {
+                let err = WireError::Malformed(format!("unknown stream kind {:#04x}", kind[0]));
+                let _ = inputs
+                    .send(Input::WireError {
+                        peer,
+                        conn_id,
+                        error: err,
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes frames from the peer's control stream. The bounded `inputs` channel is the
+/// backpressure: while the runtime is busy this task stops reading, and QUIC flow control stops
+/// the peer.
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    peer: PeerId,
+    conn_id: usize,
+    inputs: mpsc::Sender<Input>,
+) {
+    let mut decoder = FrameDecoder::new();
+    loop {
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                if let Err(error) = decoder.finish() {
+                    let _ = inputs
+                        .send(Input::WireError {
+                            peer,
+                            conn_id,
+                            error,
+                        })
+                        .await;
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        decoder.extend(&chunk);
+        loop {
+            match decoder.next_message() {
+                Ok(Some(msg)) => {
+                    if inputs
+                        .send(Input::Message { peer, conn_id, msg })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let _ = inputs
+                        .send(Input::WireError {
+                            peer,
+                            conn_id,
+                            error,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Encodes a message for the control stream.
+pub(crate) fn encode(msg: &Message) -> Result<Bytes, WireError> {
+    spore_core::wire::encode_frame(msg)
+}

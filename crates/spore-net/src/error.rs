@@ -1,0 +1,102 @@
+//! Errors of the runtime's public API.
+
+use std::net::SocketAddr;
+
+use spore_core::PeerId;
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built from the identity.
+    #[error("cannot build TLS configuration: {0}")]
+    Tls(String),
+    /// The identity's proof-of-work stamp is too weak for the configured difficulty.
+    #[error(transparent)]
+    Stamp(#[from] spore_core::pow::StampError),
+    /// No listen address was given.
+    #[error("no listen address configured")]
+    NoListenAddr,
+}
+
+/// A dial failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The remote presented a different key than the PeerId we dialed. No application data was
+    /// exchanged.
+    #[error("peer id mismatch: dialed {expected}, but {addr} presented {actual}")]
+    PeerIdMismatch {
+        /// The PeerId we dialed.
+        expected: PeerId,
+        /// The PeerId the remote's certificate carries.
+        actual: PeerId,
+        /// The address dialed.
+        addr: SocketAddr,
+    },
+    /// The QUIC or TLS handshake failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No socket of the address family of the target.
+    #[error("no {family} socket to dial {addr} from; add a --listen address of that family")]
+    NoEndpoint {
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// The address dialed.
+        addr: SocketAddr,
+    },
+    /// The dial, handshake and `Hello` did not complete in time.
+    #[error("timed out connecting to {0}")]
+    Timeout(PeerId),
+    /// The connection was closed before the peer became ready.
+    #[error("connection to {peer} closed during the handshake: {reason}")]
+    Closed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The node is at its connection limit.
+    #[error("connection limit reached ({0} connections)")]
+    Limit(usize),
+    /// The PeerId is this node's own.
+    #[error("refusing to dial this node's own id")]
+    SelfDial,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// A request to the running node failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The peer is not connected (or not yet ready).
+    #[error("peer {0} is not connected")]
+    NotConnected(PeerId),
+    /// No answer in time.
+    #[error("no answer from {0} in time")]
+    Timeout(PeerId),
+    /// The protocol core refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// Opening a stream failed.
+    #[error("stream error: {0}")]
+    Stream(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+}

@@ -1,0 +1,304 @@
+//! Starting a node and talking to it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spore_core::node::{Event, PeerInfo};
+use spore_core::pow::Stamp;
+use spore_core::{Keypair, Node, PeerId};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::NetConfig;
+use crate::conn::StreamKind;
+use crate::error::{DialError, RequestError, StartError};
+use crate::runtime::{Clock, Command, ConnTable, Input, Runtime, Status, canonical};
+
+/// Capacity of the runtime's input channel. Connection readers wait when it is full.
+const INPUT_QUEUE: usize = 1024;
+/// Events kept for slow subscribers before the oldest are dropped.
+const EVENT_QUEUE: usize = 1024;
+
+/// A running node. Cheap to clone; every clone talks to the same runtime task.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    peer_id: PeerId,
+    listen_addrs: Vec<SocketAddr>,
+    inputs: mpsc::Sender<Input>,
+    events: broadcast::Sender<Event>,
+}
+
+/// Application streams opened by peers (see [`NodeHandle::open_stream`]), in arrival order.
+/// Bounded: while nobody accepts, further streams are refused.
+#[derive(Debug)]
+pub struct AppStreams {
+    rx: mpsc::Receiver<(PeerId, quinn::RecvStream)>,
+}
+
+impl AppStreams {
+    /// The next stream a peer opened, or `None` once the node has stopped.
+    pub async fn accept(&mut self) -> Option<(PeerId, quinn::RecvStream)> {
+        self.rx.recv().await
+    }
+}
+
+/// Starts a node: binds its QUIC endpoints, spawns the runtime on the current tokio runtime and
+/// begins dialing the bootstrap peers.
+pub async fn start(
+    keypair: Keypair,
+    stamp: Stamp,
+    config: NetConfig,
+) -> Result<(NodeHandle, AppStreams), StartError> {
+    if config.listen.is_empty() {
+        return Err(StartError::NoListenAddr);
+    }
+    let transport = config.transport.quinn(&config.limits);
+    let server = crate::tls::server_config(&keypair, transport)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let mut endpoints = Vec::new();
+    for &addr in &config.listen {
+        let endpoint =
+            bind(addr, server.clone()).map_err(|source| StartError::Bind { addr, source })?;
+        endpoints.push(endpoint);
+    }
+    let listen_addrs: Vec<SocketAddr> = endpoints
+        .iter()
+        .filter_map(|e| e.local_addr().ok())
+        .collect();
+
+    let clock = Clock::new();
+    let mut node_config = config.node.clone();
+    node_config.listen_addrs = announced(&listen_addrs);
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let node = Node::new(keypair.clone(), stamp, node_config, seed, clock.now())?;
+
+    let (inputs, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+    let (events, _) = broadcast::channel(EVENT_QUEUE);
+    let (app_tx, app_rx) = mpsc::channel(config.limits.max_pending_app_streams);
+    let table = Arc::new(Mutex::new(ConnTable::default()));
+    let handshakes = Arc::new(Semaphore::new(config.limits.max_pending_handshakes));
+    for endpoint in &endpoints {
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            config.clone(),
+            table.clone(),
+            handshakes.clone(),
+            inputs.clone(),
+        ));
+    }
+    let bootstrap = config.bootstrap.clone();
+    let runtime = Runtime::new(
+        node,
+        keypair.clone(),
+        config,
+        clock,
+        endpoints,
+        inputs.clone(),
+        table,
+        events.clone(),
+        app_tx,
+    );
+    tokio::spawn(runtime.run(inputs_rx));
+    info!(peer_id = %keypair.peer_id(), addrs = ?listen_addrs, "node started");
+
+    let handle = NodeHandle {
+        peer_id: keypair.peer_id(),
+        listen_addrs,
+        inputs,
+        events,
+    };
+    for (peer, addr) in bootstrap {
+        tokio::spawn(keep_connected(handle.clone(), peer, addr));
+    }
+    Ok((handle, AppStreams { rx: app_rx }))
+}
+
+/// Binds a QUIC endpoint. IPv6 sockets are IPv6-only, so `0.0.0.0:P` and `[::]:P` can both be
+/// bound and each family has its own endpoint.
+fn bind(addr: SocketAddr, server: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket.into(),
+        runtime,
+    )
+}
+
+/// Addresses worth announcing: wildcard binds are not dialable, so they are left out here;
+/// peers learn our reflexive address from their side of the connection.
+fn announced(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .filter(|a| !a.ip().is_unspecified())
+        .copied()
+        .collect()
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    config: NetConfig,
+    table: Arc<Mutex<ConnTable>>,
+    handshakes: Arc<Semaphore>,
+    inputs: mpsc::Sender<Input>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ip = canonical(incoming.remote_address()).ip();
+        let admitted = {
+            let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+            let ok = t.admits(ip, &config.limits);
+            if !ok {
+                t.refused += 1;
+            }
+            ok
+        };
+        let Some(permit) = admitted
+            .then(|| handshakes.clone().try_acquire_owned().ok())
+            .flatten()
+        else {
+            debug!(%ip, "refusing incoming connection: limit reached");
+            incoming.refuse();
+            continue;
+        };
+        let inputs = inputs.clone();
+        let timeout = config.dial_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => return debug!(error = %e, "incoming connection failed"),
+            };
+            let conn = match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return debug!(error = %e, "incoming handshake failed"),
+                Err(_) => return debug!("incoming handshake timed out"),
+            };
+            match crate::tls::peer_id_of(&conn) {
+                Ok(peer) => {
+                    let direction = spore_core::node::Direction::Inbound;
+                    let _ = inputs
+                        .send(Input::Connected {
+                            conn,
+                            peer,
+                            direction,
+                        })
+                        .await;
+                }
+                Err(e) => conn.close(
+                    crate::conn::close_code::PROTOCOL.into(),
+                    e.to_string().as_bytes(),
+                ),
+            }
+        });
+    }
+}
+
+/// Keeps a connection to a bootstrap peer, redialing with exponential backoff (1 s to 60 s).
+async fn keep_connected(handle: NodeHandle, peer: PeerId, addr: SocketAddr) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let connected = match handle.peers().await {
+            Ok(peers) => peers.iter().any(|p| p.peer == peer && p.ready),
+            Err(_) => return, // node stopped
+        };
+        if connected {
+            backoff = Duration::from_secs(1);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        match handle.dial(peer, addr).await {
+            Ok(()) => backoff = Duration::from_secs(1),
+            Err(DialError::Shutdown) => return,
+            Err(e) => {
+                warn!(%peer, %addr, error = %e, retry_in = ?backoff, "bootstrap dial failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses the node's endpoints are bound to.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen_addrs
+    }
+
+    /// Events from the protocol core (peers ready and gone, pings, closes). A subscriber that
+    /// falls more than 1024 events behind loses the oldest ones.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.send(Input::Command(make(tx))).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Connects to `peer` at `addr` and waits until its `Hello` is verified. Fails if the remote's
+    /// key is not `peer`: then no application data has been exchanged.
+    pub async fn dial(&self, peer: PeerId, addr: SocketAddr) -> Result<(), DialError> {
+        self.request(|reply| Command::Dial { peer, addr, reply })
+            .await
+            .unwrap_or(Err(DialError::Shutdown))
+    }
+
+    /// Pings a connected peer and returns the round-trip time.
+    pub async fn ping(&self, peer: PeerId) -> Result<Duration, RequestError> {
+        self.request(|reply| Command::Ping { peer, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, RequestError> {
+        self.request(|reply| Command::Peers { reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn status(&self) -> Result<Status, RequestError> {
+        self.request(|reply| Command::Status { reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Opens an application byte stream to a connected peer; the peer receives it from
+    /// [`AppStreams::accept`]. Bulk data travels this way, beside (not inside) the control
+    /// stream.
+    pub async fn open_stream(&self, peer: PeerId) -> Result<quinn::SendStream, RequestError> {
+        let conn = self
+            .request(|reply| Command::Connection { peer, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))?;
+        let mut send = conn
+            .open_uni()
+            .await
+            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        send.write_all(&[StreamKind::App as u8])
+            .await
+            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        Ok(send)
+    }
+
+    /// Closes every connection and the endpoints, then stops the runtime.
+    pub async fn shutdown(&self) {
+        let _ = self.request(|reply| Command::Shutdown { reply }).await;
+    }
+}

@@ -1,0 +1,661 @@
+//! The driver task: owns the sans-IO [`Node`], the QUIC connections and the timers.
+//!
+//! One task runs [`Runtime::run`]. Everything that happens — a connection established, a frame
+//! decoded, a command from a [`NodeHandle`](crate::NodeHandle), the node's timer — arrives as an
+//! [`Input`] on one bounded channel or as the timer firing. After each input the runtime drains
+//! the node's transmits and events, as spore-core's driving contract requires. Connection tasks
+//! feed the channel with `send().await`, so a busy runtime slows readers down and QUIC flow
+//! control pushes back on the peers; nothing grows without bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use spore_core::node::{ConnectionEvent, Direction, Event, PeerInfo, Stats};
+use spore_core::ping;
+use spore_core::time::Instant;
+use spore_core::wire::{Message, WireError};
+use spore_core::{Keypair, Node, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::{Limits, NetConfig};
+use crate::conn::{self, close_code};
+use crate::error::{DialError, RequestError};
+
+/// Everything the runtime reacts to.
+pub(crate) enum Input {
+    /// A connection finished its TLS handshake; the peer's key is verified.
+    Connected {
+        conn: quinn::Connection,
+        peer: PeerId,
+        direction: Direction,
+    },
+    /// An outbound dial failed before a connection existed.
+    DialFailed { peer: PeerId, error: DialError },
+    /// A connection closed.
+    Closed {
+        peer: PeerId,
+        conn_id: usize,
+        reason: String,
+    },
+    /// A message decoded from a connection's control stream.
+    Message {
+        peer: PeerId,
+        conn_id: usize,
+        msg: Message,
+    },
+    /// Bytes from a peer were not valid wire format.
+    WireError {
+        peer: PeerId,
+        conn_id: usize,
+        error: WireError,
+    },
+    /// A request from a handle.
+    Command(Command),
+}
+
+/// Requests from [`NodeHandle`](crate::NodeHandle)s.
+pub(crate) enum Command {
+    Dial {
+        peer: PeerId,
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<(), DialError>>,
+    },
+    Ping {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Duration, RequestError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Connection {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<quinn::Connection, RequestError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A snapshot of the node's state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// This node's id.
+    pub peer_id: PeerId,
+    /// Addresses the QUIC endpoints are bound to.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Addresses peers have told us they see us at (our reflexive addresses), most reported
+    /// first.
+    pub observed_addrs: Vec<SocketAddr>,
+    /// Open connections (handshaking ones included).
+    pub connections: usize,
+    /// Peers whose `Hello` was verified.
+    pub ready_peers: usize,
+    /// Time since the node started.
+    pub uptime_secs: u64,
+    /// Counters kept by the protocol core.
+    pub core: Stats,
+    /// Counters kept by the runtime.
+    pub runtime: RuntimeStats,
+}
+
+/// Counters kept by the runtime.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeStats {
+    /// Connections closed because the peer sent bytes that are not valid wire format.
+    pub wire_errors: u64,
+    /// Control frames dropped because a connection's send queue was full.
+    pub frames_dropped: u64,
+    /// Connections closed as duplicates of another connection to the same peer.
+    pub duplicates_closed: u64,
+    /// Incoming connections refused by a limit.
+    pub refused: u64,
+}
+
+/// Connection counts shared with the accept loops, which refuse over-limit connections before
+/// their handshake costs anything.
+#[derive(Debug, Default)]
+pub(crate) struct ConnTable {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    pub(crate) refused: u64,
+}
+
+impl ConnTable {
+    pub(crate) fn admits(&self, ip: IpAddr, limits: &Limits) -> bool {
+        self.total < limits.max_connections
+            && self.per_ip.get(&ip).copied().unwrap_or(0) < limits.max_per_ip
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        self.total += 1;
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+struct Entry {
+    conn: quinn::Connection,
+    direction: Direction,
+    frames: mpsc::Sender<Bytes>,
+}
+
+/// Maps the runtime's monotonic clock to spore-core's [`Instant`].
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(micros)
+    }
+
+    fn to_tokio(self, t: Instant) -> tokio::time::Instant {
+        self.start + Duration::from_micros(t.as_micros())
+    }
+}
+
+pub(crate) struct Runtime {
+    pub(crate) node: Node,
+    pub(crate) keypair: Keypair,
+    pub(crate) config: NetConfig,
+    pub(crate) clock: Clock,
+    pub(crate) endpoints: Vec<quinn::Endpoint>,
+    pub(crate) inputs: mpsc::Sender<Input>,
+    pub(crate) table: Arc<Mutex<ConnTable>>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
+    conns: BTreeMap<PeerId, Entry>,
+    dials: BTreeMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
+    pings: BTreeMap<(PeerId, u64), oneshot::Sender<Result<Duration, RequestError>>>,
+    stats: RuntimeStats,
+}
+
+impl Runtime {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        node: Node,
+        keypair: Keypair,
+        config: NetConfig,
+        clock: Clock,
+        endpoints: Vec<quinn::Endpoint>,
+        inputs: mpsc::Sender<Input>,
+        table: Arc<Mutex<ConnTable>>,
+        events: broadcast::Sender<Event>,
+        app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
+    ) -> Self {
+        Self {
+            node,
+            keypair,
+            config,
+            clock,
+            endpoints,
+            inputs,
+            table,
+            events,
+            app_streams,
+            conns: BTreeMap::new(),
+            dials: BTreeMap::new(),
+            pings: BTreeMap::new(),
+            stats: RuntimeStats::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        loop {
+            let wake = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
+            let input = tokio::select! {
+                input = inputs.recv() => input,
+                _ = sleep_until(wake) => {
+                    self.node.handle_timeout(self.clock.now());
+                    self.drain();
+                    continue;
+                }
+            };
+            match input {
+                Some(Input::Command(Command::Shutdown { reply })) => {
+                    self.shutdown().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Some(input) => self.handle_input(input),
+                None => return,
+            }
+            self.drain();
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::Connected {
+                conn,
+                peer,
+                direction,
+            } => self.register(conn, peer, direction),
+            Input::DialFailed { peer, error } => self.finish_dials(peer, Err(error)),
+            Input::Closed {
+                peer,
+                conn_id,
+                reason,
+            } => {
+                if self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|e| e.conn.stable_id() == conn_id)
+                {
+                    debug!(%peer, %reason, "connection closed");
+                    self.unregister(peer);
+                    self.node
+                        .handle_connection_event(now, ConnectionEvent::Closed { peer });
+                    self.finish_dials(peer, Err(DialError::Closed { peer, reason }));
+                }
+            }
+            Input::Message { peer, conn_id, msg } => {
+                if self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|e| e.conn.stable_id() == conn_id)
+                {
+                    self.node.handle_message(now, peer, msg);
+                }
+            }
+            Input::WireError {
+                peer,
+                conn_id,
+                error,
+            } => {
+                if self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|e| e.conn.stable_id() == conn_id)
+                {
+                    warn!(%peer, %error, "closing connection: invalid wire data");
+                    self.stats.wire_errors += 1;
+                    self.close(peer, close_code::PROTOCOL, &error.to_string());
+                }
+            }
+            Input::Command(cmd) => self.handle_command(cmd),
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Dial { peer, addr, reply } => self.dial(peer, addr, reply),
+            Command::Ping { peer, reply } => match self.node.ping(now, peer) {
+                Ok(nonce) => {
+                    self.pings.insert((peer, nonce), reply);
+                }
+                Err(ping::PingError::NotConnected(_)) => {
+                    let _ = reply.send(Err(RequestError::NotConnected(peer)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RequestError::Refused(e.to_string())));
+                }
+            },
+            Command::Peers { reply } => {
+                let _ = reply.send(self.node.peers().collect());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Connection { peer, reply } => {
+                let ready = self.node.peer(&peer).is_some_and(|p| p.ready);
+                let conn = self
+                    .conns
+                    .get(&peer)
+                    .filter(|_| ready)
+                    .map(|e| e.conn.clone());
+                let _ = reply.send(conn.ok_or(RequestError::NotConnected(peer)));
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let mut observed: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        let mut ready = 0;
+        for p in self.node.peers() {
+            if p.ready {
+                ready += 1;
+            }
+            if let Some(addr) = p.observed_us {
+                *observed.entry(canonical(addr)).or_default() += 1;
+            }
+        }
+        let mut observed: Vec<_> = observed.into_iter().collect();
+        observed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let refused = self.table.lock().map(|t| t.refused).unwrap_or(0);
+        Status {
+            peer_id: self.keypair.peer_id(),
+            listen_addrs: self
+                .endpoints
+                .iter()
+                .filter_map(|e| e.local_addr().ok())
+                .collect(),
+            observed_addrs: observed.into_iter().map(|(a, _)| a).collect(),
+            connections: self.conns.len(),
+            ready_peers: ready,
+            uptime_secs: self.clock.now().as_micros() / 1_000_000,
+            core: self.node.stats(),
+            runtime: RuntimeStats {
+                refused,
+                ..self.stats
+            },
+        }
+    }
+
+    fn dial(
+        &mut self,
+        peer: PeerId,
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<(), DialError>>,
+    ) {
+        if peer == self.keypair.peer_id() {
+            let _ = reply.send(Err(DialError::SelfDial));
+            return;
+        }
+        if self.node.peer(&peer).is_some_and(|p| p.ready) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let in_progress = self.dials.contains_key(&peer) || self.conns.contains_key(&peer);
+        self.dials.entry(peer).or_default().push(reply);
+        if in_progress {
+            return;
+        }
+        if self.conns.len() >= self.config.limits.max_connections {
+            let limit = self.config.limits.max_connections;
+            return self.finish_dials(peer, Err(DialError::Limit(limit)));
+        }
+        let addr = canonical(addr);
+        let Some(endpoint) = self.endpoint_for(addr) else {
+            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            return self.finish_dials(peer, Err(DialError::NoEndpoint { family, addr }));
+        };
+        let transport = self.config.transport.quinn(&self.config.limits);
+        let keypair = self.keypair.clone();
+        let inputs = self.inputs.clone();
+        let timeout = self.config.dial_timeout;
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                timeout,
+                crate::dial::connect(&endpoint, &keypair, peer, addr, transport),
+            )
+            .await
+            .unwrap_or(Err(DialError::Timeout(peer)));
+            let input = match result {
+                Ok(conn) => Input::Connected {
+                    conn,
+                    peer,
+                    direction: Direction::Outbound,
+                },
+                Err(error) => Input::DialFailed { peer, error },
+            };
+            let _ = inputs.send(input).await;
+        });
+    }
+
+    fn endpoint_for(&self, addr: SocketAddr) -> Option<quinn::Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| e.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
+            .cloned()
+    }
+
+    fn finish_dials(&mut self, peer: PeerId, result: Result<(), DialError>) {
+        for reply in self.dials.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// Takes an authenticated connection into the table, keeping one connection per peer.
+    fn register(&mut self, conn: quinn::Connection, peer: PeerId, direction: Direction) {
+        let me = self.keypair.peer_id();
+        if peer == me {
+            conn.close(close_code::REJECTED.into(), b"self connection");
+            return self.finish_dials(peer, Err(DialError::SelfDial));
+        }
+        if let Some(existing) = self.conns.get(&peer) {
+            if existing.conn.stable_id() == conn.stable_id() {
+                return;
+            }
+            // Simultaneous dials: both sides keep the connection dialed by the smaller PeerId,
+            // so they agree without talking. A redial in the same direction replaces the old
+            // connection, which is likely dead.
+            let keeper_dialer = me.min(peer);
+            let dialer_of = |d: Direction| if d == Direction::Outbound { me } else { peer };
+            let keep_existing =
+                existing.direction != direction && dialer_of(existing.direction) == keeper_dialer;
+            self.stats.duplicates_closed += 1;
+            if keep_existing {
+                debug!(%peer, "closing duplicate connection");
+                conn.close(close_code::DUPLICATE.into(), b"duplicate connection");
+                if self.node.peer(&peer).is_some_and(|p| p.ready) {
+                    self.finish_dials(peer, Ok(()));
+                }
+                return;
+            }
+            debug!(%peer, "replacing connection with the one both sides keep");
+            if let Some(old) = self.unregister(peer) {
+                old.conn
+                    .close(close_code::DUPLICATE.into(), b"duplicate connection");
+            }
+        } else {
+            let admitted = {
+                let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+                table.total < self.config.limits.max_connections
+            };
+            if !admitted {
+                conn.close(close_code::LIMIT.into(), b"connection limit");
+                let limit = self.config.limits.max_connections;
+                return self.finish_dials(peer, Err(DialError::Limit(limit)));
+            }
+        }
+        let addr = canonical(conn.remote_address());
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(addr.ip());
+        let (frames, frames_rx) = mpsc::channel(self.config.limits.max_queued_frames);
+        tokio::spawn(conn::write_control(conn.clone(), frames_rx));
+        tokio::spawn(conn::accept_streams(
+            conn.clone(),
+            peer,
+            self.inputs.clone(),
+            self.app_streams.clone(),
+        ));
+        let watcher = conn.clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let reason = watcher.closed().await.to_string();
+            let conn_id = watcher.stable_id();
+            let _ = inputs
+                .send(Input::Closed {
+                    peer,
+                    conn_id,
+                    reason,
+                })
+                .await;
+        });
+        debug!(%peer, %addr, ?direction, "connection up");
+        self.conns.insert(
+            peer,
+            Entry {
+                conn,
+                direction,
+                frames,
+            },
+        );
+        let now = self.clock.now();
+        self.node.handle_connection_event(
+            now,
+            ConnectionEvent::Connected {
+                peer,
+                addr,
+                direction,
+            },
+        );
+    }
+
+    fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
+        let entry = self.conns.remove(&peer)?;
+        let ip = canonical(entry.conn.remote_address()).ip();
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ip);
+        for key in self
+            .pings
+            .keys()
+            .filter(|(p, _)| *p == peer)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            if let Some(reply) = self.pings.remove(&key) {
+                let _ = reply.send(Err(RequestError::NotConnected(peer)));
+            }
+        }
+        Some(entry)
+    }
+
+    fn close(&mut self, peer: PeerId, code: u32, reason: &str) {
+        if let Some(entry) = self.unregister(peer) {
+            entry.conn.close(code.into(), reason.as_bytes());
+            let now = self.clock.now();
+            self.node
+                .handle_connection_event(now, ConnectionEvent::Closed { peer });
+            self.finish_dials(
+                peer,
+                Err(DialError::Closed {
+                    peer,
+                    reason: reason.to_string(),
+                }),
+            );
+        }
+    }
+
+    /// Carries out the node's outputs. Called after every input.
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.node.poll_transmit() {
+                progressed = true;
+                self.transmit(t.to, &t.message);
+            }
+            while let Some(event) = self.node.poll_event() {
+                progressed = true;
+                self.handle_event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: PeerId, msg: &Message) {
+        let Some(entry) = self.conns.get(&to) else {
+            return;
+        };
+        let frame = match conn::encode(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(peer = %to, error = %e, kind = msg.kind(), "cannot encode message");
+                return;
+            }
+        };
+        if entry.frames.try_send(frame).is_err() {
+            // The peer is not reading fast enough: drop, as the network would. Protocols
+            // tolerate loss; holding frames without bound would not be tolerable.
+            self.stats.frames_dropped += 1;
+            debug!(peer = %to, kind = msg.kind(), "send queue full; frame dropped");
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match &event {
+            Event::PeerReady { peer, info } => {
+                info!(%peer, addr = %info.addr, agent = %info.agent, "peer ready");
+                self.finish_dials(*peer, Ok(()));
+            }
+            Event::PeerGone { peer } => debug!(%peer, "peer gone"),
+            Event::Close { peer, reason } => {
+                info!(%peer, %reason, "closing connection");
+                let peer = *peer;
+                let reason = reason.to_string();
+                if let Some(entry) = self.unregister(peer) {
+                    entry
+                        .conn
+                        .close(close_code::REJECTED.into(), reason.as_bytes());
+                }
+                self.finish_dials(peer, Err(DialError::Closed { peer, reason }));
+            }
+            Event::Ping(ping::Event::Pong { peer, nonce, rtt }) => {
+                if let Some(reply) = self.pings.remove(&(*peer, *nonce)) {
+                    let _ = reply.send(Ok(*rtt));
+                }
+            }
+            Event::Ping(ping::Event::Timeout { peer, nonce }) => {
+                if let Some(reply) = self.pings.remove(&(*peer, *nonce)) {
+                    let _ = reply.send(Err(RequestError::Timeout(*peer)));
+                }
+            }
+            _ => {}
+        }
+        // Nobody listening is fine; a lagging listener loses old events, never blocks us.
+        let _ = self.events.send(event);
+    }
+
+    async fn shutdown(&mut self) {
+        info!("shutting down");
+        for (_, entry) in std::mem::take(&mut self.conns) {
+            entry.conn.close(close_code::NORMAL.into(), b"shutdown");
+        }
+        for endpoint in &self.endpoints {
+            endpoint.close(close_code::NORMAL.into(), b"shutdown");
+        }
+        for endpoint in &self.endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+        for (_, replies) in std::mem::take(&mut self.dials) {
+            for reply in replies {
+                let _ = reply.send(Err(DialError::Shutdown));
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

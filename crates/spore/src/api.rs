@@ -1,0 +1,274 @@
+//! The node's local HTTP/JSON API, and the client the CLI uses to reach it.
+//!
+//! The server binds a loopback address only and requires `Authorization: Bearer <token>` on
+//! every request; the token lives in the data directory with mode 0600, so only the node's user
+//! can read it.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/status` | | [`spore_net::Status`] |
+//! | GET | `/v1/peers` | | `[`[`PeerView`]`]` |
+//! | POST | `/v1/ping` | `{"peer": ID}` | `{"peer": ID, "rtt_ms": f64}` |
+//! | POST | `/v1/dial` | `{"peer": ID, "addr": "IP:PORT"}` | `{"peer": ID}` |
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use spore_core::PeerId;
+use spore_core::node::{Direction, PeerInfo};
+use spore_net::NodeHandle;
+
+/// One connected peer, as the API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's id.
+    pub peer: PeerId,
+    /// The address this node observes the peer's connection at.
+    pub addr: SocketAddr,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Whether its `Hello` has been verified.
+    pub ready: bool,
+    /// The addresses it says it listens on.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// The address at which the peer observes this node.
+    pub observed_us: Option<SocketAddr>,
+    /// Its roles.
+    pub capabilities: Vec<String>,
+    /// Its software.
+    pub agent: String,
+    /// Last measured round-trip time, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+impl From<PeerInfo> for PeerView {
+    fn from(p: PeerInfo) -> Self {
+        Self {
+            peer: p.peer,
+            addr: p.addr,
+            direction: p.direction,
+            ready: p.ready,
+            listen_addrs: p.listen_addrs,
+            observed_us: p.observed_us,
+            capabilities: p
+                .capabilities
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            agent: p.agent,
+            rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1e3),
+        }
+    }
+}
+
+/// Body of `POST /v1/ping`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// The peer to ping (must be connected).
+    pub peer: PeerId,
+}
+
+/// Answer of `POST /v1/ping`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingResponse {
+    /// The peer.
+    pub peer: PeerId,
+    /// Round-trip time in milliseconds.
+    pub rtt_ms: f64,
+}
+
+/// Body of `POST /v1/dial`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DialRequest {
+    /// The peer's id; the connection fails unless the remote proves it holds this key.
+    pub peer: PeerId,
+    /// Where to reach it.
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    node: NodeHandle,
+    token: String,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// The API's routes, with bearer-token authentication on all of them.
+pub fn router(node: NodeHandle, token: String) -> Router {
+    let state = ApiState { node, token };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/ping", post(ping))
+        .route("/v1/dial", post(dial))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle,
+    token: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn authenticate(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see api.token in the node's data directory)".into(),
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(s): State<ApiState>) -> Result<Json<spore_net::Status>, ApiError> {
+    s.node.status().await.map(Json).map_err(unavailable)
+}
+
+async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<PeerView>>, ApiError> {
+    let peers = s.node.peers().await.map_err(unavailable)?;
+    Ok(Json(peers.into_iter().map(PeerView::from).collect()))
+}
+
+async fn ping(
+    State(s): State<ApiState>,
+    Json(req): Json<PingRequest>,
+) -> Result<Json<PingResponse>, ApiError> {
+    let rtt = s.node.ping(req.peer).await.map_err(|e| match e {
+        spore_net::RequestError::NotConnected(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+        spore_net::RequestError::Timeout(_) => ApiError(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        e => unavailable(e),
+    })?;
+    Ok(Json(PingResponse {
+        peer: req.peer,
+        rtt_ms: rtt.as_secs_f64() * 1e3,
+    }))
+}
+
+async fn dial(
+    State(s): State<ApiState>,
+    Json(req): Json<DialRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.node
+        .dial(req.peer, req.addr)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(Json(serde_json::json!({ "peer": req.peer })))
+}
+
+/// A client for a node's API, found through its data directory.
+#[derive(Debug)]
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// Connects to the node whose data directory is `dir`.
+    pub fn from_data_dir(dir: &spore_store::DataDir) -> Result<Self> {
+        let addr = dir.read_api_addr()?.with_context(|| {
+            format!(
+                "no running node found: {} has no api.addr; start one with `spore node`",
+                dir.path().display()
+            )
+        })?;
+        let token = dir.api_token()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .context("cannot build HTTP client")?;
+        Ok(Self {
+            base: format!("http://{addr}"),
+            token,
+            http,
+        })
+    }
+
+    /// `GET path`, decoded from JSON.
+    pub async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// `POST path` with a JSON body, decoded from JSON.
+    pub async fn post<B: Serialize, T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(request).await
+    }
+
+    async fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the node's API at {} (is `spore node` running?)",
+                    self.base
+                )
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no details");
+            bail!("node API answered {status}: {msg}");
+        }
+        response
+            .json()
+            .await
+            .context("node API sent an unreadable answer")
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::PeerAddr;
+
+/// spore: a peer-to-peer node. Every connection is encrypted and authenticated by the peers'
+/// Ed25519 keys; no central server is involved.
+#[derive(Debug, Parser)]
+#[command(name = "spore", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Where the identity, API token and config live [default: the platform's data directory,
+    /// e.g. ~/.local/share/spore]
+    #[arg(long, global = true, env = "SPORE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log filter, e.g. `info`, `debug`, `spore_net=trace` [default: `info` for `spore node`,
+    /// `warn` otherwise]
+    #[arg(long, global = true, env = "SPORE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// spore's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show this node's identity, creating it on first use.
+    Id {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a node until Ctrl-C.
+    Node(NodeArgs),
+    /// List the peers a running node is connected to (asks its local HTTP API).
+    Peers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running node's status (asks its local HTTP API).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to a peer and measure round-trip times, like ping(8).
+    ///
+    /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
+    /// directory.
+    Ping(PingArgs),
+    /// Start a small network of nodes on 127.0.0.1 and show them working. Needs no internet.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `spore node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// UDP address to listen on; repeat for several [default: 0.0.0.0:7070 and [::]:7070]
+    #[arg(
+        long,
+        env = "SPORE_LISTEN",
+        value_delimiter = ',',
+        value_name = "IP:PORT"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// A peer to join through, as PEERID@IP:PORT; repeat for several
+    #[arg(
+        long,
+        env = "SPORE_BOOTSTRAP",
+        value_delimiter = ',',
+        value_name = "PEERID@IP:PORT"
+    )]
+    pub bootstrap: Vec<PeerAddr>,
+
+    /// Address of the local HTTP API; must be a loopback address [default: 127.0.0.1:0, a free
+    /// port, written to <data-dir>/api.addr]
+    #[arg(long, env = "SPORE_API_LISTEN", value_name = "IP:PORT")]
+    pub api_listen: Option<SocketAddr>,
+
+    /// Proof-of-work bits every node id must carry; all nodes of a network must agree
+    /// [default: 16]
+    #[arg(long, env = "SPORE_DIFFICULTY", value_name = "BITS")]
+    pub difficulty: Option<u8>,
+
+    /// Most open connections [default: 512]
+    #[arg(long, env = "SPORE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections from one IP address [default: 8]
+    #[arg(long, env = "SPORE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Config file [default: <data-dir>/config.toml, if present]
+    #[arg(long, env = "SPORE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `spore ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The peer, as PEERID@IP:PORT
+    #[arg(value_name = "PEERID@IP:PORT")]
+    pub target: PeerAddr,
+
+    /// Number of pings
+    #[arg(short, long, default_value_t = 4)]
+    pub count: u32,
+
+    /// Seconds between pings
+    #[arg(short, long, default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// Proof-of-work bits the network requires
+    #[arg(
+        long,
+        env = "SPORE_DIFFICULTY",
+        default_value_t = 16,
+        value_name = "BITS"
+    )]
+    pub difficulty: u8,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `spore demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of nodes
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub nodes: u16,
+
+    /// Pings each node sends to each of its peers
+    #[arg(long, default_value_t = 5)]
+    pub pings: u32,
+}

@@ -1,0 +1,345 @@
+//! The CLI's commands, other than the demo.
+
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use spore_core::Keypair;
+use spore_core::pow::{Difficulty, Stamp};
+use spore_net::{Limits, NetConfig};
+use spore_store::DataDir;
+
+use crate::api::{self, ApiClient, PeerView};
+use crate::cli::{NodeArgs, PingArgs};
+use crate::settings::{self, FileConfig, PeerAddr};
+
+/// The port `spore node` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7070;
+
+fn open_data_dir(flag: Option<PathBuf>) -> Result<DataDir> {
+    let path = settings::data_dir(flag)?;
+    DataDir::open(&path).with_context(|| format!("cannot open data directory {}", path.display()))
+}
+
+/// `spore id`
+pub fn id(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let file = FileConfig::load(&dir.path().join("config.toml"), false)?;
+    let difficulty = Difficulty(file.difficulty.unwrap_or(Difficulty::DEFAULT.0));
+    let identity = dir.load_or_create_identity(difficulty)?;
+    let id = identity.keypair.peer_id();
+    if json {
+        let out = serde_json::json!({
+            "peer_id": id,
+            "created": identity.created,
+            "data_dir": dir.path(),
+            "stamp": { "nonce": identity.stamp.nonce, "work_bits": identity.stamp.work(&id) },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if identity.created {
+            eprintln!("created a new identity in {}", dir.path().display());
+        }
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// Whether this machine can bind an IPv6 UDP socket.
+fn ipv6_available() -> bool {
+    UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// `spore node`
+pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path, true)?,
+        None => FileConfig::load(&dir.path().join("config.toml"), false)?,
+    };
+    let difficulty = Difficulty(
+        args.difficulty
+            .or(file.difficulty)
+            .unwrap_or(Difficulty::DEFAULT.0),
+    );
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(listen) = file.listen {
+        listen
+    } else {
+        let mut listen = vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))];
+        if ipv6_available() {
+            listen.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)));
+        }
+        listen
+    };
+    let bootstrap = if !args.bootstrap.is_empty() {
+        args.bootstrap
+    } else {
+        let entries = file.bootstrap.unwrap_or_default();
+        entries
+            .iter()
+            .map(|s| {
+                s.parse::<PeerAddr>()
+                    .with_context(|| format!("config file: bootstrap {s:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let api_listen = args
+        .api_listen
+        .or(file.api_listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    if !api_listen.ip().is_loopback() {
+        bail!("--api-listen {api_listen} is not a loopback address; the API is local-only");
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections),
+        max_per_ip: args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(defaults.max_per_ip),
+        ..defaults
+    };
+
+    let identity = dir.load_or_create_identity(difficulty)?;
+    let mut config = NetConfig {
+        listen,
+        bootstrap: bootstrap.iter().map(|b| (b.peer, b.addr)).collect(),
+        limits,
+        ..NetConfig::default()
+    };
+    config.node.difficulty = difficulty;
+    let (node, _streams) = spore_net::start(identity.keypair, identity.stamp, config).await?;
+
+    let listener = tokio::net::TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("cannot bind the HTTP API to {api_listen}"))?;
+    let api_addr = listener.local_addr()?;
+    dir.write_api_addr(api_addr)?;
+    let token = dir.api_token()?;
+
+    let id = node.peer_id();
+    println!("spore node {id}");
+    for addr in node.listen_addrs() {
+        println!(
+            "  listening on {addr}  (others join with --bootstrap {id}@{})",
+            dialable(*addr)
+        );
+    }
+    println!(
+        "  HTTP API on http://{api_addr} (token in {})",
+        dir.path().join("api.token").display()
+    );
+    println!("  press Ctrl-C to stop");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, node.clone(), token, async {
+        let _ = stop_rx.await;
+    }));
+    shutdown_signal().await;
+    eprintln!("stopping…");
+    let _ = stop_tx.send(());
+    node.shutdown().await;
+    let _ = server.await;
+    dir.remove_api_addr()?;
+    Ok(())
+}
+
+/// A wildcard bind address shown with a loopback IP so it can be copied into a command.
+fn dialable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `spore peers`
+pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let peers: Vec<PeerView> = client.get("/v1/peers").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    if peers.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<24} {:<9} {:>9}  {}",
+        "PEER", "ADDRESS", "DIRECTION", "RTT", "AGENT"
+    );
+    for p in peers {
+        let rtt = p
+            .rtt_ms
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        let direction = match p.direction {
+            spore_core::node::Direction::Inbound => "inbound",
+            spore_core::node::Direction::Outbound => "outbound",
+        };
+        let state = if p.ready { "" } else { " (handshaking)" };
+        println!(
+            "{:<54} {:<24} {:<9} {:>9}  {}{state}",
+            p.peer, p.addr, direction, rtt, p.agent
+        );
+    }
+    Ok(())
+}
+
+/// `spore status`
+pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let status: serde_json::Value = client.get("/v1/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let s: spore_net::Status = serde_json::from_value(status)
+        .context("the node's status has an unexpected shape (is it a different spore version?)")?;
+    println!("peer id      {}", s.peer_id);
+    println!("uptime       {} s", s.uptime_secs);
+    for a in &s.listen_addrs {
+        println!("listening    {a}");
+    }
+    for a in &s.observed_addrs {
+        println!("observed as  {a}");
+    }
+    println!("connections  {} ({} ready)", s.connections, s.ready_peers);
+    println!(
+        "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} refused",
+        s.runtime.wire_errors, s.core.violations, s.runtime.frames_dropped, s.runtime.refused
+    );
+    Ok(())
+}
+
+/// `spore ping`
+pub async fn ping(args: PingArgs) -> Result<()> {
+    let target = args.target;
+    let keypair = Keypair::generate(&mut rand_core::OsRng);
+    let difficulty = Difficulty(args.difficulty);
+    let stamp = Stamp::mint(&keypair.peer_id(), difficulty);
+    let bind: SocketAddr = if target.addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let mut config = NetConfig {
+        listen: vec![bind],
+        ..NetConfig::default()
+    };
+    config.node.difficulty = difficulty;
+    config.node.ping.interval = None;
+    let (node, _streams) = spore_net::start(keypair, stamp, config).await?;
+    let result = ping_loop(&node, target, &args).await;
+    node.shutdown().await;
+    result
+}
+
+async fn ping_loop(node: &spore_net::NodeHandle, target: PeerAddr, args: &PingArgs) -> Result<()> {
+    node.dial(target.peer, target.addr).await?;
+    let peer = node
+        .peers()
+        .await?
+        .into_iter()
+        .find(|p| p.peer == target.peer);
+    if !args.json {
+        let seen = peer
+            .and_then(|p| p.observed_us)
+            .map(|a| format!(", which sees us at {a}"));
+        println!(
+            "connected to {} at {}{}",
+            target.peer,
+            target.addr,
+            seen.unwrap_or_default()
+        );
+    }
+    let mut rtts = Vec::new();
+    for seq in 0..args.count {
+        if seq > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(args.interval.max(0.0))).await;
+        }
+        match node.ping(target.peer).await {
+            Ok(rtt) => {
+                if !args.json {
+                    println!(
+                        "pong from {} seq={seq} time={:.3} ms",
+                        target.peer.short(),
+                        ms(rtt)
+                    );
+                }
+                rtts.push(rtt);
+            }
+            Err(e) => {
+                if !args.json {
+                    println!("no pong seq={seq}: {e}");
+                }
+            }
+        }
+    }
+    let received = rtts.len();
+    if args.json {
+        let out = serde_json::json!({
+            "peer": target.peer,
+            "addr": target.addr,
+            "sent": args.count,
+            "received": received,
+            "rtt_ms": rtts.iter().map(|r| ms(*r)).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("--- {} ping statistics ---", target.peer.short());
+        let loss = 100.0 * (1.0 - received as f64 / f64::from(args.count.max(1)));
+        println!("{} sent, {received} received, {loss:.0}% loss", args.count);
+        if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
+            let avg = rtts.iter().map(|r| ms(*r)).sum::<f64>() / received as f64;
+            println!(
+                "rtt min/avg/max = {:.3}/{avg:.3}/{:.3} ms",
+                ms(*min),
+                ms(*max)
+            );
+        }
+    }
+    if received == 0 && args.count > 0 {
+        bail!("no answer from {}", target.peer);
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
