@@ -198,10 +198,7 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         println!("no peers connected");
         return Ok(());
     }
-    println!(
-        "{:<54} {:<24} {:<9} {:>9}  {}",
-        "PEER", "ADDRESS", "DIRECTION", "RTT", "AGENT"
-    );
+    println!("{:<54} {:<24} {:<9} {:>9}  AGENT", "PEER", "ADDRESS", "DIRECTION", "RTT");
     for p in peers {
         let rtt = p
             .rtt_ms

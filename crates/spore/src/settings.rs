@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
 use serde::Deserialize;
 use spore_core::PeerId;
 
@@ -59,11 +60,12 @@ impl std::str::FromStr for PeerAddr {
         let Some((id, addr)) = s.split_once('@') else {
             bail!("expected PEERID@IP:PORT, got {s:?} (no '@')");
         };
+        // Causes go into the message itself: clap prints only the top-level text.
         let peer = id
             .parse()
-            .with_context(|| format!("invalid peer id {id:?}"))?;
-        let addr = addr.parse().with_context(|| {
-            format!("invalid address {addr:?}: expected IP:PORT, e.g. 127.0.0.1:7070 or [::1]:7070")
+            .map_err(|e| anyhow::anyhow!("invalid peer id {id:?}: {e}"))?;
+        let addr = addr.parse().map_err(|_| {
+            anyhow::anyhow!("invalid address {addr:?}: expected IP:PORT, e.g. 127.0.0.1:7070")
         })?;
         Ok(Self { peer, addr })
     }

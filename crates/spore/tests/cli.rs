@@ -1,0 +1,215 @@
+//! The `spore` binary as a user runs it: two `spore node` processes on 127.0.0.1, queried with
+//! `spore peers --json` and `spore status --json`, plus the CLI's error paths.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SPORE: &str = env!("CARGO_BIN_EXE_spore");
+
+fn spore(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(SPORE)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("SPORE_LOG")
+        .output()
+        .expect("run spore")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `spore node` process, killed when dropped.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(data_dir: &Path, extra: &[&str]) -> NodeProcess {
+    let mut args = vec!["node", "--listen", "127.0.0.1:0", "--difficulty", "8"];
+    args.extend_from_slice(extra);
+    let child = Command::new(SPORE)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start spore node");
+    NodeProcess(child)
+}
+
+/// Polls `spore <args> --json` until `check` accepts the answer.
+fn wait_json(data_dir: &Path, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = spore(data_dir, args);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+            if check(&v) {
+                return v;
+            }
+            last = v.to_string();
+        } else {
+            last = stderr(&out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}; last answer: {last}");
+}
+
+fn listen_addr(status: &Value) -> SocketAddr {
+    status["listen_addrs"][0].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_node_processes_list_each_other() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_id = stdout(&spore(a_dir.path(), &["id"])).trim().to_string();
+    assert_eq!(a_id.len(), 52, "{a_id}");
+
+    let _a = start_node(a_dir.path(), &[]);
+    let a_status = wait_json(a_dir.path(), &["status", "--json"], "node a's API", |_| {
+        true
+    });
+    assert_eq!(a_status["peer_id"], a_id.as_str());
+    let a_addr = listen_addr(&a_status);
+
+    let bootstrap = format!("{a_id}@{a_addr}");
+    let _b = start_node(b_dir.path(), &["--bootstrap", &bootstrap]);
+    let b_status = wait_json(b_dir.path(), &["status", "--json"], "node b's API", |_| {
+        true
+    });
+    let b_id = b_status["peer_id"].as_str().unwrap().to_string();
+    let b_addr = listen_addr(&b_status);
+
+    let lists = |id: &str, addr: SocketAddr| {
+        let id = id.to_string();
+        move |v: &Value| {
+            v.as_array().is_some_and(|peers| {
+                peers.iter().any(|p| {
+                    p["peer"] == id.as_str() && p["ready"] == true && p["addr"] == addr.to_string()
+                })
+            })
+        }
+    };
+    let a_peers = wait_json(
+        a_dir.path(),
+        &["peers", "--json"],
+        "a lists b",
+        lists(&b_id, b_addr),
+    );
+    let b_peers = wait_json(
+        b_dir.path(),
+        &["peers", "--json"],
+        "b lists a",
+        lists(&a_id, a_addr),
+    );
+    // Each side also learned the address the other observes it at.
+    assert_eq!(a_peers[0]["observed_us"], a_addr.to_string());
+    assert_eq!(b_peers[0]["observed_us"], b_addr.to_string());
+
+    // The text forms work too.
+    let table = stdout(&spore(a_dir.path(), &["peers"]));
+    assert!(
+        table.contains(&b_id) && table.contains("inbound"),
+        "{table}"
+    );
+    let status = stdout(&spore(a_dir.path(), &["status"]));
+    assert!(status.contains("1 ready"), "{status}");
+
+    // `spore ping` to a's real id works; to a wrong id it fails naming both ids.
+    let ok = spore(
+        a_dir.path(),
+        &[
+            "ping",
+            &bootstrap,
+            "--count",
+            "2",
+            "--interval",
+            "0.1",
+            "--difficulty",
+            "8",
+        ],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("2 received"), "{}", stdout(&ok));
+    let wrong = format!("{b_id}@{a_addr}");
+    let bad = spore(
+        a_dir.path(),
+        &["ping", &wrong, "--count", "1", "--difficulty", "8"],
+    );
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert!(
+        err.contains(&a_id) && err.contains(&b_id) && err.contains("mismatch"),
+        "{err}"
+    );
+
+    // The API refuses requests without the token.
+    let api: SocketAddr = std::fs::read_to_string(a_dir.path().join("api.addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /v1/peers HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+#[test]
+fn world_readable_key_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(spore(dir.path(), &["id"]).status.success());
+    let key = dir.path().join("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = spore(dir.path(), &["id"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn clear_errors_for_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spore(dir.path(), &["peers"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("spore node"), "{}", stderr(&out));
+
+    let out = spore(dir.path(), &["ping", "not-a-peer"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("PEERID@IP:PORT"), "{}", stderr(&out));
+
+    let out = spore(dir.path(), &["ping", "abc@127.0.0.1:1"]);
+    assert!(
+        stderr(&out).contains("52 base32 characters"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(dir.path().join("config.toml"), "listen = 5\n").unwrap();
+    let out = spore(dir.path(), &["node"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("config.toml"), "{}", stderr(&out));
+}
