@@ -213,3 +213,14 @@ fn clear_errors_for_bad_input() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("config.toml"), "{}", stderr(&out));
 }
+
+#[test]
+fn demo_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spore(dir.path(), &["demo", "--nodes", "4", "--pings", "2"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for expected in ["refused during the", "still answers pings", "pings answered   24/24"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
