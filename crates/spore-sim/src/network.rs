@@ -1,0 +1,183 @@
+//! The network model: simulated addresses, connections and what happens to each message.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::RngCore;
+use spore_core::time::Instant;
+
+use crate::NodeIndex;
+use crate::config::{Latency, NetworkConfig};
+use crate::queue::ConnId;
+
+/// The UDP port every simulated node listens on.
+pub const SIM_PORT: u16 = 4000;
+
+/// The address of node `i`: `10.x.y.z:4000`, where `x.y.z` is `i + 1` in base 256. A node dials
+/// from its listening socket (as a QUIC endpoint does), so this is also the address its peers
+/// see. Unique for up to 2^24 - 1 nodes.
+pub fn node_addr(i: NodeIndex) -> SocketAddr {
+    let n = i.0.wrapping_add(1);
+    let [_, x, y, z] = n.to_be_bytes();
+    SocketAddr::from((Ipv4Addr::new(10, x, y, z), SIM_PORT))
+}
+
+/// Whether a connection has finished opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// Opening: `Connected` not yet delivered.
+    Opening,
+    /// Both ends have been told `Connected`.
+    Up,
+}
+
+/// One live connection between two nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub(crate) conn: ConnId,
+    /// Who called `connect` (the `Outbound` side).
+    pub(crate) dialer: NodeIndex,
+    pub(crate) latency: Duration,
+    pub(crate) state: LinkState,
+    /// Latest arrival scheduled in each direction (low → high index, high → low), so that
+    /// jitter never reorders a stream.
+    last_arrival: [Instant; 2],
+}
+
+/// A pair of nodes in canonical order (lower index first): the key of a connection.
+pub(crate) fn pair(a: NodeIndex, b: NodeIndex) -> (NodeIndex, NodeIndex) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+/// Live connections and the random draws of the network model.
+#[derive(Debug)]
+pub(crate) struct Network {
+    config: NetworkConfig,
+    rng: ChaCha20Rng,
+    links: BTreeMap<(NodeIndex, NodeIndex), Link>,
+    next_conn: ConnId,
+}
+
+impl Network {
+    pub(crate) fn new(config: NetworkConfig, rng: ChaCha20Rng) -> Self {
+        Self {
+            config,
+            rng,
+            links: BTreeMap::new(),
+            next_conn: 1,
+        }
+    }
+
+    pub(crate) fn link(&self, a: NodeIndex, b: NodeIndex) -> Option<&Link> {
+        self.links.get(&pair(a, b))
+    }
+
+    pub(crate) fn links(&self) -> impl Iterator<Item = (&(NodeIndex, NodeIndex), &Link)> {
+        self.links.iter()
+    }
+
+    /// Starts opening a connection; `None` if one between them is already live.
+    pub(crate) fn open(
+        &mut self,
+        dialer: NodeIndex,
+        other: NodeIndex,
+        now: Instant,
+    ) -> Option<&Link> {
+        let key = pair(dialer, other);
+        if self.links.contains_key(&key) {
+            return None;
+        }
+        let latency = self.sample_latency();
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let link = Link {
+            conn,
+            dialer,
+            latency,
+            state: LinkState::Opening,
+            last_arrival: [now; 2],
+        };
+        Some(self.links.entry(key).or_insert(link))
+    }
+
+    /// Marks connection `conn` up; false if it was closed while opening.
+    pub(crate) fn establish(&mut self, a: NodeIndex, b: NodeIndex, conn: ConnId) -> Option<&Link> {
+        let link = self.links.get_mut(&pair(a, b)).filter(|l| l.conn == conn)?;
+        link.state = LinkState::Up;
+        Some(link)
+    }
+
+    /// Removes the connection between `a` and `b`, returning it.
+    pub(crate) fn close(&mut self, a: NodeIndex, b: NodeIndex) -> Option<Link> {
+        self.links.remove(&pair(a, b))
+    }
+
+    /// Whether `conn` is the live, established connection between `a` and `b`.
+    pub(crate) fn is_up(&self, a: NodeIndex, b: NodeIndex, conn: ConnId) -> bool {
+        self.link(a, b)
+            .is_some_and(|l| l.conn == conn && l.state == LinkState::Up)
+    }
+
+    /// Decides the fate of a message sent now from `from` to `to` over their established
+    /// connection: `Some((conn, arrival))`, or `None` if it is lost.
+    pub(crate) fn transmit(
+        &mut self,
+        from: NodeIndex,
+        to: NodeIndex,
+        now: Instant,
+    ) -> Option<(ConnId, Instant)> {
+        let loss = self.config.loss;
+        if loss > 0.0 && unit(&mut self.rng) < loss {
+            return None;
+        }
+        let jitter = uniform(&mut self.rng, Duration::ZERO, self.config.jitter);
+        let link = self.links.get_mut(&pair(from, to))?;
+        let dir = usize::from(from > to);
+        let arrival = (now + link.latency + jitter).max(link.last_arrival[dir]);
+        link.last_arrival[dir] = arrival;
+        Some((link.conn, arrival))
+    }
+
+    fn sample_latency(&mut self) -> Duration {
+        match self.config.latency {
+            Latency::Fixed(d) => d,
+            Latency::Uniform { min, max } => uniform(&mut self.rng, min, max),
+        }
+    }
+}
+
+/// Uniform in `[min, max]` at microsecond resolution. Draws nothing when the range is a point,
+/// so that a zero jitter leaves the random stream as it was.
+fn uniform(rng: &mut ChaCha20Rng, min: Duration, max: Duration) -> Duration {
+    let lo = u64::try_from(min.as_micros()).unwrap_or(u64::MAX);
+    let hi = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    if hi <= lo {
+        return min;
+    }
+    let span = hi - lo;
+    // Modulo bias is below 2^-40 for any span a simulation uses.
+    let offset = match span.checked_add(1) {
+        Some(n) => rng.next_u64() % n,
+        None => rng.next_u64(),
+    };
+    Duration::from_micros(lo + offset)
+}
+
+/// Uniform in `[0, 1)`.
+fn unit(rng: &mut ChaCha20Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_distinct_and_stable() {
+        assert_eq!(node_addr(NodeIndex(0)).to_string(), "10.0.0.1:4000");
+        assert_eq!(node_addr(NodeIndex(255)).to_string(), "10.0.1.0:4000");
+        assert_eq!(node_addr(NodeIndex(70_000)).to_string(), "10.1.17.113:4000");
+    }
+}

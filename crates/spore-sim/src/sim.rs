@@ -1,0 +1,576 @@
+//! The engine: nodes, virtual time, the event queue and the loop that drives them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use spore_core::identity::{Keypair, PeerId};
+use spore_core::node::{ConnectionEvent, Direction, Event, Node, Transmit};
+use spore_core::pow::{Stamp, StampError};
+use spore_core::time::Instant;
+use spore_core::wire::{FrameDecoder, Message, encode_frame};
+
+use crate::config::SimConfig;
+use crate::metrics::{EventCounts, EventLog, Metrics};
+use crate::network::{LinkState, Network, node_addr};
+use crate::queue::{Pending, Queue};
+use crate::trace::{Tag, Trace};
+
+/// Most nodes one simulation can hold (each needs a distinct simulated address).
+pub const MAX_NODES: usize = (1 << 24) - 1;
+
+/// ChaCha20 stream of the simulation seed from which node keys and node RNG seeds are drawn.
+const IDENTITY_STREAM: u64 = 1;
+/// ChaCha20 stream of the simulation seed from which the network model draws.
+const NETWORK_STREAM: u64 = 2;
+
+/// A node's position in the simulation, from 0 in creation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIndex(pub u32);
+
+impl NodeIndex {
+    /// The index as a `usize`, for indexing slices.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NodeIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why the simulator refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The configuration is inconsistent.
+    #[error("invalid simulation config: {0}")]
+    InvalidConfig(String),
+    /// There is no node with this index.
+    #[error("no node {0} in the simulation")]
+    UnknownNode(NodeIndex),
+    /// A node was asked to connect to itself.
+    #[error("node {0} cannot connect to itself")]
+    SelfConnection(NodeIndex),
+    /// The two nodes already have a connection (open or opening).
+    #[error("nodes {0} and {1} are already connected")]
+    AlreadyConnected(NodeIndex, NodeIndex),
+    /// The simulation is full.
+    #[error("a simulation holds at most {MAX_NODES} nodes")]
+    TooManyNodes,
+    /// A node could not be created.
+    #[error("node {index} could not be created: {source}")]
+    Node {
+        /// The node that was being created.
+        index: NodeIndex,
+        /// Why.
+        source: StampError,
+    },
+}
+
+#[derive(Debug)]
+struct Slot {
+    node: Node,
+    /// The wake-up currently scheduled for this node and its generation; queue entries with
+    /// another generation are stale and skipped.
+    timer: Option<(Instant, u64)>,
+    counts: EventCounts,
+    log: EventLog,
+}
+
+/// A deterministic simulation of spore nodes on a modelled network. See the [crate
+/// docs](crate) for a tour.
+pub struct Sim {
+    config: SimConfig,
+    now: Instant,
+    slots: Vec<Slot>,
+    by_id: HashMap<PeerId, NodeIndex>,
+    identities: ChaCha20Rng,
+    network: Network,
+    queue: Queue,
+    trace: Trace,
+    metrics: Metrics,
+    next_timer_generation: u64,
+    in_flight: usize,
+    scratch_transmits: Vec<Transmit>,
+    scratch_events: Vec<Event>,
+}
+
+impl fmt::Debug for Sim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now)
+            .field("nodes", &self.slots.len())
+            .field("queued", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rng_stream(seed: u64, stream: u64) -> ChaCha20Rng {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+impl Sim {
+    /// A simulation at time zero with `config.nodes` nodes and no connections.
+    pub fn new(config: SimConfig) -> Result<Sim, SimError> {
+        config.validate()?;
+        let network = Network::new(
+            config.network.clone(),
+            rng_stream(config.seed, NETWORK_STREAM),
+        );
+        let mut sim = Sim {
+            identities: rng_stream(config.seed, IDENTITY_STREAM),
+            network,
+            now: Instant::ZERO,
+            slots: Vec::with_capacity(config.nodes),
+            by_id: HashMap::with_capacity(config.nodes),
+            queue: Queue::default(),
+            trace: Trace::default(),
+            metrics: Metrics::default(),
+            next_timer_generation: 0,
+            in_flight: 0,
+            scratch_transmits: Vec::new(),
+            scratch_events: Vec::new(),
+            config,
+        };
+        for _ in 0..sim.config.nodes {
+            sim.add_node()?;
+        }
+        Ok(sim)
+    }
+
+    /// Adds a node, created now. Its secret key and RNG seed are the next 64 bytes of the
+    /// seed's identity stream, so node `i` of a seed is always the same node.
+    pub fn add_node(&mut self) -> Result<NodeIndex, SimError> {
+        if self.slots.len() >= MAX_NODES {
+            return Err(SimError::TooManyNodes);
+        }
+        let index = NodeIndex(u32::try_from(self.slots.len()).map_err(|_| SimError::TooManyNodes)?);
+        let mut secret = [0u8; 32];
+        let mut rng_seed = [0u8; 32];
+        self.identities.fill_bytes(&mut secret);
+        self.identities.fill_bytes(&mut rng_seed);
+        let key = Keypair::from_secret_bytes(secret);
+        let id = key.peer_id();
+        let mut config = self.config.node.clone();
+        let stamp = Stamp::mint(&id, config.difficulty);
+        config.listen_addrs = vec![node_addr(index)];
+        let node = Node::new(key, stamp, config, rng_seed, self.now)
+            .map_err(|source| SimError::Node { index, source })?;
+        // Two equal keys out of a CSPRNG do not happen; if they did, the later node would be
+        // unreachable by id, which the index map makes visible rather than silent.
+        self.by_id.entry(id).or_insert(index);
+        self.slots.push(Slot {
+            node,
+            timer: None,
+            counts: EventCounts::default(),
+            log: EventLog::new(self.config.event_log),
+        });
+        self.reschedule(index, false);
+        Ok(index)
+    }
+
+    // --- Getters ---
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The configuration the simulation was built with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every node's index, in order.
+    pub fn indices(&self) -> impl Iterator<Item = NodeIndex> + use<> {
+        // `MAX_NODES` fits in a u32, so the cast is lossless.
+        (0..self.slots.len() as u32).map(NodeIndex)
+    }
+
+    /// Node `i`, to inspect. Inputs go through [`command`](Self::command), which drains the
+    /// node's outputs afterwards as the driving contract requires.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn node(&self, i: NodeIndex) -> &Node {
+        &self.slots[i.index()].node
+    }
+
+    /// Node `i`'s identity.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn peer_id(&self, i: NodeIndex) -> PeerId {
+        self.node(i).peer_id()
+    }
+
+    /// The node with identity `id`.
+    pub fn index_of(&self, id: &PeerId) -> Option<NodeIndex> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Node `i`'s simulated address (see [`node_addr`]).
+    pub fn addr(&self, i: NodeIndex) -> SocketAddr {
+        node_addr(i)
+    }
+
+    /// Counts of the events node `i` has reported.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn event_counts(&self, i: NodeIndex) -> &EventCounts {
+        &self.slots[i.index()].counts
+    }
+
+    /// Node `i`'s most recent events (empty unless [`SimConfig::event_log`] is set).
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn event_log(&self, i: NodeIndex) -> &EventLog {
+        &self.slots[i.index()].log
+    }
+
+    /// Network-wide counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// BLAKE3 digest of every event processed so far, in order (see the [crate docs](crate)).
+    /// Two runs with the same seed and the same inputs have the same hash.
+    pub fn trace_hash(&self) -> [u8; 32] {
+        self.trace.hash()
+    }
+
+    /// Whether `a` and `b` have an established connection.
+    pub fn is_connected(&self, a: NodeIndex, b: NodeIndex) -> bool {
+        self.network
+            .link(a, b)
+            .is_some_and(|l| l.state == LinkState::Up)
+    }
+
+    /// The one-way latency of the connection between `a` and `b`, open or opening.
+    pub fn link_latency(&self, a: NodeIndex, b: NodeIndex) -> Option<Duration> {
+        self.network.link(a, b).map(|l| l.latency)
+    }
+
+    /// Established connections as `(dialer, listener)`, ordered by node indices.
+    pub fn connections(&self) -> impl Iterator<Item = (NodeIndex, NodeIndex)> + '_ {
+        self.network
+            .links()
+            .filter(|(_, l)| l.state == LinkState::Up)
+            .map(|(&(lo, hi), l)| if l.dialer == lo { (lo, hi) } else { (hi, lo) })
+    }
+
+    /// Messages sent and neither delivered, dropped nor lost yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Entries in the event queue, superseded timers that have not come due included.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the next queued event is due (possibly a stale timer, which does nothing).
+    pub fn next_event_time(&self) -> Option<Instant> {
+        self.queue.peek_time()
+    }
+
+    // --- Commands ---
+
+    /// Opens a connection from `dialer` to `listener`. After one latency both get
+    /// [`ConnectionEvent::Connected`], the dialer first.
+    pub fn connect(&mut self, dialer: NodeIndex, listener: NodeIndex) -> Result<(), SimError> {
+        self.check(dialer)?;
+        self.check(listener)?;
+        if dialer == listener {
+            return Err(SimError::SelfConnection(dialer));
+        }
+        let now = self.now;
+        let link = self
+            .network
+            .open(dialer, listener, now)
+            .ok_or(SimError::AlreadyConnected(dialer, listener))?;
+        let pending = Pending::LinkUp {
+            conn: link.conn,
+            a: dialer,
+            b: listener,
+        };
+        self.queue.push(now + link.latency, pending);
+        Ok(())
+    }
+
+    /// Closes the connection between `a` and `b`, if there is one: `a` learns of it now, `b`
+    /// one latency later, and messages in flight are dropped. Returns whether there was one.
+    pub fn disconnect(&mut self, a: NodeIndex, b: NodeIndex) -> bool {
+        let Some(link) = self.network.close(a, b) else {
+            return false;
+        };
+        if link.state == LinkState::Up {
+            self.metrics.connections_closed += 1;
+            self.queue
+                .push(self.now, Pending::Closed { node: a, peer: b });
+            self.queue.push(
+                self.now + link.latency,
+                Pending::Closed { node: b, peer: a },
+            );
+        }
+        true
+    }
+
+    /// Runs `f` on node `i` at the current time — a local command such as
+    /// [`Node::ping`] — then drains its outputs. Commands are part of the trace.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn command<R>(&mut self, i: NodeIndex, f: impl FnOnce(&mut Node, Instant) -> R) -> R {
+        self.trace.record(Tag::Command, self.now, i, None, &[]);
+        let now = self.now;
+        let result = f(&mut self.slots[i.index()].node, now);
+        self.drain(i, false);
+        result
+    }
+
+    // --- Running ---
+
+    /// Processes the next queued event, advancing time to it. Returns false if the queue is
+    /// empty.
+    pub fn step(&mut self) -> bool {
+        let Some((at, pending)) = self.queue.pop() else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.process(pending);
+        true
+    }
+
+    /// Processes every event due at or before `end`, then sets the time to `end` (time never
+    /// goes back: an `end` in the past only processes what is due now).
+    pub fn run_until(&mut self, end: Instant) {
+        while self.queue.peek_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    // --- The loop's insides ---
+
+    fn check(&self, i: NodeIndex) -> Result<(), SimError> {
+        if i.index() < self.slots.len() {
+            Ok(())
+        } else {
+            Err(SimError::UnknownNode(i))
+        }
+    }
+
+    fn process(&mut self, pending: Pending) {
+        let now = self.now;
+        match pending {
+            Pending::LinkUp { conn, a, b } => {
+                if self.network.establish(a, b, conn).is_none() {
+                    return; // closed while opening
+                }
+                self.metrics.events_processed += 1;
+                self.metrics.connections_opened += 1;
+                self.trace.record(Tag::LinkUp, now, a, Some(b), &[]);
+                let (id_a, id_b) = (self.peer_id(a), self.peer_id(b));
+                self.input(a, false, |n| {
+                    n.handle_connection_event(
+                        now,
+                        ConnectionEvent::Connected {
+                            peer: id_b,
+                            addr: node_addr(b),
+                            direction: Direction::Outbound,
+                        },
+                    )
+                });
+                self.input(b, false, |n| {
+                    n.handle_connection_event(
+                        now,
+                        ConnectionEvent::Connected {
+                            peer: id_a,
+                            addr: node_addr(a),
+                            direction: Direction::Inbound,
+                        },
+                    )
+                });
+            }
+            Pending::Deliver {
+                conn,
+                from,
+                to,
+                frame,
+            } => {
+                self.in_flight -= 1;
+                self.metrics.events_processed += 1;
+                if !self.network.is_up(from, to, conn) {
+                    self.metrics.messages_unroutable += 1;
+                    self.trace
+                        .record(Tag::Unroutable, now, to, Some(from), &frame);
+                    return;
+                }
+                self.metrics.messages_delivered += 1;
+                self.metrics.bytes_delivered += frame.len() as u64;
+                self.trace.record(Tag::Deliver, now, to, Some(from), &frame);
+                match decode(&frame) {
+                    Some(msg) => {
+                        let from_id = self.peer_id(from);
+                        self.input(to, false, |n| n.handle_message(now, from_id, msg));
+                    }
+                    None => {
+                        self.metrics.codec_errors += 1;
+                        self.disconnect(to, from);
+                    }
+                }
+            }
+            Pending::Closed { node, peer } => {
+                // A newer connection between the two is up: this close is old news.
+                if self.is_connected(node, peer) {
+                    self.metrics.closes_superseded += 1;
+                    return;
+                }
+                self.metrics.events_processed += 1;
+                self.trace.record(Tag::Closed, now, node, Some(peer), &[]);
+                let peer = self.peer_id(peer);
+                self.input(node, false, |n| {
+                    n.handle_connection_event(now, ConnectionEvent::Closed { peer })
+                });
+            }
+            Pending::Timer { node, generation } => {
+                let slot = &mut self.slots[node.index()];
+                if slot.timer.map(|(_, g)| g) != Some(generation) {
+                    return; // superseded
+                }
+                slot.timer = None;
+                self.metrics.events_processed += 1;
+                self.metrics.timers_fired += 1;
+                self.trace.record(Tag::Timer, now, node, None, &[]);
+                self.input(node, true, |n| n.handle_timeout(now));
+            }
+        }
+    }
+
+    /// Feeds node `i` one input, then drains it.
+    fn input(&mut self, i: NodeIndex, is_timeout: bool, f: impl FnOnce(&mut Node)) {
+        f(&mut self.slots[i.index()].node);
+        self.drain(i, is_timeout);
+    }
+
+    /// The driving contract: after every input, take every transmit and event, then reschedule
+    /// the node's timer from `poll_timeout`.
+    fn drain(&mut self, i: NodeIndex, after_timeout: bool) {
+        let mut transmits = std::mem::take(&mut self.scratch_transmits);
+        let mut events = std::mem::take(&mut self.scratch_events);
+        let node = &mut self.slots[i.index()].node;
+        transmits.extend(std::iter::from_fn(|| node.poll_transmit()));
+        events.extend(std::iter::from_fn(|| node.poll_event()));
+        for t in transmits.drain(..) {
+            self.send(i, t);
+        }
+        for e in events.drain(..) {
+            self.observe(i, e);
+        }
+        self.scratch_transmits = transmits;
+        self.scratch_events = events;
+        self.reschedule(i, after_timeout);
+    }
+
+    fn send(&mut self, from: NodeIndex, t: Transmit) {
+        self.metrics.messages_sent += 1;
+        let Ok(frame) = encode_frame(&t.message) else {
+            self.metrics.codec_errors += 1;
+            return;
+        };
+        self.metrics.bytes_sent += frame.len() as u64;
+        let to = match self.index_of(&t.to) {
+            Some(to) if self.is_connected(from, to) => to,
+            _ => {
+                self.metrics.messages_unroutable += 1;
+                return;
+            }
+        };
+        match self.network.transmit(from, to, self.now) {
+            Some((conn, at)) => {
+                self.in_flight += 1;
+                let deliver = Pending::Deliver {
+                    conn,
+                    from,
+                    to,
+                    frame,
+                };
+                self.queue.push(at, deliver);
+            }
+            None => self.metrics.messages_lost += 1,
+        }
+    }
+
+    fn observe(&mut self, i: NodeIndex, event: Event) {
+        self.metrics.events.count(&event);
+        let slot = &mut self.slots[i.index()];
+        slot.counts.count(&event);
+        if let Event::Close { peer, .. } = &event
+            && let Some(j) = self.index_of(peer)
+        {
+            self.disconnect(i, j);
+        }
+        self.slots[i.index()].log.push(self.now, event);
+    }
+
+    fn reschedule(&mut self, i: NodeIndex, after_timeout: bool) {
+        let now = self.now;
+        let slot = &mut self.slots[i.index()];
+        let mut want = slot.node.poll_timeout().map(|t| t.max(now));
+        if after_timeout && want == Some(now) {
+            // The node was just woken for `now` and wants `now` again: it would spin forever.
+            want = Some(now + Duration::from_micros(1));
+            self.metrics.timers_deferred += 1;
+        }
+        match want {
+            None => slot.timer = None,
+            Some(t) if slot.timer.is_some_and(|(at, _)| at == t) => {}
+            Some(t) => {
+                let generation = self.next_timer_generation;
+                self.next_timer_generation += 1;
+                slot.timer = Some((t, generation));
+                self.queue.push(
+                    t,
+                    Pending::Timer {
+                        node: i,
+                        generation,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Decodes one whole frame, as the runtime's stream decoder would.
+fn decode(frame: &[u8]) -> Option<Message> {
+    let mut decoder = FrameDecoder::new();
+    decoder.extend(frame);
+    let msg = decoder.next_message().ok()??;
+    (decoder.buffered() == 0).then_some(msg)
+}
