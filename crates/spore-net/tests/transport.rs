@@ -1,5 +1,7 @@
 //! Real nodes on 127.0.0.1: connection setup, identity checks, limits, and hostile input.
 
+#![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -82,5 +82,4 @@ pub use network::{SIM_PORT, node_addr};
 pub use sim::{MAX_NODES, NodeIndex, Sim, SimError};
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests may panic; that is how they fail.
 mod tests;

@@ -120,5 +120,4 @@ impl DataDir {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests may panic; that is how they fail.
 mod tests;

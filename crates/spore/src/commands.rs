@@ -198,7 +198,10 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         println!("no peers connected");
         return Ok(());
     }
-    println!("{:<54} {:<24} {:<9} {:>9}  AGENT", "PEER", "ADDRESS", "DIRECTION", "RTT");
+    println!(
+        "{:<54} {:<24} {:<9} {:>9}  AGENT",
+        "PEER", "ADDRESS", "DIRECTION", "RTT"
+    );
     for p in peers {
         let rtt = p
             .rtt_ms

@@ -1,6 +1,8 @@
 //! The `spore` binary as a user runs it: two `spore node` processes on 127.0.0.1, queried with
 //! `spore peers --json` and `spore status --json`, plus the CLI's error paths.
 
+#![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -220,7 +222,11 @@ fn demo_runs_and_reports() {
     let out = spore(dir.path(), &["demo", "--nodes", "4", "--pings", "2"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
-    for expected in ["refused during the", "still answers pings", "pings answered   24/24"] {
+    for expected in [
+        "refused during the",
+        "still answers pings",
+        "pings answered   24/24",
+    ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }

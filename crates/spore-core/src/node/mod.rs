@@ -40,7 +40,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::ping::{self, Ping, PingError};
 use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
-use crate::wire::{Capabilities, Hello, MAX_LISTEN_ADDRS, Message};
+use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
 use protocol::Outputs;
 
@@ -239,6 +239,10 @@ impl Node {
         now: Instant,
     ) -> Result<Self, crate::pow::StampError> {
         stamp.verify(&keypair.peer_id(), config.difficulty)?;
+        let mut config = config;
+        // Keep our own Hello within the bounds every receiver enforces.
+        config.listen_addrs.truncate(MAX_LISTEN_ADDRS);
+        truncate_utf8(&mut config.agent, MAX_AGENT_LEN);
         let ping = Ping::new(config.ping.clone());
         let out = Outputs::new(config.max_queued_outputs);
         Ok(Self {
@@ -510,6 +514,17 @@ impl Node {
             out: &mut self.out,
         };
         f(&mut self.ping, &mut cx);
+    }
+}
+
+/// Shortens `s` to at most `max` bytes without splitting a character.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

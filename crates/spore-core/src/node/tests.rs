@@ -142,3 +142,21 @@ fn same_seed_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn oversized_config_still_sends_a_valid_hello() {
+    let listen_addrs = (0..40)
+        .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
+        .collect();
+    let config = Config {
+        listen_addrs,
+        agent: "é".repeat(100),
+        ..test_config()
+    };
+    let a = test_node(1, config);
+    let mut pair = Pair::with_nodes(a, test_node(2, test_config()), Duration::from_millis(10));
+    pair.handshake();
+    let seen = pair.b.peer(&pair.a.peer_id()).unwrap();
+    assert_eq!(seen.listen_addrs.len(), crate::wire::MAX_LISTEN_ADDRS);
+    assert!(seen.agent.len() <= crate::wire::MAX_AGENT_LEN);
+}

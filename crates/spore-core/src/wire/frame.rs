@@ -7,7 +7,11 @@ use super::{MAX_FRAME_LEN, Message, WIRE_VERSION, WireError};
 const LEN_PREFIX: usize = 4;
 
 /// Encodes `msg` as one frame: length prefix, version byte, postcard body.
+///
+/// A message that a receiver would reject (see [`Message::validate`]) is refused here too, so a
+/// node never sends what its peers must drop.
 pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
+    msg.validate()?;
     let body = postcard::to_allocvec(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
     let len = 1 + body.len();
     if len > MAX_FRAME_LEN {
@@ -45,11 +49,17 @@ fn decode_body(frame: &[u8]) -> Result<Message, WireError> {
 /// [`next_message`](Self::next_message) until it returns `Ok(None)`. The decoder holds at most one
 /// partial frame plus the last chunk fed; a length prefix above [`MAX_FRAME_LEN`] is an error
 /// before any of the frame is buffered. After an error the stream is unusable: close it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
     max_len: usize,
     failed: bool,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FrameDecoder {
@@ -67,9 +77,11 @@ impl FrameDecoder {
         }
     }
 
-    /// Appends bytes received from the stream.
+    /// Appends bytes received from the stream. Ignored once the decoder has failed.
     pub fn extend(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if !self.failed {
+            self.buf.extend_from_slice(data);
+        }
     }
 
     /// Bytes buffered and not yet decoded.
