@@ -99,7 +99,8 @@ impl Default for TransportParams {
 }
 
 impl TransportParams {
-    pub(crate) fn quinn(&self, limits: &Limits) -> Arc<quinn::TransportConfig> {
+    /// The quinn transport configuration these parameters and `limits` describe.
+    pub fn to_quinn(&self, limits: &Limits) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)));

@@ -53,7 +53,7 @@ pub async fn start(
     if config.listen.is_empty() {
         return Err(StartError::NoListenAddr);
     }
-    let transport = config.transport.quinn(&config.limits);
+    let transport = config.transport.to_quinn(&config.limits);
     let server = crate::tls::server_config(&keypair, transport)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let mut endpoints = Vec::new();

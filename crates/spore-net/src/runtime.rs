@@ -401,7 +401,7 @@ impl Runtime {
             let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
             return self.finish_dials(peer, Err(DialError::NoEndpoint { family, addr }));
         };
-        let transport = self.config.transport.quinn(&self.config.limits);
+        let transport = self.config.transport.to_quinn(&self.config.limits);
         let keypair = self.keypair.clone();
         let inputs = self.inputs.clone();
         let timeout = self.config.dial_timeout;
