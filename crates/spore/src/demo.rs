@@ -150,7 +150,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
     println!(
-        "      node 0 refused   {} wire errors, {} violations",
+        "      node 0 counters  {} wire errors, {} violations (the garbage never got past QUIC)",
         status.runtime.wire_errors, status.core.violations
     );
     println!(
