@@ -32,8 +32,10 @@ fn base32() -> &'static Encoding {
 
 /// The identity of a node: its Ed25519 public key.
 ///
-/// A `PeerId` can only be built from bytes that are a valid Ed25519 public key (a point on the
-/// curve), so holding one means signatures can be checked against it.
+/// [`PeerId::from_bytes`] and text parsing check that the bytes are a valid Ed25519 public key
+/// (a point on the curve), so ids typed by people fail early; ids decoded from the wire are not
+/// checked (see the `Deserialize` impl), and [`PeerId::verify`] rejects any signature for an id
+/// that is not a point.
 ///
 /// Serialized as its text form in human-readable formats (JSON, TOML) and as 32 raw bytes in
 /// binary ones (the wire format).
@@ -56,8 +58,11 @@ impl<'de> Deserialize<'de> for PeerId {
             let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
             s.parse().map_err(serde::de::Error::custom)
         } else {
-            let bytes = <[u8; PEER_ID_LEN]>::deserialize(d)?;
-            Self::from_bytes(bytes).map_err(serde::de::Error::custom)
+            // Binary (wire) form: taken as is. Checking that the bytes are a curve point costs a
+            // field inversion per id, and lookups carry dozens of ids per message; nothing is
+            // trusted on the strength of an id alone anyway — a signature check or the TLS
+            // handshake rejects a non-point — so the check would buy nothing.
+            Ok(Self(<[u8; PEER_ID_LEN]>::deserialize(d)?))
         }
     }
 }

@@ -38,6 +38,7 @@
 //! [`Protocol`](node::Protocol) trait), [`ping`] (the first protocol), [`time`].
 
 pub mod identity;
+pub mod kad;
 pub mod node;
 pub mod ping;
 pub mod pow;

@@ -1,8 +1,10 @@
 //! Virtual time for the sans-IO core.
 //!
 //! spore-core never reads a clock. Every input carries `now` as an [`Instant`]: microseconds since
-//! an epoch the driver picks (the runtime: when it started; the simulator: time zero). Durations
-//! are plain [`std::time::Duration`]s.
+//! an epoch the driver picks. The runtime uses the UNIX epoch (wall-clock time at start, advanced
+//! by a monotonic clock), so that expiry times in signed records, which are UNIX seconds, compare
+//! directly with `now`; the simulator starts at zero. Durations are plain
+//! [`std::time::Duration`]s.
 
 use std::fmt;
 use std::ops::{Add, Sub};
@@ -26,6 +28,11 @@ impl Instant {
     /// Microseconds since the epoch.
     pub const fn as_micros(self) -> u64 {
         self.0
+    }
+
+    /// Whole seconds since the epoch: UNIX time in the runtime.
+    pub const fn as_secs(self) -> u64 {
+        self.0 / 1_000_000
     }
 
     /// Time elapsed from `earlier` to `self`, or zero if `earlier` is later.

@@ -23,6 +23,7 @@ mod conn;
 mod dial;
 mod error;
 mod handle;
+pub mod mdns;
 mod runtime;
 pub mod tls;
 

@@ -159,26 +159,38 @@ struct Entry {
     frames: mpsc::Sender<Bytes>,
 }
 
-/// Maps the runtime's monotonic clock to spore-core's [`Instant`].
+/// Maps the runtime's clock to spore-core's [`Instant`]: microseconds since the UNIX epoch, read
+/// once from the wall clock at start and advanced by the monotonic clock, so it never jumps.
 #[derive(Clone, Copy)]
 pub(crate) struct Clock {
     start: tokio::time::Instant,
+    start_unix_micros: u64,
 }
 
 impl Clock {
     pub(crate) fn new() -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let start_unix_micros = u64::try_from(unix.as_micros()).unwrap_or(u64::MAX);
         Self {
             start: tokio::time::Instant::now(),
+            start_unix_micros,
         }
     }
 
     pub(crate) fn now(&self) -> Instant {
-        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        Instant::from_micros(micros)
+        let elapsed = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(self.start_unix_micros.saturating_add(elapsed))
     }
 
     fn to_tokio(self, t: Instant) -> tokio::time::Instant {
-        self.start + Duration::from_micros(t.as_micros())
+        let offset = t.as_micros().saturating_sub(self.start_unix_micros);
+        self.start + Duration::from_micros(offset)
+    }
+
+    fn uptime(&self) -> Duration {
+        self.start.elapsed()
     }
 }
 
@@ -364,7 +376,7 @@ impl Runtime {
             observed_addrs: observed.into_iter().map(|(a, _)| a).collect(),
             connections: self.conns.len(),
             ready_peers: ready,
-            uptime_secs: self.clock.now().as_micros() / 1_000_000,
+            uptime_secs: self.clock.uptime().as_secs(),
             core: self.node.stats(),
             runtime: RuntimeStats {
                 refused,

@@ -60,7 +60,7 @@
 //!
 //! Version 1 ([`NetworkConfig`]): each connection's one-way latency is drawn from a
 //! distribution when it opens; each message adds jitter and may be lost; messages on one
-//! connection stay in order. Node `i` lives at `10.x.y.z:4000` ([`node_addr`]), which is also
+//! connection stay in order. Node `i` lives at a unique public-looking address on port 4000 ([`node_addr`]), which is also
 //! the address its peers observe. Connections are opened and closed by the caller
 //! ([`Sim::connect`], [`Sim::disconnect`]) or closed by a node.
 //!

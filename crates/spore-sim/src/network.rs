@@ -15,13 +15,20 @@ use crate::queue::ConnId;
 /// The UDP port every simulated node listens on.
 pub const SIM_PORT: u16 = 4000;
 
-/// The address of node `i`: `10.x.y.z:4000`, where `x.y.z` is `i + 1` in base 256. A node dials
-/// from its listening socket (as a QUIC endpoint does), so this is also the address its peers
-/// see. Unique for up to 2^24 - 1 nodes.
+/// The address of node `i`, on port 4000. Addresses are spread over the whole IPv4 space the way
+/// a real network's are — consecutive nodes land in unrelated /16s — so the routing table's
+/// IP-prefix limits see what they would see on the internet. The low 24 bits are a bijection of
+/// the index (an odd multiplier modulo 2^24), so addresses are unique for up to 2^24 - 1 nodes;
+/// the first octet is kept out of 0, 10 and 127 and below the multicast range. A node dials from
+/// its listening socket (as a QUIC endpoint does), so this is also the address its peers see.
 pub fn node_addr(i: NodeIndex) -> SocketAddr {
-    let n = i.0.wrapping_add(1);
-    let [_, x, y, z] = n.to_be_bytes();
-    SocketAddr::from((Ipv4Addr::new(10, x, y, z), SIM_PORT))
+    let h = i.0.wrapping_add(1).wrapping_mul(0x9E37_79B1);
+    let [top, x, y, z] = h.to_be_bytes();
+    let first = match 1 + top % 223 {
+        0 | 10 | 127 => 11,
+        o => o,
+    };
+    SocketAddr::from((Ipv4Addr::new(first, x, y, z), SIM_PORT))
 }
 
 /// Whether a connection has finished opening.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use spore_core::time::Instant;
 
 use crate::NodeIndex;
+use spore_core::identity::PeerId;
 
 /// Identifies one connection between two nodes (a reconnection gets a new id).
 pub(crate) type ConnId = u64;
@@ -32,6 +33,8 @@ pub(crate) enum Pending {
     Closed { node: NodeIndex, peer: NodeIndex },
     /// `node`'s timer; stale unless `generation` is the node's current one.
     Timer { node: NodeIndex, generation: u64 },
+    /// A dial `node` asked for found nobody to connect to.
+    DialFailed { node: NodeIndex, peer: PeerId },
 }
 
 #[derive(Debug)]

@@ -26,6 +26,8 @@ pub const MAX_NODES: usize = (1 << 24) - 1;
 const IDENTITY_STREAM: u64 = 1;
 /// ChaCha20 stream of the simulation seed from which the network model draws.
 const NETWORK_STREAM: u64 = 2;
+/// How long a dial to an address where no node listens takes to fail (a handshake timeout).
+const DIAL_FAILURE_DELAY: Duration = Duration::from_secs(3);
 
 /// A node's position in the simulation, from 0 in creation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -459,6 +461,14 @@ impl Sim {
                     n.handle_connection_event(now, ConnectionEvent::Closed { peer })
                 });
             }
+            Pending::DialFailed { node, peer } => {
+                self.metrics.events_processed += 1;
+                self.trace
+                    .record(Tag::DialFailed, now, node, None, peer.as_bytes());
+                self.input(node, false, |n| {
+                    n.handle_connection_event(now, ConnectionEvent::DialFailed { peer })
+                });
+            }
             Pending::Timer { node, generation } => {
                 let slot = &mut self.slots[node.index()];
                 if slot.timer.map(|(_, g)| g) != Some(generation) {
@@ -531,10 +541,32 @@ impl Sim {
         self.metrics.events.count(&event);
         let slot = &mut self.slots[i.index()];
         slot.counts.count(&event);
-        if let Event::Close { peer, .. } = &event
-            && let Some(j) = self.index_of(peer)
-        {
-            self.disconnect(i, j);
+        match &event {
+            Event::Close { peer, .. } => {
+                if let Some(j) = self.index_of(peer) {
+                    self.disconnect(i, j);
+                }
+            }
+            Event::Dial { peer, addrs } => {
+                // Connect if some node has that id and the address is really its own; a dial
+                // to a connection already opening is satisfied by it.
+                match self.index_of(peer) {
+                    Some(j) if j != i && addrs.contains(&node_addr(j)) => {
+                        let _ = self.connect(i, j);
+                    }
+                    _ => {
+                        let at = self.now + DIAL_FAILURE_DELAY;
+                        self.queue.push(
+                            at,
+                            Pending::DialFailed {
+                                node: i,
+                                peer: *peer,
+                            },
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
         self.slots[i.index()].log.push(self.now, event);
     }

@@ -18,6 +18,7 @@ pub(crate) enum Tag {
     Timer = 4,
     Command = 5,
     Unroutable = 6,
+    DialFailed = 7,
 }
 
 #[derive(Debug, Clone, Default)]

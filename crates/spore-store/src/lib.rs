@@ -46,6 +46,7 @@ mod api;
 mod error;
 mod fsutil;
 mod identity;
+pub mod records;
 
 pub use error::StoreError;
 pub use identity::{Identity, KEY_FILE_HEADER};

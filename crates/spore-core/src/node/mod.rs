@@ -6,12 +6,13 @@
 //!
 //! 1. feeds it inputs, each stamped with the current [`Instant`]:
 //!    [`handle_connection_event`](Node::handle_connection_event) when a connection opens or
-//!    closes, [`handle_message`](Node::handle_message) for every message decoded from a peer,
+//!    closes or a requested dial fails, [`handle_message`](Node::handle_message) for every
+//!    message decoded from a peer,
 //!    [`handle_timeout`](Node::handle_timeout) when [`poll_timeout`](Node::poll_timeout) is
 //!    reached, and local commands such as [`ping`](Node::ping);
 //! 2. after **every** input, drains [`poll_transmit`](Node::poll_transmit) (messages to send) and
-//!    [`poll_event`](Node::poll_event) (what happened, including requests to close a
-//!    connection), then asks [`poll_timeout`](Node::poll_timeout) for the next wake-up.
+//!    [`poll_event`](Node::poll_event) (what happened, including requests to dial a peer or close
+//!    a connection), then asks [`poll_timeout`](Node::poll_timeout) for the next wake-up.
 //!
 //! The node never reads a clock or an OS RNG: time arrives as a parameter, and randomness comes
 //! from a ChaCha20 RNG seeded by the driver. The same seed and the same inputs give the same
@@ -37,12 +38,14 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use crate::identity::{Keypair, PeerId};
+use crate::kad::store::{MemoryStore, RecordStore};
+use crate::kad::{self, Kad, KadError, Key, QueryId};
 use crate::ping::{self, Ping, PingError};
 use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
-use protocol::Outputs;
+use protocol::{Link, OutputLimits, Outputs};
 
 /// The application protocol version carried in `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -64,8 +67,16 @@ pub struct Config {
     pub max_queued_outputs: usize,
     /// Software name sent in `Hello`.
     pub agent: String,
+    /// How long a requested dial may take before messages waiting for it are dropped.
+    pub dial_timeout: Duration,
+    /// Most peers with messages waiting for a dial or handshake to finish.
+    pub max_waiting_peers: usize,
+    /// Most messages waiting per such peer.
+    pub max_waiting_messages: usize,
     /// Ping settings.
     pub ping: ping::Config,
+    /// Kademlia settings.
+    pub kad: kad::Config,
 }
 
 impl Default for Config {
@@ -78,7 +89,11 @@ impl Default for Config {
             max_peers: 1024,
             max_queued_outputs: 65_536,
             agent: concat!("spore/", env!("CARGO_PKG_VERSION")).to_string(),
+            dial_timeout: Duration::from_secs(15),
+            max_waiting_peers: 256,
+            max_waiting_messages: 32,
             ping: ping::Config::default(),
+            kad: kad::Config::default(),
         }
     }
 }
@@ -111,6 +126,11 @@ pub enum ConnectionEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// A dial the node asked for ([`Event::Dial`]) failed.
+    DialFailed {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 /// What the node reports to its driver.
@@ -129,6 +149,14 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// The driver must connect to `peer` at one of `addrs` (in order of preference) and report
+    /// [`ConnectionEvent::Connected`] or [`ConnectionEvent::DialFailed`].
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Where to reach it.
+        addrs: Vec<SocketAddr>,
+    },
     /// The driver must close the connection to `peer`.
     Close {
         /// The peer.
@@ -138,6 +166,14 @@ pub enum Event {
     },
     /// A ping result.
     Ping(ping::Event),
+    /// A Kademlia result.
+    Kad(kad::Event),
+}
+
+impl From<kad::Event> for Event {
+    fn from(e: kad::Event) -> Self {
+        Event::Kad(e)
+    }
 }
 
 impl From<ping::Event> for Event {
@@ -183,6 +219,8 @@ pub struct PeerInfo {
     pub capabilities: Capabilities,
     /// Its software.
     pub agent: String,
+    /// Its proof-of-work stamp (from its `Hello`; verified).
+    pub stamp: Option<Stamp>,
     /// Whether its `Hello` has been verified.
     pub ready: bool,
     /// Last measured round-trip time.
@@ -204,6 +242,8 @@ pub struct Stats {
     pub outputs_dropped: u64,
     /// Connections closed for a protocol violation or bad hello.
     pub violations: u64,
+    /// Messages for peers that were neither connected nor dialable.
+    pub unroutable: u64,
 }
 
 /// A spore node's protocol core. See the [module docs](self) for the driving contract.
@@ -214,9 +254,12 @@ pub struct Node {
     rng: ChaCha20Rng,
     now: Instant,
     peers: BTreeMap<PeerId, Peer>,
+    /// `Hello` deadlines of handshaking peers, earliest first (so `poll_timeout` is cheap).
+    hello_deadlines: std::collections::BTreeSet<(Instant, PeerId)>,
     out: Outputs,
     stats: Stats,
     ping: Ping,
+    kad: Kad,
 }
 
 impl std::fmt::Debug for Node {
@@ -229,8 +272,8 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A node with identity `keypair`, whose `stamp` must meet `config.difficulty`, and whose
-    /// randomness comes from `rng_seed`.
+    /// A node with identity `keypair`, whose `stamp` must meet `config.difficulty`, whose
+    /// randomness comes from `rng_seed`, and which keeps DHT records in memory.
     pub fn new(
         keypair: Keypair,
         stamp: Stamp,
@@ -238,22 +281,53 @@ impl Node {
         rng_seed: [u8; 32],
         now: Instant,
     ) -> Result<Self, crate::pow::StampError> {
+        let store = Box::new(MemoryStore::new(config.kad.store.clone()));
+        Self::with_store(keypair, stamp, config, store, rng_seed, now)
+    }
+
+    /// Like [`new`](Self::new), with DHT records kept in `store` (the runtime passes a persistent
+    /// one).
+    pub fn with_store(
+        keypair: Keypair,
+        stamp: Stamp,
+        config: Config,
+        store: Box<dyn RecordStore + Send>,
+        rng_seed: [u8; 32],
+        now: Instant,
+    ) -> Result<Self, crate::pow::StampError> {
         stamp.verify(&keypair.peer_id(), config.difficulty)?;
         let mut config = config;
+        if config.kad.mode == kad::Mode::Server {
+            config.capabilities = config.capabilities | Capabilities::DHT_SERVER;
+        }
         // Keep our own Hello within the bounds every receiver enforces.
         config.listen_addrs.truncate(MAX_LISTEN_ADDRS);
         truncate_utf8(&mut config.agent, MAX_AGENT_LEN);
         let ping = Ping::new(config.ping.clone());
-        let out = Outputs::new(config.max_queued_outputs);
+        let mut kad = Kad::new(
+            keypair.clone(),
+            stamp,
+            config.difficulty,
+            config.kad.clone(),
+            store,
+        );
+        kad.set_listen_addrs(config.listen_addrs.clone());
+        let out = Outputs::new(OutputLimits {
+            queue: config.max_queued_outputs,
+            waiting_peers: config.max_waiting_peers,
+            waiting_messages: config.max_waiting_messages,
+        });
         Ok(Self {
             keypair,
             stamp,
             rng: ChaCha20Rng::from_seed(rng_seed),
             now,
             peers: BTreeMap::new(),
+            hello_deadlines: std::collections::BTreeSet::new(),
             out,
             stats: Stats::default(),
             ping,
+            kad,
             config,
         })
     }
@@ -271,6 +345,7 @@ impl Node {
     /// Replaces the announced listen addresses (e.g. once the socket is bound).
     pub fn set_listen_addrs(&mut self, mut addrs: Vec<SocketAddr>) {
         addrs.truncate(MAX_LISTEN_ADDRS);
+        self.kad.set_listen_addrs(addrs.clone());
         self.config.listen_addrs = addrs;
     }
 
@@ -296,6 +371,7 @@ impl Node {
     pub fn stats(&self) -> Stats {
         Stats {
             outputs_dropped: self.out.dropped,
+            unroutable: self.out.unroutable,
             ..self.stats
         }
     }
@@ -329,10 +405,14 @@ impl Node {
                     observed_us: None,
                     capabilities: Capabilities::empty(),
                     agent: String::new(),
+                    stamp: None,
                     ready: false,
                     rtt: None,
                 };
                 let hello_deadline = Some(now + self.config.hello_timeout);
+                self.hello_deadlines
+                    .insert((now + self.config.hello_timeout, peer));
+                self.out.links.insert(peer, Link::Handshaking);
                 self.peers.insert(
                     peer,
                     Peer {
@@ -351,6 +431,11 @@ impl Node {
                 self.send(peer, Message::Hello(hello));
             }
             ConnectionEvent::Closed { peer } => self.remove_peer(peer),
+            ConnectionEvent::DialFailed { peer } => {
+                if self.out.links.get(&peer) == Some(&Link::Dialing) {
+                    self.unreachable(peer);
+                }
+            }
         }
     }
 
@@ -377,6 +462,14 @@ impl Node {
                 };
                 self.ping.handle_message(&mut cx, from, m);
             }
+            Message::Kad(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.kad.handle_message(&mut cx, from, m);
+            }
         }
     }
 
@@ -384,10 +477,10 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         let expired: Vec<PeerId> = self
-            .peers
-            .values()
-            .filter(|p| p.hello_deadline.is_some_and(|d| d <= now))
-            .map(|p| p.info.peer)
+            .hello_deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, p)| *p)
             .collect();
         for peer in expired {
             self.remove_peer(peer);
@@ -395,6 +488,25 @@ impl Node {
                 peer,
                 reason: CloseReason::HelloTimeout,
             });
+        }
+        let dial_timeout = self.config.dial_timeout;
+        let stuck: Vec<PeerId> = self
+            .out
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.since + dial_timeout <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stuck {
+            // The driver never reported the dial's outcome, or the handshake stalled: give up on
+            // what was waiting. A handshaking peer is closed by its hello timeout.
+            if self.out.links.get(&peer) == Some(&Link::Dialing) {
+                self.unreachable(peer);
+            } else if self.out.waiting.remove(&peer).is_some() {
+                self.for_each_protocol(|p, cx| {
+                    p.handle_peer_event(cx, &PeerEvent::Unreachable { peer })
+                });
+            }
         }
         self.for_each_protocol(|p, cx| {
             if p.poll_timeout().is_some_and(|t| t <= cx.now) {
@@ -414,6 +526,56 @@ impl Node {
         self.ping.ping(&mut cx, peer)
     }
 
+    /// Kademlia's state: routing table, records, counters.
+    pub fn kad(&self) -> &Kad {
+        &self.kad
+    }
+
+    /// Command: join the DHT (look up our own id, then refresh farther buckets).
+    pub fn bootstrap(&mut self, now: Instant) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.bootstrap(cx))
+    }
+
+    /// Command: find the k closest nodes to `target`.
+    pub fn find_node(&mut self, now: Instant, target: Key) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.find_node(cx, target))
+    }
+
+    /// Command: find `peer`'s signed record (its addresses).
+    pub fn find_peer(&mut self, now: Instant, peer: PeerId) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.find_peer(cx, peer))
+    }
+
+    /// Command: sign `value` under `name` and store it in the DHT.
+    pub fn put_value(
+        &mut self,
+        now: Instant,
+        name: &str,
+        value: bytes::Bytes,
+    ) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.put_value(cx, name, value))
+    }
+
+    /// Command: read the value `publisher` stored under `name`.
+    pub fn get_value(
+        &mut self,
+        now: Instant,
+        publisher: PeerId,
+        name: &str,
+    ) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.get_value(cx, publisher, name))
+    }
+
+    /// Command: announce that this node provides the content with hash `content`.
+    pub fn provide(&mut self, now: Instant, content: [u8; 32]) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.provide(cx, content))
+    }
+
+    /// Command: find providers of `content`.
+    pub fn find_providers(&mut self, now: Instant, content: [u8; 32]) -> Result<QueryId, KadError> {
+        self.with_kad(now, |kad, cx| kad.find_providers(cx, content))
+    }
+
     /// Output: the next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.transmits.pop_front()
@@ -426,7 +588,14 @@ impl Node {
 
     /// Output: when to call [`handle_timeout`](Self::handle_timeout) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let hello = self.peers.values().filter_map(|p| p.hello_deadline).min();
+        let hello = self.hello_deadlines.first().map(|(d, _)| *d);
+        let waiting = self
+            .out
+            .waiting
+            .values()
+            .map(|w| w.since + self.config.dial_timeout)
+            .min();
+        let hello = hello.into_iter().chain(waiting).min();
         let protocols = self
             .protocols()
             .into_iter()
@@ -439,13 +608,9 @@ impl Node {
         self.now = self.now.max(now);
     }
 
+    /// Sends a node-level message (`Hello`) on a connection that need not be ready yet.
     fn send(&mut self, to: PeerId, message: Message) {
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
-        cx.send(to, message);
+        self.out.push_transmit(Transmit { to, message });
     }
 
     fn handle_hello(&mut self, from: PeerId, hello: Hello) {
@@ -462,19 +627,20 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        peer.hello_deadline = None;
+        if let Some(d) = peer.hello_deadline.take() {
+            self.hello_deadlines.remove(&(d, from));
+        }
         let info = &mut peer.info;
         info.ready = true;
         info.listen_addrs = hello.listen_addrs;
         info.observed_us = Some(hello.observed_addr);
         info.capabilities = hello.capabilities;
         info.agent = hello.agent;
+        info.stamp = Some(hello.stamp);
         let info = info.clone();
-        let event = PeerEvent::Ready {
-            peer: from,
-            addr: info.addr,
-            capabilities: info.capabilities,
-        };
+        self.out.links.insert(from, Link::Ready);
+        self.out.flush(from);
+        let event = PeerEvent::Ready(Box::new(info.clone()));
         self.out.push_event(Event::PeerReady { peer: from, info });
         self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
     }
@@ -493,17 +659,43 @@ impl Node {
         let Some(p) = self.peers.remove(&peer) else {
             return;
         };
+        if let Some(d) = p.hello_deadline {
+            self.hello_deadlines.remove(&(d, peer));
+        }
+        self.out.links.remove(&peer);
         if p.info.ready {
             self.out.push_event(Event::PeerGone { peer });
             let event = PeerEvent::Gone { peer };
             self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+        } else if self.out.waiting.remove(&peer).is_some() {
+            let event = PeerEvent::Unreachable { peer };
+            self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
         }
+    }
+
+    /// A peer we were dialing cannot be reached.
+    fn unreachable(&mut self, peer: PeerId) {
+        self.out.links.remove(&peer);
+        self.out.waiting.remove(&peer);
+        let event = PeerEvent::Unreachable { peer };
+        self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+    }
+
+    /// Runs a Kademlia command with a context.
+    fn with_kad<R>(&mut self, now: Instant, f: impl FnOnce(&mut Kad, &mut Context<'_>) -> R) -> R {
+        self.advance(now);
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        f(&mut self.kad, &mut cx)
     }
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 1] {
-        [&self.ping]
+    fn protocols(&self) -> [&dyn AnyProtocol; 2] {
+        [&self.ping, &self.kad]
     }
 
     /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
@@ -514,6 +706,7 @@ impl Node {
             out: &mut self.out,
         };
         f(&mut self.ping, &mut cx);
+        f(&mut self.kad, &mut cx);
     }
 }
 

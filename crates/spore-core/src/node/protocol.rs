@@ -1,6 +1,6 @@
 //! The shape every sub-protocol has, and the context the [`Node`](super::Node) hands it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use rand_chacha::ChaCha20Rng;
@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use super::Event;
 use crate::identity::PeerId;
 use crate::time::Instant;
-use crate::wire::{Capabilities, Message};
+use crate::wire::Message;
 
 /// A sub-protocol of the node: a deterministic state machine.
 ///
@@ -39,16 +39,15 @@ pub trait Protocol {
 #[non_exhaustive]
 pub enum PeerEvent {
     /// The peer's `Hello` was verified; it may now be sent protocol messages.
-    Ready {
+    Ready(Box<super::PeerInfo>),
+    /// The connection to a ready peer closed.
+    Gone {
         /// The peer.
         peer: PeerId,
-        /// The address its connection comes from, as this node sees it.
-        addr: SocketAddr,
-        /// What the peer offers.
-        capabilities: Capabilities,
     },
-    /// The connection to the peer closed.
-    Gone {
+    /// A peer that was never ready (being dialed, or handshaking) is gone, and the messages
+    /// waiting for it were dropped. Protocols should fail what they were waiting for.
+    Unreachable {
         /// The peer.
         peer: PeerId,
     },
@@ -64,12 +63,22 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Queues `msg` for `to`.
+    /// Sends `msg` to `to`. If `to` is connected but not yet ready, the message waits for its
+    /// `Hello`; if `to` is not connected at all, the message is dropped (use
+    /// [`dial_and_send`](Self::dial_and_send) to reach a peer that may not be connected).
     pub fn send(&mut self, to: PeerId, msg: impl Into<Message>) {
-        self.out.push_transmit(Transmit {
-            to,
-            message: msg.into(),
-        });
+        self.out.send(to, msg.into(), None, self.now);
+    }
+
+    /// Sends `msg` to `to`, asking the driver to connect to one of `addrs` first if it is not
+    /// connected. If the connection fails, protocols get [`PeerEvent::Unreachable`].
+    pub fn dial_and_send(&mut self, to: PeerId, addrs: &[SocketAddr], msg: impl Into<Message>) {
+        self.out.send(to, msg.into(), Some(addrs), self.now);
+    }
+
+    /// Whether `peer` is connected and its `Hello` verified.
+    pub fn is_ready(&self, peer: &PeerId) -> bool {
+        self.out.links.get(peer) == Some(&Link::Ready)
     }
 
     /// Reports an event to the node's owner.
@@ -87,29 +96,107 @@ pub struct Transmit {
     pub message: Message,
 }
 
-/// The node's output queues. They are bounded: the driver drains them after every input, so the
-/// bound is only reached if a single input produces an outsize burst, and what exceeds it is
-/// dropped and counted rather than held.
+/// How far a connection to a peer has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Link {
+    /// The driver was asked to connect.
+    Dialing,
+    /// Connected; waiting for the peer's `Hello`.
+    Handshaking,
+    /// `Hello` verified.
+    Ready,
+}
+
+/// Messages held for a peer that is not ready yet.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    pub(super) messages: VecDeque<Message>,
+    pub(super) since: Instant,
+}
+
+/// The node's output queues and the link states that decide where a message goes. Everything is
+/// bounded: the driver drains the queues after every input, so their bound is only reached by an
+/// outsize burst, and what exceeds any bound is dropped and counted rather than held.
 #[derive(Debug)]
 pub(super) struct Outputs {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
-    pub(super) limit: usize,
+    pub(super) links: BTreeMap<PeerId, Link>,
+    pub(super) waiting: BTreeMap<PeerId, Waiting>,
+    pub(super) limits: OutputLimits,
     pub(super) dropped: u64,
+    pub(super) unroutable: u64,
+}
+
+/// Bounds of [`Outputs`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OutputLimits {
+    pub(super) queue: usize,
+    pub(super) waiting_peers: usize,
+    pub(super) waiting_messages: usize,
 }
 
 impl Outputs {
-    pub(super) fn new(limit: usize) -> Self {
+    pub(super) fn new(limits: OutputLimits) -> Self {
         Self {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            limit,
+            links: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            limits,
             dropped: 0,
+            unroutable: 0,
         }
     }
 
-    fn push_transmit(&mut self, t: Transmit) {
-        if self.transmits.len() < self.limit {
+    fn send(&mut self, to: PeerId, message: Message, dial: Option<&[SocketAddr]>, now: Instant) {
+        match (self.links.get(&to), dial) {
+            (Some(Link::Ready), _) => self.push_transmit(Transmit { to, message }),
+            (Some(_), _) => self.wait(to, message, now),
+            (None, Some(addrs)) if !addrs.is_empty() => {
+                if self.waiting.len() >= self.limits.waiting_peers {
+                    self.dropped += 1;
+                    return;
+                }
+                self.links.insert(to, Link::Dialing);
+                self.wait(to, message, now);
+                self.push_event(Event::Dial {
+                    peer: to,
+                    addrs: addrs.to_vec(),
+                });
+            }
+            (None, _) => self.unroutable += 1,
+        }
+    }
+
+    fn wait(&mut self, to: PeerId, message: Message, now: Instant) {
+        let limit = self.limits.waiting_messages;
+        if !self.waiting.contains_key(&to) && self.waiting.len() >= self.limits.waiting_peers {
+            self.dropped += 1;
+            return;
+        }
+        let w = self.waiting.entry(to).or_insert_with(|| Waiting {
+            messages: VecDeque::new(),
+            since: now,
+        });
+        if w.messages.len() < limit {
+            w.messages.push_back(message);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The peer became ready: its waiting messages go out.
+    pub(super) fn flush(&mut self, peer: PeerId) {
+        if let Some(w) = self.waiting.remove(&peer) {
+            for message in w.messages {
+                self.push_transmit(Transmit { to: peer, message });
+            }
+        }
+    }
+
+    pub(super) fn push_transmit(&mut self, t: Transmit) {
+        if self.transmits.len() < self.limits.queue {
             self.transmits.push_back(t);
         } else {
             self.dropped += 1;
@@ -117,7 +204,7 @@ impl Outputs {
     }
 
     pub(super) fn push_event(&mut self, e: Event) {
-        if self.events.len() < self.limit {
+        if self.events.len() < self.limits.queue {
             self.events.push_back(e);
         } else {
             self.dropped += 1;

@@ -4,7 +4,7 @@
 //! its round-trip time, a missing one a [`Event::Timeout`]. [`Ping::ping`] sends one on demand.
 //! This is also the smallest complete example of a protocol: messages, config, state machine.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use rand_core::RngCore;
@@ -89,6 +89,8 @@ struct PeerState {
     in_flight: VecDeque<(u64, Instant)>,
     next_ping: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// The entry of this peer in [`Ping::timers`].
+    deadline: Option<Instant>,
 }
 
 /// The ping state machine.
@@ -96,6 +98,9 @@ struct PeerState {
 pub struct Ping {
     config: Config,
     peers: BTreeMap<PeerId, PeerState>,
+    /// Each peer's next deadline (a ping due, or the oldest pong overdue), earliest first, so
+    /// that `poll_timeout` and `handle_timeout` touch only the peers that are due.
+    timers: BTreeSet<(Instant, PeerId)>,
     unexpected_pongs: u64,
 }
 
@@ -105,6 +110,7 @@ impl Ping {
         Self {
             config,
             peers: BTreeMap::new(),
+            timers: BTreeSet::new(),
             unexpected_pongs: 0,
         }
     }
@@ -122,6 +128,7 @@ impl Ping {
         let nonce = cx.rng.next_u64();
         state.in_flight.push_back((nonce, cx.now));
         cx.send(peer, Message::Ping { nonce });
+        self.retime(peer);
         Ok(nonce)
     }
 
@@ -133,6 +140,27 @@ impl Ping {
     /// Pongs that matched no ping in flight (late, duplicated or forged).
     pub fn unexpected_pongs(&self) -> u64 {
         self.unexpected_pongs
+    }
+
+    /// Recomputes `peer`'s entry in the timer set after its state changed.
+    fn retime(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let expiry = state
+            .in_flight
+            .front()
+            .map(|(_, sent)| *sent + self.config.timeout);
+        let next = expiry.into_iter().chain(state.next_ping).min();
+        if next != state.deadline {
+            if let Some(old) = state.deadline {
+                self.timers.remove(&(old, peer));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, peer));
+            }
+            state.deadline = next;
+        }
     }
 }
 
@@ -156,6 +184,7 @@ impl Protocol for Ping {
                             nonce,
                             rtt,
                         });
+                        self.retime(from);
                     }
                     None => self.unexpected_pongs += 1,
                 }
@@ -165,57 +194,63 @@ impl Protocol for Ping {
 
     fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
         match event {
-            PeerEvent::Ready { peer, .. } => {
+            PeerEvent::Ready(info) => {
                 let next_ping = self.config.interval.map(|_| cx.now);
-                self.peers.insert(
-                    *peer,
+                if let Some(old) = self.peers.insert(
+                    info.peer,
                     PeerState {
                         next_ping,
                         ..Default::default()
                     },
-                );
+                ) && let Some(d) = old.deadline
+                {
+                    self.timers.remove(&(d, info.peer));
+                }
+                self.retime(info.peer);
             }
-            PeerEvent::Gone { peer } => {
-                self.peers.remove(peer);
+            PeerEvent::Gone { peer } | PeerEvent::Unreachable { peer } => {
+                if let Some(state) = self.peers.remove(peer)
+                    && let Some(d) = state.deadline
+                {
+                    self.timers.remove(&(d, *peer));
+                }
             }
         }
     }
 
     fn handle_timeout(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
-        let mut due = Vec::new();
-        for (peer, state) in &mut self.peers {
+        let due: Vec<PeerId> = self
+            .timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        for peer in due {
+            let Some(state) = self.peers.get_mut(&peer) else {
+                continue;
+            };
             while let Some(&(nonce, sent)) = state.in_flight.front() {
                 if sent + self.config.timeout > now {
                     break;
                 }
                 state.in_flight.pop_front();
-                cx.emit(Event::Timeout { peer: *peer, nonce });
+                cx.emit(Event::Timeout { peer, nonce });
             }
-            if let (Some(at), Some(interval)) = (state.next_ping, self.config.interval)
-                && at <= now
-            {
+            let ping_due = state.next_ping.is_some_and(|at| at <= now);
+            if let (true, Some(interval)) = (ping_due, self.config.interval) {
                 state.next_ping = Some(now + interval);
-                due.push(*peer);
             }
-        }
-        for peer in due {
-            // A peer with the maximum in flight is already being timed out; skip this round.
-            let _ = self.ping(cx, peer);
+            self.retime(peer);
+            if ping_due {
+                // A peer with the maximum in flight is already being timed out; skip this round.
+                let _ = self.ping(cx, peer);
+            }
         }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .flat_map(|s| {
-                let expiry = s
-                    .in_flight
-                    .front()
-                    .map(|(_, sent)| *sent + self.config.timeout);
-                expiry.into_iter().chain(s.next_ping)
-            })
-            .min()
+        self.timers.first().map(|(t, _)| *t)
     }
 }
 

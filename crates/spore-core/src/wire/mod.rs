@@ -19,7 +19,7 @@ pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIO
 
 use serde::{Deserialize, Serialize};
 
-use crate::ping;
+use crate::{kad, ping};
 
 /// The frame format version this implementation speaks.
 pub const WIRE_VERSION: u8 = 1;
@@ -40,6 +40,8 @@ pub enum Message {
     Hello(Hello),
     /// Liveness and round-trip time.
     Ping(ping::Message),
+    /// Kademlia: node and record lookups.
+    Kad(kad::Message),
 }
 
 impl Message {
@@ -48,6 +50,7 @@ impl Message {
         match self {
             Message::Hello(h) => h.validate(),
             Message::Ping(_) => Ok(()),
+            Message::Kad(m) => m.validate(),
         }
     }
 
@@ -57,6 +60,8 @@ impl Message {
             Message::Hello(_) => "hello",
             Message::Ping(ping::Message::Ping { .. }) => "ping",
             Message::Ping(ping::Message::Pong { .. }) => "pong",
+            Message::Kad(kad::Message::Request { .. }) => "kad-request",
+            Message::Kad(kad::Message::Response { .. }) => "kad-response",
         }
     }
 }
@@ -64,6 +69,12 @@ impl Message {
 impl From<Hello> for Message {
     fn from(h: Hello) -> Self {
         Message::Hello(h)
+    }
+}
+
+impl From<kad::Message> for Message {
+    fn from(m: kad::Message) -> Self {
+        Message::Kad(m)
     }
 }
 

@@ -1,0 +1,996 @@
+//! The Kademlia state machine: routing table upkeep, lookups, records.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_core::RngCore;
+
+use super::lookup::Lookup;
+use super::message::{MAX_CONTACTS, MAX_PROVIDERS, MAX_REASON_LEN, Message, Request, Response};
+use super::record::{PeerRecord, ProviderRecord, RecordError, RecordLimits, ValueRecord};
+use super::store::RecordStore;
+use super::table::{InsertOutcome, RoutingTable};
+use super::{Config, Contact, Event, Key, MAX_CONTACT_ADDRS, QueryId, QueryResult, QueryStats};
+use crate::identity::{Keypair, PeerId};
+use crate::node::{Context, Direction, PeerEvent, Protocol};
+use crate::pow::{Difficulty, Stamp};
+use crate::time::Instant;
+use crate::wire::Capabilities;
+
+/// Why a Kademlia command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KadError {
+    /// Too many lookups are running.
+    #[error("too many lookups running ({0}); try again shortly")]
+    Busy(usize),
+    /// The record is not valid (too large, bad name, …).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Bootstrap,
+    Refresh,
+    FindNode,
+    FindPeer {
+        peer: PeerId,
+        found: Option<PeerRecord>,
+    },
+    GetValue {
+        key: Key,
+        best: Option<ValueRecord>,
+        local: Option<ValueRecord>,
+    },
+    GetProviders {
+        key: Key,
+        found: BTreeMap<PeerId, ProviderRecord>,
+    },
+    PutValue {
+        record: ValueRecord,
+    },
+    AddProvider {
+        record: ProviderRecord,
+    },
+    PutPeer {
+        record: PeerRecord,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    Lookup,
+    /// Storing the record on the closest nodes: requests pending, stores acknowledged.
+    Storing {
+        pending: usize,
+        stored: usize,
+    },
+}
+
+#[derive(Debug)]
+struct Query {
+    kind: Kind,
+    lookup: Lookup,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Lookup(QueryId),
+    Store(QueryId),
+    EvictionPing,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    purpose: Purpose,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Bootstrap {
+    /// A bootstrap lookup has found other nodes at least once.
+    done: bool,
+    running: Option<QueryId>,
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Counters, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KadStats {
+    /// Requests sent.
+    pub requests_sent: u64,
+    /// Requests answered by us.
+    pub requests_served: u64,
+    /// Requests that failed or timed out.
+    pub requests_failed: u64,
+    /// Answers that matched no request of ours.
+    pub unexpected_responses: u64,
+    /// Records from peers that failed verification.
+    pub invalid_records: u64,
+    /// Contacts from peers dropped (bad stamp, no address, our own id).
+    pub invalid_contacts: u64,
+    /// Lookups completed.
+    pub queries_done: u64,
+}
+
+/// The Kademlia protocol.
+pub struct Kad {
+    config: Config,
+    keypair: Keypair,
+    stamp: Stamp,
+    difficulty: Difficulty,
+    local_key: Key,
+    table: RoutingTable,
+    store: Box<dyn RecordStore + Send>,
+    listen_addrs: Vec<SocketAddr>,
+    requests: BTreeMap<(PeerId, u64), Outbound>,
+    next_request: u64,
+    queries: BTreeMap<QueryId, Query>,
+    next_query: u64,
+    failures: BTreeMap<PeerId, u32>,
+    own_values: BTreeMap<Key, ValueRecord>,
+    own_providers: BTreeMap<Key, ProviderRecord>,
+    own_peer_seq: u64,
+    bootstrap: Bootstrap,
+    next_republish: Option<Instant>,
+    next_refresh: Option<Instant>,
+    stats: KadStats,
+}
+
+impl std::fmt::Debug for Kad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kad")
+            .field("table", &self.table.len())
+            .field("queries", &self.queries.len())
+            .field("requests", &self.requests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kad {
+    /// A Kademlia instance for the node `keypair`, storing records in `store`.
+    pub fn new(
+        keypair: Keypair,
+        stamp: Stamp,
+        difficulty: Difficulty,
+        config: Config,
+        store: Box<dyn RecordStore + Send>,
+    ) -> Self {
+        let local_key = Key::for_peer(&keypair.peer_id());
+        let table = RoutingTable::new(keypair.peer_id(), config.table.clone());
+        let bootstrap = Bootstrap {
+            backoff: config.bootstrap_backoff,
+            ..Bootstrap::default()
+        };
+        Self {
+            config,
+            keypair,
+            stamp,
+            difficulty,
+            local_key,
+            table,
+            store,
+            listen_addrs: Vec::new(),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            queries: BTreeMap::new(),
+            next_query: 0,
+            failures: BTreeMap::new(),
+            own_values: BTreeMap::new(),
+            own_providers: BTreeMap::new(),
+            own_peer_seq: 0,
+            bootstrap,
+            next_republish: None,
+            next_refresh: None,
+            stats: KadStats::default(),
+        }
+    }
+
+    /// The routing table.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The record store.
+    pub fn store(&self) -> &dyn RecordStore {
+        self.store.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> KadStats {
+        self.stats
+    }
+
+    /// Lookups running.
+    pub fn running_queries(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Whether a bootstrap lookup has reached other nodes.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.bootstrap.done
+    }
+
+    /// Sets the addresses this node announces in its peer record.
+    pub fn set_listen_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.listen_addrs = addrs;
+    }
+
+    fn local_peer(&self) -> PeerId {
+        self.keypair.peer_id()
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
+
+    /// Joins the network: looks up this node's own id (which fills the nearby buckets), then
+    /// refreshes the farther buckets. Retries with backoff while nobody answers.
+    pub fn bootstrap(&mut self, cx: &mut Context<'_>) -> Result<QueryId, KadError> {
+        if let Some(id) = self.bootstrap.running {
+            return Ok(id);
+        }
+        let id = self.start(cx, self.local_key, Kind::Bootstrap, 1)?;
+        self.bootstrap.running = Some(id);
+        self.bootstrap.next_attempt = None;
+        Ok(id)
+    }
+
+    /// Finds the k closest nodes to `target`.
+    pub fn find_node(&mut self, cx: &mut Context<'_>, target: Key) -> Result<QueryId, KadError> {
+        self.start(cx, target, Kind::FindNode, 1)
+    }
+
+    /// Finds the signed record of `peer` (its addresses).
+    pub fn find_peer(&mut self, cx: &mut Context<'_>, peer: PeerId) -> Result<QueryId, KadError> {
+        let paths = self.config.disjoint_paths;
+        self.start(
+            cx,
+            Key::for_peer(&peer),
+            Kind::FindPeer { peer, found: None },
+            paths,
+        )
+    }
+
+    /// Signs `value` under `name` and stores it on the k closest nodes to its key. The sequence
+    /// number increases with every put of the same name.
+    pub fn put_value(
+        &mut self,
+        cx: &mut Context<'_>,
+        name: &str,
+        value: Bytes,
+    ) -> Result<QueryId, KadError> {
+        let key = ValueRecord::key_for(&self.local_peer(), name);
+        let previous = self.own_values.get(&key).map(|r| r.seq()).unwrap_or(0);
+        let seq = previous.max(cx.now.as_secs()).saturating_add(1);
+        let expires = (cx.now + self.config.record_ttl).as_secs();
+        let record = ValueRecord::new(&self.keypair, name, value, seq, expires);
+        record.verify(cx.now, &self.record_limits())?;
+        let _ = self.store.put_value(record.clone(), cx.now);
+        self.own_values.insert(key, record.clone());
+        self.schedule_republish(cx.now);
+        self.start(cx, key, Kind::PutValue { record }, 1)
+    }
+
+    /// Looks up the value `publisher` stored under `name`, over disjoint paths; the result is the
+    /// valid record with the highest sequence number any path returned.
+    pub fn get_value(
+        &mut self,
+        cx: &mut Context<'_>,
+        publisher: PeerId,
+        name: &str,
+    ) -> Result<QueryId, KadError> {
+        let key = ValueRecord::key_for(&publisher, name);
+        let local = self.store.get_value(&key, cx.now);
+        let kind = Kind::GetValue {
+            key,
+            best: None,
+            local,
+        };
+        let paths = self.config.disjoint_paths;
+        self.start(cx, key, kind, paths)
+    }
+
+    /// Announces that this node provides the content with BLAKE3 hash `content`.
+    pub fn provide(
+        &mut self,
+        cx: &mut Context<'_>,
+        content: [u8; 32],
+    ) -> Result<QueryId, KadError> {
+        let expires = (cx.now + self.config.record_ttl).as_secs();
+        let addrs = self.announced_addrs();
+        let record = ProviderRecord::new(&self.keypair, self.stamp, content, addrs, expires);
+        let key = Key(content);
+        let _ = self.store.put_provider(record.clone(), cx.now);
+        self.own_providers.insert(key, record.clone());
+        self.schedule_republish(cx.now);
+        self.start(cx, key, Kind::AddProvider { record }, 1)
+    }
+
+    /// Stops announcing `content` (existing records expire on their own).
+    pub fn unprovide(&mut self, content: &[u8; 32]) {
+        self.own_providers.remove(&Key(*content));
+    }
+
+    /// Finds nodes that provide `content`.
+    pub fn find_providers(
+        &mut self,
+        cx: &mut Context<'_>,
+        content: [u8; 32],
+    ) -> Result<QueryId, KadError> {
+        let key = Key(content);
+        let mut found = BTreeMap::new();
+        for r in self.store.providers(&key, cx.now) {
+            found.insert(*r.provider(), r);
+        }
+        let paths = self.config.disjoint_paths;
+        self.start(cx, key, Kind::GetProviders { key, found }, paths)
+    }
+
+    /// Publishes this node's signed peer record on the k closest nodes to its id.
+    pub fn publish_peer_record(&mut self, cx: &mut Context<'_>) -> Result<QueryId, KadError> {
+        let record = self.own_peer_record(cx.now);
+        self.schedule_republish(cx.now);
+        self.start(cx, self.local_key, Kind::PutPeer { record }, 1)
+    }
+
+    fn announced_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_addrs
+            .iter()
+            .take(MAX_CONTACT_ADDRS)
+            .copied()
+            .collect()
+    }
+
+    fn own_peer_record(&mut self, now: Instant) -> PeerRecord {
+        self.own_peer_seq = self.own_peer_seq.max(now.as_secs()).saturating_add(1);
+        let expires = (now + self.config.record_ttl).as_secs();
+        PeerRecord::new(
+            &self.keypair,
+            self.stamp,
+            self.announced_addrs(),
+            Vec::new(),
+            self.own_peer_seq,
+            expires,
+        )
+    }
+
+    fn schedule_republish(&mut self, now: Instant) {
+        if self.next_republish.is_none() {
+            self.next_republish = Some(now + self.config.republish_interval);
+        }
+    }
+
+    fn record_limits(&self) -> RecordLimits {
+        RecordLimits {
+            max_ttl: self.config.max_record_ttl,
+            difficulty: self.difficulty,
+        }
+    }
+
+    // ---- queries ----------------------------------------------------------------------------
+
+    fn start(
+        &mut self,
+        cx: &mut Context<'_>,
+        target: Key,
+        kind: Kind,
+        paths: usize,
+    ) -> Result<QueryId, KadError> {
+        if self.queries.len() >= self.config.max_queries {
+            return Err(KadError::Busy(self.queries.len()));
+        }
+        let seeds: Vec<Contact> = self
+            .table
+            .closest(&target, self.config.k)
+            .into_iter()
+            .map(|e| e.contact.clone())
+            .collect();
+        let lookup = Lookup::new(
+            target,
+            seeds,
+            self.config.k,
+            self.config.alpha,
+            paths,
+            cx.now,
+        );
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        self.queries.insert(
+            id,
+            Query {
+                kind,
+                lookup,
+                phase: Phase::Lookup,
+            },
+        );
+        self.step(cx, id);
+        Ok(id)
+    }
+
+    /// Sends what a query asks for, and finishes it when it is done.
+    fn step(&mut self, cx: &mut Context<'_>, id: QueryId) {
+        let Some(q) = self.queries.get_mut(&id) else {
+            return;
+        };
+        if let Phase::Storing { pending, stored } = q.phase {
+            if pending == 0 {
+                self.finish(cx, id, stored);
+            }
+            return;
+        }
+        let early = matches!(q.kind, Kind::FindPeer { found: Some(_), .. });
+        let queries = if early {
+            Vec::new()
+        } else {
+            q.lookup.poll_queries()
+        };
+        let request = match &q.kind {
+            Kind::Bootstrap | Kind::Refresh | Kind::FindNode => Request::FindNode {
+                target: *q.lookup.target(),
+            },
+            Kind::PutValue { .. } | Kind::AddProvider { .. } | Kind::PutPeer { .. } => {
+                Request::FindNode {
+                    target: *q.lookup.target(),
+                }
+            }
+            Kind::FindPeer { peer, .. } => Request::FindPeer { peer: *peer },
+            Kind::GetValue { key, .. } => Request::GetValue { key: *key },
+            Kind::GetProviders { key, .. } => Request::GetProviders { key: *key },
+        };
+        let mut failed = Vec::new();
+        for query in queries {
+            if !self.request(cx, &query.contact, request.clone(), Purpose::Lookup(id)) {
+                failed.push(query.contact.peer);
+            }
+        }
+        let Some(q) = self.queries.get_mut(&id) else {
+            return;
+        };
+        for peer in failed {
+            q.lookup.on_failure(&peer);
+        }
+        if !(early || q.lookup.is_finished()) {
+            return;
+        }
+        // The lookup is over: either report, or store on the closest nodes found.
+        let store = match &q.kind {
+            Kind::PutValue { record } => Some(Request::PutValue {
+                record: record.clone(),
+            }),
+            Kind::AddProvider { record } => Some(Request::AddProvider {
+                record: record.clone(),
+            }),
+            Kind::PutPeer { record } => Some(Request::PutPeer {
+                record: record.clone(),
+            }),
+            _ => None,
+        };
+        let Some(store) = store else {
+            return self.finish(cx, id, 0);
+        };
+        let (closest, _) = q.lookup.closest();
+        let mut pending = 0;
+        for contact in &closest {
+            if self.request(cx, contact, store.clone(), Purpose::Store(id)) {
+                pending += 1;
+            }
+        }
+        if let Some(q) = self.queries.get_mut(&id) {
+            q.phase = Phase::Storing { pending, stored: 0 };
+        }
+        self.step(cx, id);
+    }
+
+    fn finish(&mut self, cx: &mut Context<'_>, id: QueryId, stored: usize) {
+        let Some(q) = self.queries.remove(&id) else {
+            return;
+        };
+        self.stats.queries_done += 1;
+        let (closest, hops) = q.lookup.closest();
+        let stats = QueryStats {
+            hops,
+            requests: q.lookup.requests,
+            responses: q.lookup.responses,
+            duration: cx.now - q.lookup.started,
+        };
+        let result = match q.kind {
+            Kind::Bootstrap => {
+                self.bootstrap.running = None;
+                if closest.is_empty() {
+                    let delay = self.bootstrap.backoff;
+                    self.bootstrap.next_attempt = Some(cx.now + delay);
+                    self.bootstrap.backoff = (delay * 2).min(self.config.bootstrap_backoff_max);
+                } else {
+                    let first = !self.bootstrap.done;
+                    self.bootstrap.done = true;
+                    self.bootstrap.backoff = self.config.bootstrap_backoff;
+                    if first {
+                        self.next_refresh = Some(cx.now + self.config.refresh_interval);
+                        self.schedule_republish(cx.now);
+                        self.refresh_far_buckets(cx);
+                        let _ = self.publish_peer_record(cx);
+                    }
+                }
+                QueryResult::Bootstrap {
+                    peers: closest.len(),
+                }
+            }
+            Kind::Refresh => QueryResult::Refresh,
+            Kind::FindNode => QueryResult::FindNode { closest },
+            Kind::FindPeer { peer, found } => QueryResult::FindPeer {
+                peer,
+                record: found,
+            },
+            Kind::GetValue { key, best, local } => {
+                let record = match (best, local) {
+                    (Some(b), Some(l)) => Some(if l.supersedes(&b) { l } else { b }),
+                    (b, l) => b.or(l),
+                };
+                QueryResult::GetValue { key, record }
+            }
+            Kind::GetProviders { key, found } => QueryResult::GetProviders {
+                key,
+                providers: found.into_values().collect(),
+            },
+            Kind::PutValue { record } => QueryResult::PutValue {
+                key: record.key(),
+                stored,
+            },
+            Kind::AddProvider { record } => QueryResult::AddProvider {
+                key: record.key(),
+                stored,
+            },
+            Kind::PutPeer { .. } => QueryResult::PutPeer { stored },
+        };
+        cx.emit(Event::QueryDone { id, result, stats });
+    }
+
+    /// After the first successful bootstrap: one lookup for a random key in each bucket farther
+    /// than the closest neighbour, so the table learns the whole key space.
+    fn refresh_far_buckets(&mut self, cx: &mut Context<'_>) {
+        let nearest = self
+            .table
+            .bucket_fill()
+            .first()
+            .map(|(i, _)| *i)
+            .unwrap_or(255);
+        for index in (nearest + 1)..=255 {
+            self.refresh_bucket(cx, index);
+        }
+    }
+
+    fn refresh_bucket(&mut self, cx: &mut Context<'_>, index: usize) {
+        let mut random = [0u8; 32];
+        cx.rng.fill_bytes(&mut random);
+        let target = self.local_key.random_in_bucket(index, random);
+        if self.start(cx, target, Kind::Refresh, 1).is_ok() {
+            self.table.mark_bucket_refreshed(index, cx.now);
+        }
+    }
+
+    /// Sends `request` to `contact`, dialing it if needed. False if no request could be sent.
+    fn request(
+        &mut self,
+        cx: &mut Context<'_>,
+        contact: &Contact,
+        request: Request,
+        purpose: Purpose,
+    ) -> bool {
+        if contact.peer == self.local_peer() || self.requests.len() >= self.config.max_requests {
+            return false;
+        }
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        let deadline = cx.now + self.config.request_timeout;
+        self.requests
+            .insert((contact.peer, id), Outbound { purpose, deadline });
+        self.stats.requests_sent += 1;
+        cx.dial_and_send(
+            contact.peer,
+            &contact.addrs,
+            Message::Request { id, request },
+        );
+        true
+    }
+
+    // ---- answers ----------------------------------------------------------------------------
+
+    fn on_response(&mut self, cx: &mut Context<'_>, from: PeerId, id: u64, response: Response) {
+        let Some(out) = self.requests.remove(&(from, id)) else {
+            self.stats.unexpected_responses += 1;
+            return;
+        };
+        self.failures.remove(&from);
+        self.table.mark_seen(&from, cx.now);
+        match out.purpose {
+            Purpose::EvictionPing => {}
+            Purpose::Store(qid) => {
+                if let Some(Query {
+                    phase: Phase::Storing { pending, stored },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *pending = pending.saturating_sub(1);
+                    if response == Response::Stored {
+                        *stored += 1;
+                    }
+                }
+                self.step(cx, qid);
+            }
+            Purpose::Lookup(qid) => {
+                let closer = self.absorb(cx.now, qid, from, response);
+                if let Some(q) = self.queries.get_mut(&qid) {
+                    q.lookup.on_success(&from, closer);
+                }
+                self.step(cx, qid);
+            }
+        }
+    }
+
+    /// Takes what a lookup answer carries: verified records into the query, and the contacts
+    /// worth following.
+    fn absorb(
+        &mut self,
+        now: Instant,
+        qid: QueryId,
+        from: PeerId,
+        response: Response,
+    ) -> Vec<Contact> {
+        let limits = self.record_limits();
+        let difficulty = self.difficulty;
+        let (closer, mut invalid) = match response {
+            Response::Nodes { closer } => (closer, 0),
+            Response::Value { record, closer } => {
+                let mut invalid = 0;
+                if let (
+                    Some(r),
+                    Some(Query {
+                        kind: Kind::GetValue { key, best, .. },
+                        ..
+                    }),
+                ) = (record, self.queries.get_mut(&qid))
+                {
+                    if r.key() == *key && r.verify(now, &limits).is_ok() {
+                        if best.as_ref().is_none_or(|b| r.supersedes(b)) {
+                            *best = Some(r);
+                        }
+                    } else {
+                        invalid += 1;
+                    }
+                }
+                (closer, invalid)
+            }
+            Response::Providers { providers, closer } => {
+                let mut invalid = 0;
+                if let Some(Query {
+                    kind: Kind::GetProviders { key, found },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    for r in providers.into_iter().take(MAX_PROVIDERS) {
+                        if r.key() == *key && r.verify(now, &limits).is_ok() {
+                            if found.len() < MAX_PROVIDERS || found.contains_key(r.provider()) {
+                                found.insert(*r.provider(), r);
+                            }
+                        } else {
+                            invalid += 1;
+                        }
+                    }
+                }
+                (closer, invalid)
+            }
+            Response::Peer { record, closer } => {
+                let mut invalid = 0;
+                if let (
+                    Some(r),
+                    Some(Query {
+                        kind: Kind::FindPeer { peer, found },
+                        ..
+                    }),
+                ) = (record, self.queries.get_mut(&qid))
+                {
+                    if r.peer() == peer && r.verify(now, &limits).is_ok() {
+                        if found.as_ref().is_none_or(|f| r.supersedes(f)) {
+                            *found = Some(r);
+                        }
+                    } else {
+                        invalid += 1;
+                    }
+                }
+                (closer, invalid)
+            }
+            _ => (Vec::new(), 0),
+        };
+        self.stats.invalid_records += invalid;
+        invalid = 0;
+        let me = self.local_peer();
+        let mut good = Vec::with_capacity(closer.len().min(MAX_CONTACTS));
+        for c in closer.into_iter().take(MAX_CONTACTS) {
+            if c.peer == me || c.peer == from || c.addrs.is_empty() {
+                continue;
+            }
+            if c.stamp.verify(&c.peer, difficulty).is_err() {
+                invalid += 1;
+                continue;
+            }
+            good.push(c);
+        }
+        self.stats.invalid_contacts += invalid;
+        good
+    }
+
+    fn on_request(&mut self, cx: &mut Context<'_>, from: PeerId, id: u64, request: Request) {
+        self.stats.requests_served += 1;
+        let now = cx.now;
+        let limits = self.record_limits();
+        let response = match request {
+            Request::Ping => Response::Pong,
+            Request::FindNode { target } => Response::Nodes {
+                closer: self.closer(&target),
+            },
+            Request::GetValue { key } => Response::Value {
+                record: self.store.get_value(&key, now),
+                closer: self.closer(&key),
+            },
+            Request::GetProviders { key } => {
+                let mut providers = self.store.providers(&key, now);
+                providers.truncate(MAX_PROVIDERS);
+                Response::Providers {
+                    providers,
+                    closer: self.closer(&key),
+                }
+            }
+            Request::FindPeer { peer } => {
+                let record = if peer == self.local_peer() {
+                    Some(self.own_peer_record(now))
+                } else {
+                    self.store.get_peer(&peer, now)
+                };
+                Response::Peer {
+                    record,
+                    closer: self.closer(&Key::for_peer(&peer)),
+                }
+            }
+            Request::PutValue { record } => {
+                let checked = record.verify(now, &limits);
+                self.stored(checked.map(|()| record), |s, r| s.put_value(r, now))
+            }
+            Request::AddProvider { record } => {
+                let checked = record.verify(now, &limits);
+                self.stored(checked.map(|()| record), |s, r| s.put_provider(r, now))
+            }
+            Request::PutPeer { record } => {
+                let checked = record.verify(now, &limits);
+                self.stored(checked.map(|()| record), |s, r| s.put_peer(r, now))
+            }
+        };
+        cx.send(from, Message::Response { id, response });
+    }
+
+    fn stored<R>(
+        &mut self,
+        record: Result<R, RecordError>,
+        put: impl FnOnce(&mut dyn RecordStore, R) -> Result<(), super::store::StoreError>,
+    ) -> Response {
+        let result = match record {
+            Ok(r) => match put(self.store.as_mut(), r) {
+                // The same version again (a republish, or a second path of one put): fine.
+                Err(super::store::StoreError::Stale { have_seq, got_seq })
+                    if have_seq == got_seq =>
+                {
+                    Ok(())
+                }
+                other => other.map_err(|e| e.to_string()),
+            },
+            Err(e) => {
+                self.stats.invalid_records += 1;
+                Err(e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => Response::Stored,
+            Err(mut reason) => {
+                truncate(&mut reason, MAX_REASON_LEN);
+                Response::Refused { reason }
+            }
+        }
+    }
+
+    fn closer(&self, target: &Key) -> Vec<Contact> {
+        self.table
+            .closest(target, self.config.k)
+            .into_iter()
+            .map(|e| e.contact.clone())
+            .collect()
+    }
+
+    fn fail_request(&mut self, cx: &mut Context<'_>, peer: PeerId, id: u64) {
+        let Some(out) = self.requests.remove(&(peer, id)) else {
+            return;
+        };
+        self.stats.requests_failed += 1;
+        if self.table.contains(&peer) {
+            let failures = self.failures.entry(peer).or_insert(0);
+            *failures += 1;
+            if *failures >= self.config.max_failures || matches!(out.purpose, Purpose::EvictionPing)
+            {
+                self.failures.remove(&peer);
+                self.table.ping_failed(&peer, cx.now);
+            }
+        }
+        match out.purpose {
+            Purpose::EvictionPing => {}
+            Purpose::Store(qid) => {
+                if let Some(Query {
+                    phase: Phase::Storing { pending, .. },
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *pending = pending.saturating_sub(1);
+                }
+                self.step(cx, qid);
+            }
+            Purpose::Lookup(qid) => {
+                if let Some(q) = self.queries.get_mut(&qid) {
+                    q.lookup.on_failure(&peer);
+                }
+                self.step(cx, qid);
+            }
+        }
+    }
+
+    fn fail_all_to(&mut self, cx: &mut Context<'_>, peer: PeerId) {
+        let ids: Vec<u64> = self
+            .requests
+            .range((peer, 0)..=(peer, u64::MAX))
+            .map(|((_, id), _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(cx, peer, id);
+        }
+    }
+
+    fn on_ready(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
+        if !info.capabilities.contains(Capabilities::DHT_SERVER) {
+            return;
+        }
+        // Only confirmed-reachable servers enter the table: we dialed them, or the address we see
+        // their connection come from is one they listen on (QUIC uses one socket for both, so
+        // an untranslated address means no NAT in the way).
+        let reachable =
+            info.direction == Direction::Outbound || info.listen_addrs.contains(&info.addr);
+        let Some(stamp) = info.stamp else { return };
+        if !reachable {
+            return;
+        }
+        let mut addrs = vec![info.addr];
+        addrs.extend(info.listen_addrs.iter().filter(|a| **a != info.addr));
+        addrs.truncate(MAX_CONTACT_ADDRS);
+        let contact = Contact {
+            peer: info.peer,
+            stamp,
+            addrs,
+        };
+        let was_empty = self.table.is_empty();
+        let outcome = self.table.insert(contact, info.addr, cx.now);
+        if let Some(ping) = outcome.ping()
+            && let Some(entry) = self.table.get(&ping)
+        {
+            let contact = entry.contact.clone();
+            self.request(cx, &contact, Request::Ping, Purpose::EvictionPing);
+        }
+        if outcome == InsertOutcome::Inserted && was_empty && !self.bootstrap.done {
+            let _ = self.bootstrap(cx);
+        }
+    }
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+impl Protocol for Kad {
+    type Message = Message;
+
+    fn handle_message(&mut self, cx: &mut Context<'_>, from: PeerId, msg: Message) {
+        match msg {
+            Message::Request { id, request } => self.on_request(cx, from, id, request),
+            Message::Response { id, response } => self.on_response(cx, from, id, response),
+        }
+    }
+
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
+        match event {
+            PeerEvent::Ready(info) => self.on_ready(cx, info),
+            PeerEvent::Gone { peer } | PeerEvent::Unreachable { peer } => {
+                self.fail_all_to(cx, *peer);
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let expired: Vec<(PeerId, u64)> = self
+            .requests
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (peer, id) in expired {
+            self.fail_request(cx, peer, id);
+        }
+        self.table.handle_timeout(now);
+        if self.bootstrap.next_attempt.is_some_and(|t| t <= now) && !self.table.is_empty() {
+            let _ = self.bootstrap(cx);
+        }
+        if self.next_refresh.is_none_or(|t| t <= now) {
+            self.next_refresh = Some(now + self.config.refresh_interval);
+            if self.bootstrap.done {
+                for index in self.table.stale_buckets(now, self.config.refresh_interval) {
+                    if self.queries.len() * 2 >= self.config.max_queries {
+                        break;
+                    }
+                    self.refresh_bucket(cx, index);
+                }
+            }
+        }
+        if self.next_republish.is_some_and(|t| t <= now) {
+            self.next_republish = Some(now + self.config.republish_interval);
+            self.store.expire(now);
+            self.republish(cx);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let requests = self.requests.values().map(|o| o.deadline).min();
+        [
+            requests,
+            self.table.poll_timeout(),
+            self.next_refresh,
+            self.next_republish,
+        ]
+        .into_iter()
+        .chain([self
+            .bootstrap
+            .next_attempt
+            .filter(|_| !self.table.is_empty())])
+        .flatten()
+        .min()
+    }
+}
+
+impl Kad {
+    fn republish(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let ttl = self.config.record_ttl;
+        let values: Vec<ValueRecord> = self.own_values.values().cloned().collect();
+        for old in values {
+            // Re-sign with a fresh expiry and the next sequence number.
+            let seq = old.seq().saturating_add(1);
+            let expires = (now + ttl).as_secs();
+            let record =
+                ValueRecord::new(&self.keypair, old.name(), old.value().clone(), seq, expires);
+            let key = record.key();
+            let _ = self.store.put_value(record.clone(), now);
+            self.own_values.insert(key, record.clone());
+            let _ = self.start(cx, key, Kind::PutValue { record }, 1);
+        }
+        let contents: Vec<[u8; 32]> = self.own_providers.values().map(|r| *r.content()).collect();
+        for content in contents {
+            let _ = self.provide(cx, content);
+        }
+        if self.bootstrap.done {
+            let _ = self.publish_peer_record(cx);
+        }
+    }
+}
