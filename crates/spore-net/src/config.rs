@@ -1,6 +1,7 @@
 //! Runtime settings: sockets, connection limits, QUIC transport parameters.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,16 @@ pub struct NetConfig {
     pub transport: TransportParams,
     /// How long a dial may take, handshake and `Hello` included.
     pub dial_timeout: Duration,
+    /// Where to keep DHT records and the peer book (a redb file, e.g.
+    /// `<data-dir>/records.redb`); `None` keeps records in memory and remembers no peers.
+    pub records: Option<PathBuf>,
+    /// Peers from the peer book to dial at start, so a node that has joined once can rejoin
+    /// when every bootstrap node is gone.
+    pub rejoin_peers: usize,
+    /// Discover peers on the local network by mDNS; `None` (the default) sends no multicast.
+    pub mdns: Option<crate::mdns::MdnsConfig>,
+    /// Most dials started at once for peers found by mDNS.
+    pub mdns_max_dials: usize,
 }
 
 impl Default for NetConfig {
@@ -33,6 +44,10 @@ impl Default for NetConfig {
             limits: Limits::default(),
             transport: TransportParams::default(),
             dial_timeout: Duration::from_secs(10),
+            records: None,
+            rejoin_peers: 8,
+            mdns: None,
+            mdns_max_dials: 8,
         }
     }
 }
@@ -42,7 +57,7 @@ impl Default for NetConfig {
 pub struct Limits {
     /// Most established connections in total.
     pub max_connections: usize,
-    /// Most established connections from one IP address.
+    /// Most established connections from one IP address (loopback addresses are exempt).
     pub max_per_ip: usize,
     /// Most incoming handshakes in progress at once.
     pub max_pending_handshakes: usize,

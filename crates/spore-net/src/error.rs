@@ -25,6 +25,12 @@ pub enum StartError {
     /// No listen address was given.
     #[error("no listen address configured")]
     NoListenAddr,
+    /// The record store could not be opened.
+    #[error("cannot open the record store: {0}")]
+    Records(String),
+    /// mDNS could not start.
+    #[error("cannot start mDNS: {0}")]
+    Mdns(String),
 }
 
 /// A dial failed.

@@ -13,7 +13,12 @@ use tracing::{debug, info, warn};
 use crate::config::NetConfig;
 use crate::conn::StreamKind;
 use crate::error::{DialError, RequestError, StartError};
-use crate::runtime::{Clock, Command, ConnTable, Input, Runtime, Status, canonical};
+use crate::runtime::{
+    Clock, Command, ConnTable, Input, KadAnswer, KadOp, Runtime, Status, canonical,
+};
+use bytes::Bytes;
+use spore_core::kad::Key;
+use spore_store::records::RedbStore;
 
 /// Capacity of the runtime's input channel. Connection readers wait when it is full.
 const INPUT_QUEUE: usize = 1024;
@@ -72,7 +77,26 @@ pub async fn start(
     node_config.listen_addrs = announced(&listen_addrs);
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let node = Node::new(keypair.clone(), stamp, node_config, seed, clock.now())?;
+    let (node, peer_book) = match &config.records {
+        Some(path) => {
+            let store = RedbStore::open(path, node_config.kad.store, clock.now())
+                .map_err(|e| StartError::Records(e.to_string()))?;
+            let book = store.peer_book();
+            let node = Node::with_store(
+                keypair.clone(),
+                stamp,
+                node_config,
+                Box::new(store),
+                seed,
+                clock.now(),
+            )?;
+            (node, Some(book))
+        }
+        None => (
+            Node::new(keypair.clone(), stamp, node_config, seed, clock.now())?,
+            None,
+        ),
+    };
 
     let (inputs, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -89,7 +113,16 @@ pub async fn start(
         ));
     }
     let bootstrap = config.bootstrap.clone();
-    let runtime = Runtime::new(
+    let rejoin = match &peer_book {
+        Some(book) => book.recent(config.rejoin_peers).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the peer book");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let mdns_config = config.mdns.clone();
+    let mdns_max_dials = config.mdns_max_dials;
+    let mut runtime = Runtime::new(
         node,
         keypair.clone(),
         config,
@@ -100,6 +133,7 @@ pub async fn start(
         events.clone(),
         app_tx,
     );
+    runtime.peer_book = peer_book;
     tokio::spawn(runtime.run(inputs_rx));
     info!(peer_id = %keypair.peer_id(), addrs = ?listen_addrs, "node started");
 
@@ -111,6 +145,23 @@ pub async fn start(
     };
     for (peer, addr) in bootstrap {
         tokio::spawn(keep_connected(handle.clone(), peer, addr));
+    }
+    for record in rejoin {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            for addr in record.addrs() {
+                if handle.dial(*record.peer(), *addr).await.is_ok() {
+                    debug!(peer = %record.peer(), %addr, "rejoined through a remembered peer");
+                    break;
+                }
+            }
+        });
+    }
+    if let Some(mdns_config) = mdns_config {
+        let port = handle.listen_addrs.first().map(|a| a.port()).unwrap_or(0);
+        let (mdns, found) = crate::mdns::Mdns::start(handle.peer_id, port, mdns_config)
+            .map_err(|e| StartError::Mdns(e.to_string()))?;
+        tokio::spawn(dial_discovered(handle.clone(), mdns, found, mdns_max_dials));
     }
     Ok((handle, AppStreams { rx: app_rx }))
 }
@@ -200,6 +251,39 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Dials peers found by mDNS, skipping connected ones, with at most `max_dials` at once. Owns
+/// the mDNS daemon, which stops (sending goodbyes) when the node does.
+async fn dial_discovered(
+    handle: NodeHandle,
+    mdns: crate::mdns::Mdns,
+    mut found: mpsc::Receiver<crate::mdns::Discovered>,
+    max_dials: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_dials.max(1)));
+    while let Some(d) = found.recv().await {
+        let Ok(peers) = handle.peers().await else {
+            break;
+        };
+        if peers.iter().any(|p| p.peer == d.peer) {
+            continue;
+        }
+        debug!(peer = %d.peer, addrs = ?d.addrs, "found a peer by mDNS");
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            for addr in d.addrs {
+                if handle.dial(d.peer, addr).await.is_ok() {
+                    break;
+                }
+            }
+        });
+    }
+    mdns.shutdown();
 }
 
 /// Keeps a connection to a bootstrap peer, redialing with exponential backoff (1 s to 60 s).
@@ -295,6 +379,60 @@ impl NodeHandle {
             .await
             .map_err(|e| RequestError::Stream(e.to_string()))?;
         Ok(send)
+    }
+
+    async fn kad(&self, op: KadOp) -> Result<KadAnswer, RequestError> {
+        self.request(|reply| Command::Kad { op, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))
+    }
+
+    /// Joins the DHT: looks up this node's own id and refreshes the farther buckets. Runs by
+    /// itself when the first DHT server connects; call it to retry by hand.
+    pub async fn bootstrap(&self) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::Bootstrap).await
+    }
+
+    /// The k closest nodes to `key`.
+    pub async fn find_node(&self, key: Key) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::FindNode(key)).await
+    }
+
+    /// Finds `peer`'s signed record (its addresses) in the DHT.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::FindPeer(peer)).await
+    }
+
+    /// Signs `value` under `name` and stores it on the k closest nodes.
+    pub async fn put_value(&self, name: &str, value: Bytes) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::PutValue {
+            name: name.to_string(),
+            value,
+        })
+        .await
+    }
+
+    /// Reads the value `publisher` stored under `name`.
+    pub async fn get_value(
+        &self,
+        publisher: PeerId,
+        name: &str,
+    ) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::GetValue {
+            publisher,
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Announces that this node provides the content with BLAKE3 hash `content`.
+    pub async fn provide(&self, content: [u8; 32]) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::Provide(content)).await
+    }
+
+    /// Finds providers of the content with BLAKE3 hash `content`.
+    pub async fn find_providers(&self, content: [u8; 32]) -> Result<KadAnswer, RequestError> {
+        self.kad(KadOp::FindProviders(content)).await
     }
 
     /// Closes every connection and the endpoints, then stops the runtime.

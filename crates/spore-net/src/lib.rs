@@ -31,4 +31,4 @@ pub use config::{Limits, NetConfig, TransportParams};
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
-pub use runtime::{RuntimeStats, Status};
+pub use runtime::{DhtStatus, KadAnswer, RuntimeStats, Status};

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{ConnectionEvent, Direction, Event, PeerInfo, Stats};
 use spore_core::ping;
 use spore_core::time::Instant;
@@ -78,10 +79,28 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Result<quinn::Connection, RequestError>>,
     },
+    Kad {
+        op: KadOp,
+        reply: oneshot::Sender<Result<KadAnswer, RequestError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
 }
+
+/// A Kademlia command from a handle.
+pub(crate) enum KadOp {
+    Bootstrap,
+    FindNode(Key),
+    FindPeer(PeerId),
+    PutValue { name: String, value: bytes::Bytes },
+    GetValue { publisher: PeerId, name: String },
+    Provide([u8; 32]),
+    FindProviders([u8; 32]),
+}
+
+/// A finished Kademlia lookup: its result and how it went.
+pub type KadAnswer = (QueryResult, QueryStats);
 
 /// A snapshot of the node's state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -101,8 +120,29 @@ pub struct Status {
     pub uptime_secs: u64,
     /// Counters kept by the protocol core.
     pub core: Stats,
+    /// The DHT: routing table, records, counters.
+    pub dht: DhtStatus,
     /// Counters kept by the runtime.
     pub runtime: RuntimeStats,
+}
+
+/// The DHT part of [`Status`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DhtStatus {
+    /// Server or client.
+    pub mode: kad::Mode,
+    /// Whether a bootstrap lookup has reached other nodes.
+    pub bootstrapped: bool,
+    /// Entries in the routing table.
+    pub table_size: usize,
+    /// `(bucket index, entries)` for the non-empty buckets, nearest first.
+    pub buckets: Vec<(usize, usize)>,
+    /// Records stored for the network.
+    pub records: kad::store::StoreCounts,
+    /// Lookups running.
+    pub running_queries: usize,
+    /// Counters.
+    pub stats: kad::KadStats,
 }
 
 /// Counters kept by the runtime.
@@ -128,9 +168,12 @@ pub(crate) struct ConnTable {
 }
 
 impl ConnTable {
+    /// Whether one more connection from `ip` fits. The per-IP limit does not apply to loopback
+    /// addresses: every node on this machine shares them, and whoever can send from them is
+    /// already inside the machine.
     pub(crate) fn admits(&self, ip: IpAddr, limits: &Limits) -> bool {
         self.total < limits.max_connections
-            && self.per_ip.get(&ip).copied().unwrap_or(0) < limits.max_per_ip
+            && (ip.is_loopback() || self.per_ip.get(&ip).copied().unwrap_or(0) < limits.max_per_ip)
     }
 
     fn add(&mut self, ip: IpAddr) {
@@ -207,6 +250,8 @@ pub(crate) struct Runtime {
     conns: BTreeMap<PeerId, Entry>,
     dials: BTreeMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
     pings: BTreeMap<(PeerId, u64), oneshot::Sender<Result<Duration, RequestError>>>,
+    queries: BTreeMap<QueryId, oneshot::Sender<Result<KadAnswer, RequestError>>>,
+    pub(crate) peer_book: Option<spore_store::records::PeerBook>,
     stats: RuntimeStats,
 }
 
@@ -236,6 +281,8 @@ impl Runtime {
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
             pings: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            peer_book: None,
             stats: RuntimeStats::default(),
         }
     }
@@ -272,7 +319,10 @@ impl Runtime {
                 peer,
                 direction,
             } => self.register(conn, peer, direction),
-            Input::DialFailed { peer, error } => self.finish_dials(peer, Err(error)),
+            Input::DialFailed { peer, error } => {
+                debug!(%peer, %error, "dial failed");
+                self.dial_failed(peer, error);
+            }
             Input::Closed {
                 peer,
                 conn_id,
@@ -321,7 +371,28 @@ impl Runtime {
     fn handle_command(&mut self, cmd: Command) {
         let now = self.clock.now();
         match cmd {
-            Command::Dial { peer, addr, reply } => self.dial(peer, addr, reply),
+            Command::Dial { peer, addr, reply } => self.dial(peer, vec![addr], Some(reply)),
+            Command::Kad { op, reply } => {
+                let started = match op {
+                    KadOp::Bootstrap => self.node.bootstrap(now),
+                    KadOp::FindNode(key) => self.node.find_node(now, key),
+                    KadOp::FindPeer(peer) => self.node.find_peer(now, peer),
+                    KadOp::PutValue { name, value } => self.node.put_value(now, &name, value),
+                    KadOp::GetValue { publisher, name } => {
+                        self.node.get_value(now, publisher, &name)
+                    }
+                    KadOp::Provide(content) => self.node.provide(now, content),
+                    KadOp::FindProviders(content) => self.node.find_providers(now, content),
+                };
+                match started {
+                    Ok(id) => {
+                        self.queries.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::Refused(e.to_string())));
+                    }
+                }
+            }
             Command::Ping { peer, reply } => match self.node.ping(now, peer) {
                 Ok(nonce) => {
                     self.pings.insert((peer, nonce), reply);
@@ -378,6 +449,18 @@ impl Runtime {
             ready_peers: ready,
             uptime_secs: self.clock.uptime().as_secs(),
             core: self.node.stats(),
+            dht: {
+                let kad = self.node.kad();
+                DhtStatus {
+                    mode: self.node.config().kad.mode,
+                    bootstrapped: kad.is_bootstrapped(),
+                    table_size: kad.table().len(),
+                    buckets: kad.table().bucket_fill(),
+                    records: kad.store().len(),
+                    running_queries: kad.running_queries(),
+                    stats: kad.stats(),
+                }
+            },
             runtime: RuntimeStats {
                 refused,
                 ..self.stats
@@ -385,55 +468,82 @@ impl Runtime {
         }
     }
 
+    /// Connects to `peer`, trying `addrs` in order; `reply` (if any) learns when the peer is
+    /// ready or the dial failed.
     fn dial(
         &mut self,
         peer: PeerId,
-        addr: SocketAddr,
-        reply: oneshot::Sender<Result<(), DialError>>,
+        addrs: Vec<SocketAddr>,
+        reply: Option<oneshot::Sender<Result<(), DialError>>>,
     ) {
         if peer == self.keypair.peer_id() {
-            let _ = reply.send(Err(DialError::SelfDial));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(DialError::SelfDial));
+            }
             return;
         }
         if self.node.peer(&peer).is_some_and(|p| p.ready) {
-            let _ = reply.send(Ok(()));
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
             return;
         }
         let in_progress = self.dials.contains_key(&peer) || self.conns.contains_key(&peer);
-        self.dials.entry(peer).or_default().push(reply);
+        self.dials.entry(peer).or_default().extend(reply);
         if in_progress {
             return;
         }
         if self.conns.len() >= self.config.limits.max_connections {
             let limit = self.config.limits.max_connections;
-            return self.finish_dials(peer, Err(DialError::Limit(limit)));
+            return self.dial_failed(peer, DialError::Limit(limit));
         }
-        let addr = canonical(addr);
-        let Some(endpoint) = self.endpoint_for(addr) else {
+        let targets: Vec<(quinn::Endpoint, SocketAddr)> = addrs
+            .iter()
+            .map(|a| canonical(*a))
+            .filter_map(|a| self.endpoint_for(a).map(|e| (e, a)))
+            .collect();
+        if targets.is_empty() {
+            let Some(&addr) = addrs.first() else {
+                let reason = "no address to dial".to_string();
+                return self.dial_failed(peer, DialError::Closed { peer, reason });
+            };
             let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-            return self.finish_dials(peer, Err(DialError::NoEndpoint { family, addr }));
-        };
+            return self.dial_failed(peer, DialError::NoEndpoint { family, addr });
+        }
         let transport = self.config.transport.to_quinn(&self.config.limits);
         let keypair = self.keypair.clone();
         let inputs = self.inputs.clone();
         let timeout = self.config.dial_timeout;
         tokio::spawn(async move {
-            let result = tokio::time::timeout(
-                timeout,
-                crate::dial::connect(&endpoint, &keypair, peer, addr, transport),
-            )
-            .await
-            .unwrap_or(Err(DialError::Timeout(peer)));
-            let input = match result {
-                Ok(conn) => Input::Connected {
-                    conn,
-                    peer,
-                    direction: Direction::Outbound,
-                },
-                Err(error) => Input::DialFailed { peer, error },
-            };
-            let _ = inputs.send(input).await;
+            let mut last = DialError::Timeout(peer);
+            for (endpoint, addr) in targets {
+                let attempt =
+                    crate::dial::connect(&endpoint, &keypair, peer, addr, transport.clone());
+                match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok(conn)) => {
+                        let direction = Direction::Outbound;
+                        let _ = inputs
+                            .send(Input::Connected {
+                                conn,
+                                peer,
+                                direction,
+                            })
+                            .await;
+                        return;
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = DialError::Timeout(peer),
+                }
+            }
+            let _ = inputs.send(Input::DialFailed { peer, error: last }).await;
         });
+    }
+
+    fn dial_failed(&mut self, peer: PeerId, error: DialError) {
+        self.finish_dials(peer, Err(error));
+        let now = self.clock.now();
+        self.node
+            .handle_connection_event(now, ConnectionEvent::DialFailed { peer });
     }
 
     fn endpoint_for(&self, addr: SocketAddr) -> Option<quinn::Endpoint> {
@@ -635,6 +745,19 @@ impl Runtime {
                     let _ = reply.send(Ok(*rtt));
                 }
             }
+            Event::Dial { peer, addrs } => self.dial(*peer, addrs.clone(), None),
+            Event::Kad(kad::Event::QueryDone { id, result, stats }) => {
+                if let Some(reply) = self.queries.remove(id) {
+                    let _ = reply.send(Ok((result.clone(), *stats)));
+                }
+            }
+            Event::Kad(kad::Event::PeerRecord { record }) => {
+                if let Some(book) = &self.peer_book
+                    && let Err(e) = book.remember(record.clone(), self.clock.now())
+                {
+                    warn!(error = %e, "cannot update the peer book");
+                }
+            }
             Event::Ping(ping::Event::Timeout { peer, nonce }) => {
                 if let Some(reply) = self.pings.remove(&(*peer, *nonce)) {
                     let _ = reply.send(Err(RequestError::Timeout(*peer)));
@@ -669,5 +792,46 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limit_counts_each_address_but_exempts_loopback() {
+        let limits = Limits {
+            max_connections: 100,
+            max_per_ip: 2,
+            ..Limits::default()
+        };
+        let mut table = ConnTable::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..2 {
+            assert!(table.admits(ip, &limits));
+            table.add(ip);
+        }
+        assert!(
+            !table.admits(ip, &limits),
+            "third connection from one address"
+        );
+        assert!(table.admits(other, &limits));
+        for _ in 0..10 {
+            assert!(table.admits(lo, &limits));
+            table.add(lo);
+        }
+        table.remove(ip);
+        assert!(table.admits(ip, &limits));
+        let full = Limits {
+            max_connections: table.total,
+            ..limits
+        };
+        assert!(
+            !table.admits(lo, &full),
+            "the total limit applies to loopback too"
+        );
     }
 }

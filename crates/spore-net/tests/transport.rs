@@ -130,9 +130,10 @@ async fn simultaneous_dials_leave_one_connection() {
 }
 
 #[tokio::test]
-async fn per_ip_limit_refuses_extra_connections() {
+async fn connection_limit_refuses_extra_connections() {
+    // (The per-IP limit exempts loopback; it is unit-tested in the runtime.)
     let mut cfg = config("127.0.0.1:0");
-    cfg.limits.max_per_ip = 1;
+    cfg.limits.max_connections = 1;
     let (b, _s) = node_with(cfg).await;
     let (a, c) = (node().await, node().await);
     a.dial(b.peer_id(), addr(&b)).await.unwrap();

@@ -55,6 +55,9 @@ pub struct Config {
     pub max_requests: usize,
     /// Consecutive failed requests after which a routing-table entry is evicted.
     pub max_failures: u32,
+    /// Ask each new routing-table entry for its own signed peer record, reported as
+    /// [`Event::PeerRecord`](super::Event::PeerRecord) so the runtime can keep a peer book.
+    pub fetch_peer_records: bool,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             max_queries: 64,
             max_requests: 1024,
             max_failures: 2,
+            fetch_peer_records: true,
         }
     }
 }

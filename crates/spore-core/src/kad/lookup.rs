@@ -86,7 +86,7 @@ impl Lookup {
             .into_iter()
             .map(|c| (target.distance(&Key::for_peer(&c.peer)), c))
             .collect();
-        seeds.sort_by(|a, b| a.0.cmp(&b.0));
+        seeds.sort_by_key(|a| a.0);
         for (i, (_, contact)) in seeds.into_iter().enumerate() {
             lookup.add(i % paths_n, contact, 0);
         }

@@ -82,6 +82,8 @@ enum Purpose {
     Lookup(QueryId),
     Store(QueryId),
     EvictionPing,
+    /// Asking a new routing-table entry for its own signed record, for the peer book.
+    OwnRecord,
 }
 
 #[derive(Debug)]
@@ -608,6 +610,20 @@ impl Kad {
         self.table.mark_seen(&from, cx.now);
         match out.purpose {
             Purpose::EvictionPing => {}
+            Purpose::OwnRecord => {
+                if let Response::Peer {
+                    record: Some(record),
+                    ..
+                } = response
+                {
+                    let limits = self.record_limits();
+                    if record.peer() == &from && record.verify(cx.now, &limits).is_ok() {
+                        cx.emit(Event::PeerRecord { record });
+                    } else {
+                        self.stats.invalid_records += 1;
+                    }
+                }
+            }
             Purpose::Store(qid) => {
                 if let Some(Query {
                     phase: Phase::Storing { pending, stored },
@@ -823,7 +839,7 @@ impl Kad {
             }
         }
         match out.purpose {
-            Purpose::EvictionPing => {}
+            Purpose::EvictionPing | Purpose::OwnRecord => {}
             Purpose::Store(qid) => {
                 if let Some(Query {
                     phase: Phase::Storing { pending, .. },
@@ -876,7 +892,11 @@ impl Kad {
             addrs,
         };
         let was_empty = self.table.is_empty();
-        let outcome = self.table.insert(contact, info.addr, cx.now);
+        let outcome = self.table.insert(contact.clone(), info.addr, cx.now);
+        if outcome == InsertOutcome::Inserted && self.config.fetch_peer_records {
+            let request = Request::FindPeer { peer: info.peer };
+            self.request(cx, &contact, request, Purpose::OwnRecord);
+        }
         if let Some(ping) = outcome.ping()
             && let Some(entry) = self.table.get(&ping)
         {

@@ -51,6 +51,11 @@ pub enum Event {
         /// How it went.
         stats: QueryStats,
     },
+    /// A routing-table peer's own signed record, verified: where it can be reached.
+    PeerRecord {
+        /// The record.
+        record: PeerRecord,
+    },
 }
 
 /// The result of a finished lookup.

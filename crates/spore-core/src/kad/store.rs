@@ -56,7 +56,7 @@ impl Default for StoreLimits {
 }
 
 /// How many records a store holds, per kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoreCounts {
     /// Value records.
     pub values: usize,

@@ -281,7 +281,7 @@ impl Node {
         rng_seed: [u8; 32],
         now: Instant,
     ) -> Result<Self, crate::pow::StampError> {
-        let store = Box::new(MemoryStore::new(config.kad.store.clone()));
+        let store = Box::new(MemoryStore::new(config.kad.store));
         Self::with_store(keypair, stamp, config, store, rng_seed, now)
     }
 
