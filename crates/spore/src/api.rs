@@ -10,12 +10,15 @@
 //! | GET | `/v1/peers` | | `[`[`PeerView`]`]` |
 //! | POST | `/v1/ping` | `{"peer": ID}` | `{"peer": ID, "rtt_ms": f64}` |
 //! | POST | `/v1/dial` | `{"peer": ID, "addr": "IP:PORT"}` | `{"peer": ID}` |
+//! | POST | `/v1/dht/values` | [`PutValueRequest`] | [`PutValueResponse`] |
+//! | GET | `/v1/dht/values/{publisher}/{name}` | | [`ValueView`], or 404 |
+//! | GET | `/v1/dht/peers/{peer}` | | [`PeerRecordView`], or 404 |
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spore_core::PeerId;
+use spore_core::kad::QueryResult;
 use spore_core::node::{Direction, PeerInfo};
 use spore_net::NodeHandle;
 
@@ -95,6 +99,73 @@ pub struct DialRequest {
     pub addr: SocketAddr,
 }
 
+/// Body of `POST /v1/dht/values`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PutValueRequest {
+    /// The name (at most 64 bytes, no control characters).
+    pub name: String,
+    /// The value (at most 1024 bytes).
+    pub value: String,
+}
+
+/// Answer of `POST /v1/dht/values`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PutValueResponse {
+    /// The signer: this node.
+    pub publisher: PeerId,
+    /// The name.
+    pub name: String,
+    /// The record's sequence number.
+    pub seq: u64,
+    /// Nodes that acknowledged storing it.
+    pub stored: usize,
+}
+
+/// A value read from the DHT.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ValueView {
+    /// Who signed it.
+    pub publisher: PeerId,
+    /// Its name.
+    pub name: String,
+    /// The value as text, if it is UTF-8.
+    pub value: Option<String>,
+    /// The value in hex.
+    pub value_hex: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Expiry, UNIX seconds.
+    pub expires: u64,
+}
+
+/// A peer's signed record, as found in the DHT.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerRecordView {
+    /// The peer.
+    pub peer: PeerId,
+    /// Where to dial it.
+    pub addrs: Vec<SocketAddr>,
+    /// Relays through which it can be reached.
+    pub relays: Vec<PeerId>,
+    /// Sequence number.
+    pub seq: u64,
+    /// Expiry, UNIX seconds.
+    pub expires: u64,
+}
+
+/// Percent-encodes `s` for use as one URL path segment.
+pub fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[derive(Clone)]
 struct ApiState {
     node: NodeHandle,
@@ -121,6 +192,9 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/ping", post(ping))
         .route("/v1/dial", post(dial))
+        .route("/v1/dht/values", post(put_value))
+        .route("/v1/dht/values/{publisher}/{name}", get(get_value))
+        .route("/v1/dht/peers/{peer}", get(find_peer))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -195,6 +269,83 @@ async fn dial(
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
     Ok(Json(serde_json::json!({ "peer": req.peer })))
+}
+
+fn refused(e: spore_net::RequestError) -> ApiError {
+    match e {
+        spore_net::RequestError::Refused(msg) => ApiError(StatusCode::BAD_REQUEST, msg),
+        e => unavailable(e),
+    }
+}
+
+fn parse_peer(text: &str) -> Result<PeerId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid peer id: {e}")))
+}
+
+async fn put_value(
+    State(s): State<ApiState>,
+    Json(req): Json<PutValueRequest>,
+) -> Result<Json<PutValueResponse>, ApiError> {
+    let value = bytes::Bytes::from(req.value.into_bytes());
+    let (result, _) = s.node.put_value(&req.name, value).await.map_err(refused)?;
+    let QueryResult::PutValue { seq, stored, .. } = result else {
+        return Err(unavailable("unexpected lookup result"));
+    };
+    let publisher = s.node.peer_id();
+    Ok(Json(PutValueResponse {
+        publisher,
+        name: req.name,
+        seq,
+        stored,
+    }))
+}
+
+async fn get_value(
+    State(s): State<ApiState>,
+    Path((publisher, name)): Path<(String, String)>,
+) -> Result<Json<ValueView>, ApiError> {
+    let publisher = parse_peer(&publisher)?;
+    let (result, _) = s.node.get_value(publisher, &name).await.map_err(refused)?;
+    match result {
+        QueryResult::GetValue {
+            record: Some(r), ..
+        } => Ok(Json(ValueView {
+            publisher: *r.publisher(),
+            name: r.name().to_string(),
+            value: std::str::from_utf8(r.value()).ok().map(String::from),
+            value_hex: r.value().iter().map(|b| format!("{b:02x}")).collect(),
+            seq: r.seq(),
+            expires: r.expires(),
+        })),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no value {publisher}/{name} found"),
+        )),
+    }
+}
+
+async fn find_peer(
+    State(s): State<ApiState>,
+    Path(peer): Path<String>,
+) -> Result<Json<PeerRecordView>, ApiError> {
+    let peer = parse_peer(&peer)?;
+    let (result, _) = s.node.find_peer(peer).await.map_err(refused)?;
+    match result {
+        QueryResult::FindPeer {
+            record: Some(r), ..
+        } => Ok(Json(PeerRecordView {
+            peer: *r.peer(),
+            addrs: r.addrs().to_vec(),
+            relays: r.relays().to_vec(),
+            seq: r.seq(),
+            expires: r.expires(),
+        })),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no record of {peer} found"),
+        )),
+    }
 }
 
 /// A client for a node's API, found through its data directory.

@@ -50,6 +50,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store and read signed values in the DHT (asks the running node).
+    Dht {
+        /// What to do.
+        #[command(subcommand)]
+        command: DhtCommand,
+    },
+    /// Find a peer's signed address record in the DHT (asks the running node).
+    FindPeer {
+        /// The peer's id.
+        #[arg(value_name = "PEERID")]
+        peer: spore_core::PeerId,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect to a peer and measure round-trip times, like ping(8).
     ///
     /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
@@ -57,6 +72,31 @@ pub enum Command {
     Ping(PingArgs),
     /// Start a small network of nodes on 127.0.0.1 and show them working. Needs no internet.
     Demo(DemoArgs),
+}
+
+/// `spore dht` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DhtCommand {
+    /// Sign VALUE under NAME with this node's key and store it on the closest nodes. Putting the
+    /// same NAME again replaces the value (its sequence number grows).
+    Put {
+        /// Up to 64 bytes, no control characters.
+        name: String,
+        /// Up to 1024 bytes.
+        value: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the value PUBLISHER stored under NAME; only a record signed by PUBLISHER is accepted.
+    Get {
+        /// `PUBLISHER/NAME`, where PUBLISHER is a peer id.
+        #[arg(value_name = "PUBLISHER/NAME")]
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `spore node`.
@@ -97,6 +137,15 @@ pub struct NodeArgs {
     /// Most open connections from one IP address [default: 8]
     #[arg(long, env = "SPORE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+
+    /// Announce this node and find peers on the local network by mDNS (_spore._udp.local)
+    #[arg(long, env = "SPORE_MDNS")]
+    pub mdns: bool,
+
+    /// `server` answers DHT queries and stores records; `client` only uses the DHT (for nodes
+    /// others cannot reach) [default: server]
+    #[arg(long, env = "SPORE_DHT_MODE", value_name = "MODE")]
+    pub dht_mode: Option<DhtMode>,
 
     /// Config file [default: <data-dir>/config.toml, if present]
     #[arg(long, env = "SPORE_CONFIG", value_name = "FILE")]
@@ -142,4 +191,23 @@ pub struct DemoArgs {
     /// Pings each node sends to each of its peers
     #[arg(long, default_value_t = 5)]
     pub pings: u32,
+}
+
+/// `--dht-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtMode {
+    /// Answer queries and store records.
+    Server,
+    /// Use the DHT without serving it.
+    Client,
+}
+
+impl From<DhtMode> for spore_core::kad::Mode {
+    fn from(m: DhtMode) -> Self {
+        match m {
+            DhtMode::Server => spore_core::kad::Mode::Server,
+            DhtMode::Client => spore_core::kad::Mode::Client,
+        }
+    }
 }

@@ -107,13 +107,19 @@ pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
     };
 
     let identity = dir.load_or_create_identity(difficulty)?;
+    let mdns = args.mdns || file.mdns.unwrap_or(false);
     let mut config = NetConfig {
         listen,
         bootstrap: bootstrap.iter().map(|b| (b.peer, b.addr)).collect(),
         limits,
+        records: Some(dir.path().join(spore_store::records::RECORDS_FILE)),
+        mdns: mdns.then(spore_net::mdns::MdnsConfig::default),
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
+    if let Some(mode) = args.dht_mode.or(file.dht_mode) {
+        config.node.kad.mode = mode.into();
+    }
     let (node, _streams) = spore_net::start(identity.keypair, identity.stamp, config).await?;
 
     let listener = tokio::net::TcpListener::bind(api_listen)
@@ -240,6 +246,31 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         println!("observed as  {a}");
     }
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
+    let dht = &s.dht;
+    let state = if dht.bootstrapped {
+        "joined"
+    } else {
+        "not joined yet"
+    };
+    println!(
+        "dht          {:?} mode, {state}, {} nodes in the routing table",
+        dht.mode, dht.table_size
+    );
+    if !dht.buckets.is_empty() {
+        let fill: Vec<String> = dht
+            .buckets
+            .iter()
+            .map(|(i, n)| format!("{i}:{n}"))
+            .collect();
+        println!(
+            "buckets      {}  (bucket:entries; 255 = farthest half of the key space)",
+            fill.join(" ")
+        );
+    }
+    println!(
+        "records      {} values, {} provider records, {} peer records",
+        dht.records.values, dht.records.providers, dht.records.peers
+    );
     println!(
         "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} refused",
         s.runtime.wire_errors, s.core.violations, s.runtime.frames_dropped, s.runtime.refused
@@ -342,4 +373,78 @@ async fn ping_loop(node: &spore_net::NodeHandle, target: PeerAddr, args: &PingAr
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// `spore dht put`
+pub async fn dht_put(
+    data_dir: Option<PathBuf>,
+    name: String,
+    value: String,
+    json: bool,
+) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let body = api::PutValueRequest { name, value };
+    let answer: api::PutValueResponse = client.post("/v1/dht/values", &body).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!(
+            "stored {}/{} (seq {}) on {} nodes",
+            answer.publisher, answer.name, answer.seq, answer.stored
+        );
+    }
+    if answer.stored == 0 {
+        bail!("no node stored the value (is this node connected to the network?)");
+    }
+    Ok(())
+}
+
+/// `spore dht get`
+pub async fn dht_get(data_dir: Option<PathBuf>, key: String, json: bool) -> Result<()> {
+    let Some((publisher, name)) = key.split_once('/') else {
+        bail!("expected PUBLISHER/NAME, got {key:?} (no '/')");
+    };
+    let publisher: spore_core::PeerId = publisher
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid publisher {publisher:?}: {e}"))?;
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let path = format!("/v1/dht/values/{publisher}/{}", api::encode_path(name));
+    let answer: api::ValueView = client.get(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        match &answer.value {
+            Some(v) => println!("{v}"),
+            None => println!("{}", answer.value_hex),
+        }
+    }
+    Ok(())
+}
+
+/// `spore find-peer`
+pub async fn find_peer(
+    data_dir: Option<PathBuf>,
+    peer: spore_core::PeerId,
+    json: bool,
+) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let answer: api::PeerRecordView = client.get(&format!("/v1/dht/peers/{peer}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!(
+            "{} (record seq {}, expires {})",
+            answer.peer, answer.seq, answer.expires
+        );
+        for a in &answer.addrs {
+            println!("  {a}");
+        }
+        for r in &answer.relays {
+            println!("  via relay {r}");
+        }
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The `spore` command.
 
 use clap::Parser;
-use spore::cli::{Cli, Command};
+use spore::cli::{Cli, Command, DhtCommand};
 use spore::commands;
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +41,13 @@ fn main() -> std::process::ExitCode {
             Command::Peers { json } => commands::peers(cli.data_dir, json).await,
             Command::Status { json } => commands::status(cli.data_dir, json).await,
             Command::Ping(args) => commands::ping(args).await,
+            Command::Dht { command } => match command {
+                DhtCommand::Put { name, value, json } => {
+                    commands::dht_put(cli.data_dir, name, value, json).await
+                }
+                DhtCommand::Get { key, json } => commands::dht_get(cli.data_dir, key, json).await,
+            },
+            Command::FindPeer { peer, json } => commands::find_peer(cli.data_dir, peer, json).await,
             Command::Demo(args) => spore::demo::run(args).await,
         }
     });

@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Connection limit per IP address.
     pub max_connections_per_ip: Option<usize>,
+    /// Discover peers on the local network by mDNS.
+    pub mdns: Option<bool>,
+    /// `server` or `client`.
+    pub dht_mode: Option<crate::cli::DhtMode>,
 }
 
 impl FileConfig {

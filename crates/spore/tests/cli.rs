@@ -162,6 +162,26 @@ fn two_node_processes_list_each_other() {
         "{err}"
     );
 
+    // The DHT through the CLI: a value put on one node is read on the other, and each finds
+    // the other's signed address record.
+    wait_json(b_dir.path(), &["status", "--json"], "b joins the DHT", |v| {
+        v["dht"]["bootstrapped"] == true
+    });
+    let put = spore(a_dir.path(), &["dht", "put", "motd", "hello from a"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let got = spore(b_dir.path(), &["dht", "get", &format!("{a_id}/motd")]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(stdout(&got).trim(), "hello from a");
+    let found = spore(b_dir.path(), &["find-peer", &a_id, "--json"]);
+    assert!(found.status.success(), "{}", stderr(&found));
+    let record: Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert!(record["addrs"].as_array().unwrap().contains(&Value::from(a_addr.to_string())));
+    let missing = spore(b_dir.path(), &["dht", "get", &format!("{a_id}/nothing-here")]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+    let status = stdout(&spore(a_dir.path(), &["status"]));
+    assert!(status.contains("routing table"), "{status}");
+
     // The API refuses requests without the token.
     let api: SocketAddr = std::fs::read_to_string(a_dir.path().join("api.addr"))
         .unwrap()

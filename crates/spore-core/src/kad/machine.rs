@@ -540,6 +540,7 @@ impl Kad {
             },
             Kind::PutValue { record } => QueryResult::PutValue {
                 key: record.key(),
+                seq: record.seq(),
                 stored,
             },
             Kind::AddProvider { record } => QueryResult::AddProvider {

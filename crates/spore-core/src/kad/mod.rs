@@ -92,6 +92,8 @@ pub enum QueryResult {
     PutValue {
         /// The key.
         key: Key,
+        /// The sequence number of the stored record.
+        seq: u64,
         /// Acknowledged stores.
         stored: usize,
     },
