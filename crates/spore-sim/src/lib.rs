@@ -79,7 +79,7 @@ mod trace;
 pub use config::{Latency, NetworkConfig, SimConfig};
 pub use metrics::{EventCounts, EventLog, Metrics};
 pub use network::{SIM_PORT, node_addr};
-pub use sim::{MAX_NODES, NodeIndex, Sim, SimError};
+pub use sim::{MAX_NODES, NodeIndex, Sim, SimError, Tamper};
 
 #[cfg(test)]
 mod tests;

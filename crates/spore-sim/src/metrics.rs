@@ -18,6 +18,8 @@ pub struct Metrics {
     pub messages_delivered: u64,
     /// Messages the loss model dropped.
     pub messages_lost: u64,
+    /// Messages an adversary ([`Sim::set_tamper`](crate::Sim::set_tamper)) dropped.
+    pub messages_dropped_by_adversary: u64,
     /// Messages dropped because their connection was not (or no longer) up: sent to a peer with
     /// no established connection, or arriving after it closed.
     pub messages_unroutable: u64,

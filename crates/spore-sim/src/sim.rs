@@ -75,7 +75,6 @@ pub enum SimError {
     },
 }
 
-#[derive(Debug)]
 struct Slot {
     node: Node,
     /// The wake-up currently scheduled for this node and its generation; queue entries with
@@ -83,7 +82,24 @@ struct Slot {
     timer: Option<(Instant, u64)>,
     counts: EventCounts,
     log: EventLog,
+    /// Rewrites (or drops) what this node sends: an adversary.
+    tamper: Option<Tamper>,
 }
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("node", &self.node)
+            .field("timer", &self.timer)
+            .field("adversary", &self.tamper.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rewrites a message a node is about to send; returning `false` drops it. This is how
+/// adversaries are modelled — a record poisoner rewrites answers, a message dropper drops them —
+/// while the node itself still runs the real protocol code.
+pub type Tamper = Box<dyn FnMut(PeerId, &mut Message) -> bool + Send>;
 
 /// A deterministic simulation of spore nodes on a modelled network. See the [crate
 /// docs](crate) for a tour.
@@ -174,6 +190,7 @@ impl Sim {
             timer: None,
             counts: EventCounts::default(),
             log: EventLog::new(self.config.event_log),
+            tamper: None,
         });
         self.reschedule(index, false);
         Ok(index)
@@ -297,6 +314,14 @@ impl Sim {
     }
 
     // --- Commands ---
+
+    /// Makes node `i` an adversary: everything it sends passes through `tamper` first.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn set_tamper(&mut self, i: NodeIndex, tamper: Tamper) {
+        self.slots[i.index()].tamper = Some(tamper);
+    }
 
     /// Opens a connection from `dialer` to `listener`. After one latency both get
     /// [`ConnectionEvent::Connected`], the dialer first.
@@ -508,8 +533,14 @@ impl Sim {
         self.reschedule(i, after_timeout);
     }
 
-    fn send(&mut self, from: NodeIndex, t: Transmit) {
+    fn send(&mut self, from: NodeIndex, mut t: Transmit) {
         self.metrics.messages_sent += 1;
+        if let Some(tamper) = &mut self.slots[from.index()].tamper
+            && !tamper(t.to, &mut t.message)
+        {
+            self.metrics.messages_dropped_by_adversary += 1;
+            return;
+        }
         let Ok(frame) = encode_frame(&t.message) else {
             self.metrics.codec_errors += 1;
             return;

@@ -164,9 +164,12 @@ fn two_node_processes_list_each_other() {
 
     // The DHT through the CLI: a value put on one node is read on the other, and each finds
     // the other's signed address record.
-    wait_json(b_dir.path(), &["status", "--json"], "b joins the DHT", |v| {
-        v["dht"]["bootstrapped"] == true
-    });
+    wait_json(
+        b_dir.path(),
+        &["status", "--json"],
+        "b joins the DHT",
+        |v| v["dht"]["bootstrapped"] == true,
+    );
     let put = spore(a_dir.path(), &["dht", "put", "motd", "hello from a"]);
     assert!(put.status.success(), "{}", stderr(&put));
     let got = spore(b_dir.path(), &["dht", "get", &format!("{a_id}/motd")]);
@@ -175,8 +178,16 @@ fn two_node_processes_list_each_other() {
     let found = spore(b_dir.path(), &["find-peer", &a_id, "--json"]);
     assert!(found.status.success(), "{}", stderr(&found));
     let record: Value = serde_json::from_slice(&found.stdout).unwrap();
-    assert!(record["addrs"].as_array().unwrap().contains(&Value::from(a_addr.to_string())));
-    let missing = spore(b_dir.path(), &["dht", "get", &format!("{a_id}/nothing-here")]);
+    assert!(
+        record["addrs"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(a_addr.to_string()))
+    );
+    let missing = spore(
+        b_dir.path(),
+        &["dht", "get", &format!("{a_id}/nothing-here")],
+    );
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
     let status = stdout(&spore(a_dir.path(), &["status"]));
