@@ -183,8 +183,22 @@ mod tests {
 
     #[test]
     fn addresses_are_distinct_and_stable() {
-        assert_eq!(node_addr(NodeIndex(0)).to_string(), "10.0.0.1:4000");
-        assert_eq!(node_addr(NodeIndex(255)).to_string(), "10.0.1.0:4000");
-        assert_eq!(node_addr(NodeIndex(70_000)).to_string(), "10.1.17.113:4000");
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200_000u32 {
+            let addr = node_addr(NodeIndex(i));
+            assert_eq!(addr, node_addr(NodeIndex(i)), "stable");
+            assert!(seen.insert(addr.ip()), "{addr} given twice");
+            let std::net::IpAddr::V4(ip) = addr.ip() else { panic!("IPv4 only") };
+            let first = ip.octets()[0];
+            assert!(!matches!(first, 0 | 10 | 127) && first < 224, "{ip}");
+            assert_eq!(addr.port(), SIM_PORT);
+        }
+        // Consecutive nodes land in different /16s, as on the internet.
+        let prefix = |i| match node_addr(NodeIndex(i)).ip() {
+            std::net::IpAddr::V4(ip) => (ip.octets()[0], ip.octets()[1]),
+            std::net::IpAddr::V6(_) => unreachable!(),
+        };
+        let distinct: std::collections::HashSet<_> = (0..100).map(prefix).collect();
+        assert!(distinct.len() > 90);
     }
 }

@@ -12,7 +12,7 @@ fn ms(n: u64) -> Duration {
 }
 
 fn config(seed: u64, nodes: usize) -> SimConfig {
-    SimConfig {
+    let mut config = SimConfig {
         seed,
         nodes,
         network: NetworkConfig {
@@ -24,7 +24,11 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
             loss: 0.0,
         },
         ..SimConfig::default()
-    }
+    };
+    // These tests are about the engine: keep Kademlia from opening connections by itself.
+    config.node.kad.auto_bootstrap = false;
+    config.node.kad.fetch_peer_records = false;
+    config
 }
 
 /// Connects node i to i+1 (mod n), then adds `chords` random extra connections, all drawn from

@@ -58,6 +58,9 @@ pub struct Config {
     /// Ask each new routing-table entry for its own signed peer record, reported as
     /// [`Event::PeerRecord`](super::Event::PeerRecord) so the runtime can keep a peer book.
     pub fetch_peer_records: bool,
+    /// Bootstrap by itself when the first DHT server enters the routing table. Turned off only
+    /// by tests of other layers that want a node to stay quiet.
+    pub auto_bootstrap: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             max_requests: 1024,
             max_failures: 2,
             fetch_peer_records: true,
+            auto_bootstrap: true,
         }
     }
 }

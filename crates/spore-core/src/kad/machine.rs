@@ -904,7 +904,11 @@ impl Kad {
             let contact = entry.contact.clone();
             self.request(cx, &contact, Request::Ping, Purpose::EvictionPing);
         }
-        if outcome == InsertOutcome::Inserted && was_empty && !self.bootstrap.done {
+        if outcome == InsertOutcome::Inserted
+            && was_empty
+            && !self.bootstrap.done
+            && self.config.auto_bootstrap
+        {
             let _ = self.bootstrap(cx);
         }
     }
