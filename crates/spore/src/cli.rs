@@ -185,7 +185,7 @@ pub struct PingArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Number of nodes
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(3..=64))]
     pub nodes: u16,
 
     /// Pings each node sends to each of its peers

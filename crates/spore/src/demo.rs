@@ -27,7 +27,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("spore demo: {n} nodes on 127.0.0.1 — nothing leaves this machine\n");
 
     println!(
-        "[1/4] starting {n} nodes (each id carries a {}-bit proof of work)",
+        "[1/5] starting {n} nodes (each id carries a {}-bit proof of work)",
         difficulty.0
     );
     let mut nodes = Vec::with_capacity(n);
@@ -39,7 +39,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     println!(
-        "\n[2/4] nodes 1..{} join through node 0, then each dials its ring neighbour",
+        "\n[2/5] nodes 1..{} join through node 0, then each dials its ring neighbour",
         n - 1
     );
     let boot = (nodes[0].handle.peer_id(), nodes[0].addr);
@@ -77,12 +77,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         );
     }
     println!(
-        "      {} connections in all, one per peer pair, every one TLS 1.3 with both keys verified",
+        "      {} connections in all (DHT bootstrap lookups opened the rest), one per peer pair,\n      \
+         every one TLS 1.3 with both keys verified",
         connections / 2
     );
 
     println!(
-        "\n[3/4] every node pings each of its peers {} times",
+        "\n[3/5] every node pings each of its peers {} times",
         args.pings
     );
     let mut rtts = Vec::new();
@@ -110,7 +111,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
 
-    println!("\n[4/4] what a hostile network cannot do");
+    println!("\n[4/5] the DHT: signed values and peer records, found by key");
+    let dht = dht_tour(&nodes).await?;
+
+    println!("\n[5/5] what a hostile network cannot do");
     // A newcomer, connected to nobody yet, is told node 1 is at node 2's address.
     let (visitor, _streams) = start_node(difficulty).await?;
     match visitor.dial(nodes[1].handle.peer_id(), nodes[2].addr).await {
@@ -150,6 +154,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
     println!(
+        "      dht lookups      {} hops, {} requests (get_value)",
+        dht.hops, dht.requests
+    );
+    println!(
         "      node 0 counters  {} wire errors, {} violations (the garbage never got past QUIC)",
         status.runtime.wire_errors, status.core.violations
     );
@@ -165,6 +173,83 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         bail!("{} of {sent} pings went unanswered", sent - rtts.len());
     }
     Ok(())
+}
+
+struct DhtFigures {
+    hops: u32,
+    requests: u32,
+}
+
+/// Puts a signed value from one node, reads it from another, and finds a node by id alone.
+async fn dht_tour(nodes: &[DemoNode]) -> Result<DhtFigures> {
+    use spore_core::kad::QueryResult;
+    // The DHT bootstraps by itself once a node knows a server; wait until all have joined.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in nodes {
+        while !node.handle.status().await?.dht.bootstrapped {
+            if Instant::now() > deadline {
+                bail!("node {} did not join the DHT", node.handle.peer_id());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut sizes = Vec::new();
+    for node in nodes {
+        sizes.push(node.handle.status().await?.dht.table_size);
+    }
+    println!(
+        "      every node joined; routing tables hold {} to {} nodes",
+        sizes.iter().min().copied().unwrap_or(0),
+        sizes.iter().max().copied().unwrap_or(0)
+    );
+
+    let (writer, reader) = (&nodes[1], &nodes[nodes.len() - 1]);
+    let value = bytes::Bytes::from_static(b"hello from node 1");
+    let (put, _) = writer.handle.put_value("greeting", value.clone()).await?;
+    let QueryResult::PutValue { stored, seq, .. } = put else {
+        bail!("unexpected {put:?}")
+    };
+    println!("      node 1 signs \"greeting\" (seq {seq}) and stores it on {stored} nodes");
+    let (got, stats) = reader
+        .handle
+        .get_value(writer.handle.peer_id(), "greeting")
+        .await?;
+    let QueryResult::GetValue {
+        record: Some(record),
+        ..
+    } = got
+    else {
+        bail!("node {} could not read the value back", nodes.len() - 1)
+    };
+    if record.value() != &value {
+        bail!("read back a different value");
+    }
+    println!(
+        "      node {} reads it: {:?} — signature checked, {} hops, {} requests, {:.1} ms",
+        nodes.len() - 1,
+        String::from_utf8_lossy(record.value()),
+        stats.hops,
+        stats.requests,
+        stats.duration.as_secs_f64() * 1e3
+    );
+    let (target, seeker) = (&nodes[nodes.len() - 1], &nodes[2]);
+    let (found, stats) = seeker.handle.find_peer(target.handle.peer_id()).await?;
+    let QueryResult::FindPeer {
+        record: Some(peer), ..
+    } = found
+    else {
+        bail!("node 2 could not find node {} by id", nodes.len() - 1)
+    };
+    println!(
+        "      node 2 finds node {} by its id alone: {:?} ({} hops)",
+        nodes.len() - 1,
+        peer.addrs(),
+        stats.hops
+    );
+    Ok(DhtFigures {
+        hops: stats.hops,
+        requests: stats.requests,
+    })
 }
 
 async fn start_node(difficulty: Difficulty) -> Result<(NodeHandle, spore_net::AppStreams)> {

@@ -256,8 +256,14 @@ fn demo_runs_and_reports() {
     for expected in [
         "refused during the",
         "still answers pings",
-        "pings answered   24/24",
+        "reads it: \"hello from node 1\"",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    let answered = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pings answered"))
+        .unwrap();
+    let (ok, sent) = answered.trim().split_once('/').unwrap();
+    assert_eq!(ok, sent, "every ping answered");
 }
