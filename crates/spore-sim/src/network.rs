@@ -188,7 +188,9 @@ mod tests {
             let addr = node_addr(NodeIndex(i));
             assert_eq!(addr, node_addr(NodeIndex(i)), "stable");
             assert!(seen.insert(addr.ip()), "{addr} given twice");
-            let std::net::IpAddr::V4(ip) = addr.ip() else { panic!("IPv4 only") };
+            let std::net::IpAddr::V4(ip) = addr.ip() else {
+                panic!("IPv4 only")
+            };
             let first = ip.octets()[0];
             assert!(!matches!(first, 0 | 10 | 127) && first < 224, "{ip}");
             assert_eq!(addr.port(), SIM_PORT);
