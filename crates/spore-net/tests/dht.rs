@@ -125,3 +125,55 @@ async fn read_all(readers: Vec<NodeHandle>, publisher: PeerId) {
         done.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rejoins_through_its_peer_book_when_bootstrap_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records.redb");
+    let keypair = Keypair::generate(&mut rand_core::OsRng);
+    let stamp = Stamp::mint(&keypair.peer_id(), DIFFICULTY);
+    let config = |bootstrap: Option<&NodeHandle>| {
+        let mut config = NetConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..NetConfig::default()
+        };
+        config.node.difficulty = DIFFICULTY;
+        config.records = Some(records.clone());
+        if let Some(b) = bootstrap {
+            config.bootstrap = vec![(b.peer_id(), b.listen_addrs()[0])];
+        }
+        config
+    };
+
+    let boot = start(None).await;
+    let other = start(Some(&boot)).await;
+    wait_bootstrapped(std::slice::from_ref(&other)).await;
+    let (node, _) = spore_net::start(keypair.clone(), stamp, config(Some(&boot)))
+        .await
+        .unwrap();
+    wait_bootstrapped(std::slice::from_ref(&node)).await;
+    // The node learned `other`'s signed record (it asks every new routing-table entry for it).
+    for _ in 0..250 {
+        if node.status().await.unwrap().dht.table_size >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.shutdown().await;
+    boot.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Restarted with no bootstrap peer at all, it finds its way back through the peer book.
+    let (node, _) = spore_net::start(keypair, stamp, config(None))
+        .await
+        .unwrap();
+    for _ in 0..250 {
+        let peers = node.peers().await.unwrap();
+        if peers.iter().any(|p| p.peer == other.peer_id() && p.ready) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the node did not rejoin through its peer book");
+}
