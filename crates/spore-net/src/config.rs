@@ -55,8 +55,12 @@ impl Default for NetConfig {
 /// Bounds on connections. Incoming connections over a limit are refused before the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Most established connections in total.
+    /// Most established connections in total (a hard limit: further ones are refused).
     pub max_connections: usize,
+    /// Connections the node is happy to keep open; above this, idle ones are closed.
+    pub target_connections: usize,
+    /// How long a connection must carry no control message to count as idle.
+    pub idle_after: Duration,
     /// Most established connections from one IP address (loopback addresses are exempt).
     pub max_per_ip: usize,
     /// Most incoming handshakes in progress at once.
@@ -73,6 +77,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            target_connections: 128,
+            idle_after: Duration::from_secs(120),
             max_per_ip: 8,
             max_pending_handshakes: 64,
             max_queued_frames: 1024,

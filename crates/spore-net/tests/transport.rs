@@ -324,3 +324,20 @@ async fn silent_peer_is_dropped_after_hello_timeout() {
         .unwrap();
     assert!(matches!(event, Event::Close { .. }), "{event:?}");
 }
+
+#[tokio::test]
+async fn idle_connections_are_pruned_above_the_target() {
+    let mut cfg = config("127.0.0.1:0");
+    cfg.limits.target_connections = 1;
+    cfg.limits.idle_after = Duration::from_millis(200);
+    let (hub, _s) = node_with(cfg).await;
+    let spokes = [node().await, node().await, node().await];
+    for s in &spokes {
+        hub.dial(s.peer_id(), addr(s)).await.unwrap();
+    }
+    eventually("the hub prunes down to its target", || async {
+        hub.status().await.unwrap().connections <= 1
+    })
+    .await;
+    assert!(hub.status().await.unwrap().runtime.idle_closed >= 2);
+}
