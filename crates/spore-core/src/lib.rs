@@ -40,6 +40,7 @@
 pub mod identity;
 pub mod kad;
 pub mod node;
+pub mod pex;
 pub mod ping;
 pub mod pow;
 pub mod time;

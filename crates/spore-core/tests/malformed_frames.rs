@@ -678,3 +678,58 @@ fn failed_decoder_stops_buffering() {
     }
     assert_eq!(decoder.buffered(), 0, "input after the error is kept");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Peer exchange.
+
+/// A signed peer record of `seed` with `addrs` addresses (validity does not matter to the wire).
+fn pex_record(seed: u8, addrs: usize) -> spore_core::kad::record::PeerRecord {
+    let key = spore_core::Keypair::from_secret_bytes([seed; 32]);
+    let addrs = (0..addrs)
+        .map(|i| SocketAddr::from(([192, 0, 2, seed], 4000 + i as u16)))
+        .collect();
+    spore_core::kad::record::PeerRecord::new(&key, Stamp { nonce: 0 }, addrs, vec![], 1, 60)
+}
+
+#[test]
+fn pex_bounds_are_enforced_one_past_the_limit() {
+    use spore_core::kad::record::MAX_RECORD_ADDRS;
+    use spore_core::pex::{self, MAX_RECORDS};
+
+    // Variant 3 is Pex; an empty `Records` is a valid message.
+    let outcome = run([frame(&[3, 0, 0]).as_slice()]);
+    assert_eq!(
+        outcome.messages,
+        [Message::Pex(pex::Message::Records(vec![]))]
+    );
+    assert_eq!(outcome.end, Ok(()));
+    assert_malformed("pex::Message variant 1", &frame(&[3, 1, 0]));
+
+    let records: Vec<_> = (0..=MAX_RECORDS as u8).map(|i| pex_record(i, 1)).collect();
+    let at_limit = Message::Pex(pex::Message::Records(records[..MAX_RECORDS].to_vec()));
+    let outcome = run([frame(&body_of(&at_limit)).as_slice()]);
+    assert_eq!(outcome.messages, [at_limit]);
+    assert_eq!(outcome.end, Ok(()));
+    let over = Message::Pex(pex::Message::Records(records));
+    assert_eq!(
+        error_of(&frame(&body_of(&over))),
+        WireError::Bounds {
+            field: "pex.records",
+            found: MAX_RECORDS + 1,
+            max: MAX_RECORDS
+        }
+    );
+
+    let fat = Message::Pex(pex::Message::Records(vec![pex_record(
+        1,
+        MAX_RECORD_ADDRS + 1,
+    )]));
+    assert_eq!(
+        error_of(&frame(&body_of(&fat))),
+        WireError::Bounds {
+            field: "pex.record.addrs",
+            found: MAX_RECORD_ADDRS + 1,
+            max: MAX_RECORD_ADDRS
+        }
+    );
+}

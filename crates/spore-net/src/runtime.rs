@@ -15,10 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{ConnectionEvent, Direction, Event, PeerInfo, Stats};
-use spore_core::ping;
 use spore_core::time::Instant;
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
+use spore_core::{pex, ping};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -366,7 +366,7 @@ impl Runtime {
                     .is_some_and(|e| e.conn.stable_id() == conn_id)
                 {
                     if let Some(entry) = self.conns.get_mut(&peer)
-                        && !matches!(msg, Message::Ping(_))
+                        && !is_housekeeping(&msg)
                     {
                         entry.last_active = tokio::time::Instant::now();
                     }
@@ -740,6 +740,15 @@ impl Runtime {
         }
     }
 
+    /// Keeps a verified peer record in the peer book, for rejoining later.
+    fn remember(&self, record: kad::record::PeerRecord) {
+        if let Some(book) = &self.peer_book
+            && let Err(e) = book.remember(record, self.clock.now())
+        {
+            warn!(error = %e, "cannot update the peer book");
+        }
+    }
+
     /// Carries out the node's outputs. Called after every input.
     fn drain(&mut self) {
         loop {
@@ -762,8 +771,7 @@ impl Runtime {
         let Some(entry) = self.conns.get_mut(&to) else {
             return;
         };
-        if !matches!(msg, Message::Ping(_)) {
-            // Pings are housekeeping: they must not keep an otherwise idle connection open.
+        if !is_housekeeping(msg) {
             entry.last_active = tokio::time::Instant::now();
         }
         let frame = match conn::encode(msg) {
@@ -810,11 +818,10 @@ impl Runtime {
                     let _ = reply.send(Ok((result.clone(), *stats)));
                 }
             }
-            Event::Kad(kad::Event::PeerRecord { record }) => {
-                if let Some(book) = &self.peer_book
-                    && let Err(e) = book.remember(record.clone(), self.clock.now())
-                {
-                    warn!(error = %e, "cannot update the peer book");
+            Event::Kad(kad::Event::PeerRecord { record }) => self.remember(record.clone()),
+            Event::Pex(pex::Event::Discovered { records, .. }) => {
+                for record in records {
+                    self.remember(record.clone());
                 }
             }
             Event::Ping(ping::Event::Timeout { peer, nonce }) => {
@@ -845,6 +852,12 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Pings and peer exchanges are housekeeping: they must not keep an otherwise idle connection
+/// open.
+fn is_housekeeping(msg: &Message) -> bool {
+    matches!(msg, Message::Ping(_) | Message::Pex(_))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

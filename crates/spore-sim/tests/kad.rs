@@ -25,6 +25,8 @@ fn joined_network(n: usize, seed: u64) -> Sim {
     };
     // Kademlia keeps its own liveness checks; periodic pings would only add traffic here.
     config.node.ping.interval = None;
+    // Peer exchange is not part of what these tests measure; it only adds signature checks.
+    config.node.pex.enabled = false;
     let mut sim = Sim::new(config).unwrap();
     for i in 0..3u32 {
         for j in (i + 1)..3 {

@@ -40,6 +40,7 @@ use rand_core::SeedableRng;
 use crate::identity::{Keypair, PeerId};
 use crate::kad::store::{MemoryStore, RecordStore};
 use crate::kad::{self, Kad, KadError, Key, QueryId};
+use crate::pex::{self, Pex};
 use crate::ping::{self, Ping, PingError};
 use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
@@ -77,6 +78,8 @@ pub struct Config {
     pub ping: ping::Config,
     /// Kademlia settings.
     pub kad: kad::Config,
+    /// Peer-exchange settings.
+    pub pex: pex::Config,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             max_waiting_messages: 32,
             ping: ping::Config::default(),
             kad: kad::Config::default(),
+            pex: pex::Config::default(),
         }
     }
 }
@@ -168,11 +172,19 @@ pub enum Event {
     Ping(ping::Event),
     /// A Kademlia result.
     Kad(kad::Event),
+    /// Peer records learned by peer exchange.
+    Pex(pex::Event),
 }
 
 impl From<kad::Event> for Event {
     fn from(e: kad::Event) -> Self {
         Event::Kad(e)
+    }
+}
+
+impl From<pex::Event> for Event {
+    fn from(e: pex::Event) -> Self {
+        Event::Pex(e)
     }
 }
 
@@ -260,6 +272,7 @@ pub struct Node {
     stats: Stats,
     ping: Ping,
     kad: Kad,
+    pex: Pex,
 }
 
 impl std::fmt::Debug for Node {
@@ -312,6 +325,13 @@ impl Node {
             store,
         );
         kad.set_listen_addrs(config.listen_addrs.clone());
+        let mut pex = Pex::new(
+            keypair.clone(),
+            stamp,
+            config.difficulty,
+            config.pex.clone(),
+        );
+        pex.set_listen_addrs(config.listen_addrs.clone());
         let out = Outputs::new(OutputLimits {
             queue: config.max_queued_outputs,
             waiting_peers: config.max_waiting_peers,
@@ -328,6 +348,7 @@ impl Node {
             stats: Stats::default(),
             ping,
             kad,
+            pex,
             config,
         })
     }
@@ -346,6 +367,7 @@ impl Node {
     pub fn set_listen_addrs(&mut self, mut addrs: Vec<SocketAddr>) {
         addrs.truncate(MAX_LISTEN_ADDRS);
         self.kad.set_listen_addrs(addrs.clone());
+        self.pex.set_listen_addrs(addrs.clone());
         self.config.listen_addrs = addrs;
     }
 
@@ -470,6 +492,14 @@ impl Node {
                 };
                 self.kad.handle_message(&mut cx, from, m);
             }
+            Message::Pex(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.pex.handle_message(&mut cx, from, m);
+            }
         }
     }
 
@@ -529,6 +559,11 @@ impl Node {
     /// Kademlia's state: routing table, records, counters.
     pub fn kad(&self) -> &Kad {
         &self.kad
+    }
+
+    /// Peer exchange's state: cached records, counters.
+    pub fn pex(&self) -> &Pex {
+        &self.pex
     }
 
     /// Command: join the DHT (look up our own id, then refresh farther buckets).
@@ -694,8 +729,8 @@ impl Node {
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 2] {
-        [&self.ping, &self.kad]
+    fn protocols(&self) -> [&dyn AnyProtocol; 3] {
+        [&self.ping, &self.kad, &self.pex]
     }
 
     /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
@@ -707,6 +742,7 @@ impl Node {
         };
         f(&mut self.ping, &mut cx);
         f(&mut self.kad, &mut cx);
+        f(&mut self.pex, &mut cx);
     }
 }
 

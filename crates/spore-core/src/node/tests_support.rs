@@ -4,11 +4,17 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Config, ConnectionEvent, Direction, Event, Node};
-use crate::identity::Keypair;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::protocol::{Link, OutputLimits, Outputs};
+use super::{
+    Config, ConnectionEvent, Context, Direction, Event, Node, PeerEvent, PeerInfo, Transmit,
+};
+use crate::identity::{Keypair, PeerId};
 use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
-use crate::wire::Message;
+use crate::wire::{Capabilities, Message};
 
 pub(crate) fn test_node(seed: u8, config: Config) -> Node {
     let key = Keypair::from_secret_bytes([seed; 32]);
@@ -142,5 +148,63 @@ impl Pair {
             }
         }
         self.now = end;
+    }
+}
+
+/// Drives one protocol's state machine directly, without a [`Node`]: for tests of its logic
+/// with any number of (imaginary) peers.
+pub(crate) struct Harness {
+    rng: ChaCha20Rng,
+    out: Outputs,
+}
+
+impl Harness {
+    pub(crate) fn new() -> Self {
+        Self {
+            rng: ChaCha20Rng::from_seed([0; 32]),
+            out: Outputs::new(OutputLimits {
+                queue: 1024,
+                waiting_peers: 16,
+                waiting_messages: 16,
+            }),
+        }
+    }
+
+    /// Marks `peer` ready (so `cx.send` reaches it) and returns the event protocols get.
+    pub(crate) fn ready(&mut self, peer: PeerId, now: Instant) -> PeerEvent {
+        self.out.links.insert(peer, Link::Ready);
+        PeerEvent::Ready(Box::new(PeerInfo {
+            peer,
+            addr: "10.9.9.9:9".parse().unwrap(),
+            direction: Direction::Outbound,
+            connected_at: now,
+            listen_addrs: Vec::new(),
+            observed_us: None,
+            capabilities: Capabilities::empty(),
+            agent: String::new(),
+            stamp: None,
+            ready: true,
+            rtt: None,
+        }))
+    }
+
+    /// Runs `f` with a context at `now`.
+    pub(crate) fn with<R>(&mut self, now: Instant, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        let mut cx = Context {
+            now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        f(&mut cx)
+    }
+
+    /// The messages sent since the last call.
+    pub(crate) fn transmits(&mut self) -> Vec<Transmit> {
+        self.out.transmits.drain(..).collect()
+    }
+
+    /// The events emitted since the last call.
+    pub(crate) fn events(&mut self) -> Vec<Event> {
+        self.out.events.drain(..).collect()
     }
 }

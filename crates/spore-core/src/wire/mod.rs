@@ -19,7 +19,7 @@ pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIO
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kad, ping};
+use crate::{kad, pex, ping};
 
 /// The frame format version this implementation speaks.
 pub const WIRE_VERSION: u8 = 1;
@@ -42,6 +42,8 @@ pub enum Message {
     Ping(ping::Message),
     /// Kademlia: node and record lookups.
     Kad(kad::Message),
+    /// Peer exchange: signed peer records.
+    Pex(pex::Message),
 }
 
 impl Message {
@@ -51,6 +53,7 @@ impl Message {
             Message::Hello(h) => h.validate(),
             Message::Ping(_) => Ok(()),
             Message::Kad(m) => m.validate(),
+            Message::Pex(m) => m.validate(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Message {
             Message::Ping(ping::Message::Pong { .. }) => "pong",
             Message::Kad(kad::Message::Request { .. }) => "kad-request",
             Message::Kad(kad::Message::Response { .. }) => "kad-response",
+            Message::Pex(pex::Message::Records(_)) => "pex-records",
         }
     }
 }
@@ -75,6 +79,12 @@ impl From<Hello> for Message {
 impl From<kad::Message> for Message {
     fn from(m: kad::Message) -> Self {
         Message::Kad(m)
+    }
+}
+
+impl From<pex::Message> for Message {
+    fn from(m: pex::Message) -> Self {
+        Message::Pex(m)
     }
 }
 
