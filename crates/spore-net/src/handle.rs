@@ -75,9 +75,12 @@ pub async fn start(
     let clock = Clock::new();
     let mut node_config = config.node.clone();
     node_config.listen_addrs = announced(&listen_addrs);
+    // The node decides which idle connections to close; the runtime carries it out.
+    node_config.target_peers = config.limits.target_connections;
+    node_config.idle_after = config.limits.idle_after;
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let (node, peer_book) = match &config.records {
+    let (mut node, peer_book) = match &config.records {
         Some(path) => {
             let store = RedbStore::open(path, node_config.kad.store, clock.now())
                 .map_err(|e| StartError::Records(e.to_string()))?;
@@ -112,7 +115,12 @@ pub async fn start(
             inputs.clone(),
         ));
     }
-    let bootstrap = config.bootstrap.clone();
+    // Bootstrap peers are kept: the node redials them with backoff whenever they drop.
+    for (peer, addr) in &config.bootstrap {
+        if let Err(e) = node.keep_connected(clock.now(), *peer, vec![*addr]) {
+            warn!(%peer, %addr, error = %e, "cannot keep this bootstrap peer");
+        }
+    }
     let rejoin = match &peer_book {
         Some(book) => book.recent(config.rejoin_peers).unwrap_or_else(|e| {
             warn!(error = %e, "cannot read the peer book");
@@ -143,9 +151,6 @@ pub async fn start(
         inputs,
         events,
     };
-    for (peer, addr) in bootstrap {
-        tokio::spawn(keep_connected(handle.clone(), peer, addr));
-    }
     for record in rejoin {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -284,31 +289,6 @@ async fn dial_discovered(
         });
     }
     mdns.shutdown();
-}
-
-/// Keeps a connection to a bootstrap peer, redialing with exponential backoff (1 s to 60 s).
-async fn keep_connected(handle: NodeHandle, peer: PeerId, addr: SocketAddr) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let connected = match handle.peers().await {
-            Ok(peers) => peers.iter().any(|p| p.peer == peer && p.ready),
-            Err(_) => return, // node stopped
-        };
-        if connected {
-            backoff = Duration::from_secs(1);
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            continue;
-        }
-        match handle.dial(peer, addr).await {
-            Ok(()) => backoff = Duration::from_secs(1),
-            Err(DialError::Shutdown) => return,
-            Err(e) => {
-                warn!(%peer, %addr, error = %e, retry_in = ?backoff, "bootstrap dial failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
 }
 
 impl NodeHandle {

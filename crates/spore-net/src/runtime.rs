@@ -156,8 +156,6 @@ pub struct RuntimeStats {
     pub duplicates_closed: u64,
     /// Incoming connections refused by a limit.
     pub refused: u64,
-    /// Connections closed because they sat idle while the node was above its target count.
-    pub idle_closed: u64,
 }
 
 /// Connection counts shared with the accept loops, which refuse over-limit connections before
@@ -202,12 +200,7 @@ struct Entry {
     conn: quinn::Connection,
     direction: Direction,
     frames: mpsc::Sender<Bytes>,
-    /// Last control message in either direction; idle connections are pruned first.
-    last_active: tokio::time::Instant,
 }
-
-/// How often the connection manager looks for idle connections to prune, at most.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Maps the runtime's clock to spore-core's [`Instant`]: microseconds since the UNIX epoch, read
 /// once from the wall clock at start and advanced by the monotonic clock, so it never jumps.
@@ -295,24 +288,14 @@ impl Runtime {
     }
 
     pub(crate) async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        let every = self
-            .config
-            .limits
-            .idle_after
-            .clamp(Duration::from_millis(100), PRUNE_INTERVAL);
-        let mut prune = tokio::time::interval(every);
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whatever the node asked for before the runtime started (dials to kept peers).
+        self.drain();
         loop {
             let wake = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
             let input = tokio::select! {
                 input = inputs.recv() => input,
                 _ = sleep_until(wake) => {
                     self.node.handle_timeout(self.clock.now());
-                    self.drain();
-                    continue;
-                }
-                _ = prune.tick() => {
-                    self.prune_idle();
                     self.drain();
                     continue;
                 }
@@ -365,11 +348,6 @@ impl Runtime {
                     .get(&peer)
                     .is_some_and(|e| e.conn.stable_id() == conn_id)
                 {
-                    if let Some(entry) = self.conns.get_mut(&peer)
-                        && !is_housekeeping(&msg)
-                    {
-                        entry.last_active = tokio::time::Instant::now();
-                    }
                     self.node.handle_message(now, peer, msg);
                 }
             }
@@ -653,14 +631,12 @@ impl Runtime {
                 .await;
         });
         debug!(%peer, %addr, ?direction, "connection up");
-        let last_active = tokio::time::Instant::now();
         self.conns.insert(
             peer,
             Entry {
                 conn,
                 direction,
                 frames,
-                last_active,
             },
         );
         let now = self.clock.now();
@@ -711,35 +687,6 @@ impl Runtime {
         }
     }
 
-    /// Keeps the connection count near `Limits::target_connections`: above it, connections idle
-    /// for longer than `Limits::idle_after` are closed, the longest idle first. Lookups open
-    /// connections to many nodes; without this a long-running node would creep up to the hard
-    /// limit and then refuse new work. Bootstrap peers are kept (their tasks would redial anyway).
-    fn prune_idle(&mut self) {
-        let limits = &self.config.limits;
-        let excess = self.conns.len().saturating_sub(limits.target_connections);
-        if excess == 0 {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        let idle_after = limits.idle_after;
-        let mut idle: Vec<(tokio::time::Instant, PeerId)> = self
-            .conns
-            .iter()
-            .filter(|(p, e)| {
-                now.duration_since(e.last_active) >= idle_after
-                    && !self.config.bootstrap.iter().any(|(b, _)| b == *p)
-            })
-            .map(|(p, e)| (e.last_active, *p))
-            .collect();
-        idle.sort();
-        for (_, peer) in idle.into_iter().take(excess) {
-            debug!(%peer, "closing idle connection");
-            self.stats.idle_closed += 1;
-            self.close(peer, close_code::NORMAL, "idle");
-        }
-    }
-
     /// Keeps a verified peer record in the peer book, for rejoining later.
     fn remember(&self, record: kad::record::PeerRecord) {
         if let Some(book) = &self.peer_book
@@ -771,9 +718,6 @@ impl Runtime {
         let Some(entry) = self.conns.get_mut(&to) else {
             return;
         };
-        if !is_housekeeping(msg) {
-            entry.last_active = tokio::time::Instant::now();
-        }
         let frame = match conn::encode(msg) {
             Ok(f) => f,
             Err(e) => {
@@ -852,12 +796,6 @@ impl Runtime {
             }
         }
     }
-}
-
-/// Pings and peer exchanges are housekeeping: they must not keep an otherwise idle connection
-/// open.
-fn is_housekeeping(msg: &Message) -> bool {
-    matches!(msg, Message::Ping(_) | Message::Pex(_))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -339,5 +339,5 @@ async fn idle_connections_are_pruned_above_the_target() {
         hub.status().await.unwrap().connections <= 1
     })
     .await;
-    assert!(hub.status().await.unwrap().runtime.idle_closed >= 2);
+    assert!(hub.status().await.unwrap().core.idle_closed >= 2);
 }

@@ -26,8 +26,10 @@
 //! route its variant in [`Node::handle_message`] and list it in `Node::protocols` and
 //! `Node::for_each_protocol`.
 
+pub mod keep;
 mod protocol;
 
+pub use keep::KeepError;
 pub use protocol::{Context, PeerEvent, Protocol, Transmit};
 
 use std::collections::BTreeMap;
@@ -46,6 +48,7 @@ use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
+use keep::Keeper;
 use protocol::{Link, OutputLimits, Outputs};
 
 /// The application protocol version carried in `Hello`.
@@ -64,6 +67,13 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// Most connected peers (ready or handshaking); further connections are closed.
     pub max_peers: usize,
+    /// Connection count the node prunes down to: above it, connections idle for `idle_after`
+    /// are closed, the longest idle first. Lookups open connections to many peers; this is what
+    /// keeps them from piling up. Kept peers are never pruned.
+    pub target_peers: usize,
+    /// How long a connection must carry no protocol traffic (pings and peer exchange do not
+    /// count) before it may be pruned.
+    pub idle_after: Duration,
     /// Bound on each output queue between two drains.
     pub max_queued_outputs: usize,
     /// Software name sent in `Hello`.
@@ -80,6 +90,8 @@ pub struct Config {
     pub kad: kad::Config,
     /// Peer-exchange settings.
     pub pex: pex::Config,
+    /// Kept peers (redialed whenever they drop).
+    pub keep: keep::Config,
 }
 
 impl Default for Config {
@@ -90,6 +102,8 @@ impl Default for Config {
             listen_addrs: Vec::new(),
             hello_timeout: Duration::from_secs(10),
             max_peers: 1024,
+            target_peers: 128,
+            idle_after: Duration::from_secs(120),
             max_queued_outputs: 65_536,
             agent: concat!("spore/", env!("CARGO_PKG_VERSION")).to_string(),
             dial_timeout: Duration::from_secs(15),
@@ -98,6 +112,7 @@ impl Default for Config {
             ping: ping::Config::default(),
             kad: kad::Config::default(),
             pex: pex::Config::default(),
+            keep: keep::Config::default(),
         }
     }
 }
@@ -210,6 +225,9 @@ pub enum CloseReason {
     /// This node is at its peer limit.
     #[error("too many peers")]
     TooManyPeers,
+    /// The connection was idle while the node had more than its target number of peers.
+    #[error("idle")]
+    Idle,
 }
 
 /// What a node knows about a connected peer.
@@ -243,6 +261,8 @@ pub struct PeerInfo {
 struct Peer {
     info: PeerInfo,
     hello_deadline: Option<Instant>,
+    /// Last protocol traffic either way (see [`Config::idle_after`]).
+    last_active: Instant,
 }
 
 /// Counters of things the node noticed and discarded.
@@ -256,6 +276,8 @@ pub struct Stats {
     pub violations: u64,
     /// Messages for peers that were neither connected nor dialable.
     pub unroutable: u64,
+    /// Connections closed because they were idle while the node was above its target count.
+    pub idle_closed: u64,
 }
 
 /// A spore node's protocol core. See the [module docs](self) for the driving contract.
@@ -273,6 +295,9 @@ pub struct Node {
     ping: Ping,
     kad: Kad,
     pex: Pex,
+    keeper: Keeper,
+    /// When to look for idle connections to prune; set while above the target count.
+    next_prune: Option<Instant>,
 }
 
 impl std::fmt::Debug for Node {
@@ -349,6 +374,8 @@ impl Node {
             ping,
             kad,
             pex,
+            keeper: Keeper::new(config.keep.clone()),
+            next_prune: None,
             config,
         })
     }
@@ -440,8 +467,12 @@ impl Node {
                     Peer {
                         info,
                         hello_deadline,
+                        last_active: now,
                     },
                 );
+                if self.peers.len() > self.config.target_peers && self.next_prune.is_none() {
+                    self.next_prune = Some(now + self.prune_interval());
+                }
                 let hello = Hello {
                     versions: vec![PROTOCOL_VERSION],
                     capabilities: self.config.capabilities,
@@ -469,6 +500,9 @@ impl Node {
             return;
         };
         let ready = peer.info.ready;
+        if !is_housekeeping(&msg) {
+            peer.last_active = now.max(peer.last_active);
+        }
         match msg {
             Message::Hello(hello) if !ready => self.handle_hello(from, hello),
             Message::Hello(_) => self.violation(from, "second hello"),
@@ -543,6 +577,40 @@ impl Node {
                 p.handle_timeout(cx);
             }
         });
+        if self.next_prune.is_some_and(|t| t <= now) {
+            self.prune_idle();
+        }
+    }
+
+    fn prune_interval(&self) -> Duration {
+        self.config
+            .idle_after
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// Closes connections idle for `idle_after`, longest idle first, until the node is back at
+    /// its target count (or nothing more is idle); checks again later while above it.
+    fn prune_idle(&mut self) {
+        let excess = self.peers.len().saturating_sub(self.config.target_peers);
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.last_active + self.config.idle_after <= self.now && !self.keeper.is_kept(id)
+            })
+            .map(|(id, p)| (p.last_active, *id))
+            .collect();
+        idle.sort();
+        for (_, peer) in idle.into_iter().take(excess) {
+            self.stats.idle_closed += 1;
+            self.remove_peer(peer);
+            self.out.push_event(Event::Close {
+                peer,
+                reason: CloseReason::Idle,
+            });
+        }
+        self.next_prune =
+            (self.peers.len() > self.config.target_peers).then(|| self.now + self.prune_interval());
     }
 
     /// Command: ping `peer` now. The answer arrives as [`Event::Ping`].
@@ -554,6 +622,36 @@ impl Node {
             out: &mut self.out,
         };
         self.ping.ping(&mut cx, peer)
+    }
+
+    /// Command: keep a connection to `peer`, dialing it at `addrs` now if it is not connected
+    /// and again, with backoff, whenever it is not (see [`keep`]). Bootstrap peers are kept.
+    pub fn keep_connected(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<(), KeepError> {
+        self.advance(now);
+        if peer == self.peer_id() {
+            return Err(KeepError::SelfPeer);
+        }
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        self.keeper.keep(&mut cx, peer, addrs)
+    }
+
+    /// Command: stop keeping `peer` (its connection, if any, stays). False if it was not kept.
+    pub fn forget_kept(&mut self, peer: &PeerId) -> bool {
+        self.keeper.forget(peer)
+    }
+
+    /// The peers this node keeps connected.
+    pub fn kept_peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.keeper.peers()
     }
 
     /// Kademlia's state: routing table, records, counters.
@@ -613,7 +711,13 @@ impl Node {
 
     /// Output: the next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.transmits.pop_front()
+        let t = self.out.transmits.pop_front()?;
+        if !is_housekeeping(&t.message)
+            && let Some(peer) = self.peers.get_mut(&t.to)
+        {
+            peer.last_active = self.now.max(peer.last_active);
+        }
+        Some(t)
     }
 
     /// Output: the next event.
@@ -630,7 +734,11 @@ impl Node {
             .values()
             .map(|w| w.since + self.config.dial_timeout)
             .min();
-        let hello = hello.into_iter().chain(waiting).min();
+        let hello = hello
+            .into_iter()
+            .chain(waiting)
+            .chain(self.next_prune)
+            .min();
         let protocols = self
             .protocols()
             .into_iter()
@@ -729,8 +837,8 @@ impl Node {
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 3] {
-        [&self.ping, &self.kad, &self.pex]
+    fn protocols(&self) -> [&dyn AnyProtocol; 4] {
+        [&self.ping, &self.kad, &self.pex, &self.keeper]
     }
 
     /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
@@ -743,7 +851,14 @@ impl Node {
         f(&mut self.ping, &mut cx);
         f(&mut self.kad, &mut cx);
         f(&mut self.pex, &mut cx);
+        f(&mut self.keeper, &mut cx);
     }
+}
+
+/// Messages that keep a connection alive but do not make it useful: they do not reset its
+/// idle time.
+fn is_housekeeping(msg: &Message) -> bool {
+    matches!(msg, Message::Ping(_) | Message::Pex(_))
 }
 
 /// Shortens `s` to at most `max` bytes without splitting a character.
@@ -762,6 +877,19 @@ trait AnyProtocol {
     fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent);
     fn handle_timeout(&mut self, cx: &mut Context<'_>);
     fn poll_timeout(&self) -> Option<Instant>;
+}
+
+/// The keeper has no messages of its own, but reacts to peers and time like a protocol.
+impl AnyProtocol for Keeper {
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
+        Keeper::handle_peer_event(self, cx, event);
+    }
+    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
+        Keeper::handle_timeout(self, cx);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Keeper::poll_timeout(self)
+    }
 }
 
 impl<P: Protocol> AnyProtocol for P {

@@ -81,6 +81,20 @@ impl Context<'_> {
         self.out.links.get(peer) == Some(&Link::Ready)
     }
 
+    /// Whether a connection to `peer` is being dialed or handshaking (not ready yet).
+    pub fn is_connecting(&self, peer: &PeerId) -> bool {
+        matches!(
+            self.out.links.get(peer),
+            Some(Link::Dialing | Link::Handshaking)
+        )
+    }
+
+    /// Asks the driver to connect to `peer` at one of `addrs`, unless a connection to it exists
+    /// or is being made. A failed dial reaches protocols as [`PeerEvent::Unreachable`].
+    pub fn dial(&mut self, peer: PeerId, addrs: &[SocketAddr]) {
+        self.out.dial(peer, addrs, self.now);
+    }
+
     /// Reports an event to the node's owner.
     pub fn emit(&mut self, event: impl Into<Event>) {
         self.out.push_event(event.into());
@@ -167,6 +181,26 @@ impl Outputs {
             }
             (None, _) => self.unroutable += 1,
         }
+    }
+
+    fn dial(&mut self, to: PeerId, addrs: &[SocketAddr], now: Instant) {
+        if addrs.is_empty() || self.links.contains_key(&to) {
+            return;
+        }
+        if self.waiting.len() >= self.limits.waiting_peers {
+            self.dropped += 1;
+            return;
+        }
+        self.links.insert(to, Link::Dialing);
+        // An entry with no messages, so that the dial timeout covers this dial too.
+        self.waiting.entry(to).or_insert_with(|| Waiting {
+            messages: VecDeque::new(),
+            since: now,
+        });
+        self.push_event(Event::Dial {
+            peer: to,
+            addrs: addrs.to_vec(),
+        });
     }
 
     fn wait(&mut self, to: PeerId, message: Message, now: Instant) {
