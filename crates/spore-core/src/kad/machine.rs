@@ -203,6 +203,11 @@ impl Kad {
         self.store.as_ref()
     }
 
+    /// Gives up the record store, as a node shutting down leaves its database behind.
+    pub fn into_store(self) -> Box<dyn RecordStore + Send> {
+        self.store
+    }
+
     /// Counters.
     pub fn stats(&self) -> KadStats {
         self.stats

@@ -1,12 +1,17 @@
-//! Kept peers: connections the node re-establishes whenever they drop, such as its bootstrap
+//! Kept peers: connections the node re-establishes while it has too few, such as its bootstrap
 //! peers.
 //!
-//! A node that loses every connection is cut off from the network for good unless something
+//! A node that loses its connections is cut off from the network for good unless something
 //! dials out again. The keeper owns that decision so that the runtime and the simulator make it
-//! the same way: for each kept peer that is neither ready nor being connected to, it asks the
-//! driver to dial ([`Event::Dial`](super::Event::Dial)), and retries with exponential backoff
-//! (`backoff_min` doubling up to `backoff_max`) until the peer is ready again. A peer that
-//! drops after being ready is redialed after `backoff_min`.
+//! the same way: while the node has fewer than `min_peers` ready peers, for each kept peer that
+//! is neither ready nor being connected to, it asks the driver to dial
+//! ([`Event::Dial`](super::Event::Dial)), and retries with exponential backoff (`backoff_min`
+//! doubling up to `backoff_max`) until the peer is ready again. A kept peer that drops is
+//! redialed after `backoff_min` if the node is then short of peers.
+//!
+//! A node with enough peers leaves its kept peers alone, and may prune their connections when
+//! idle like any other: ten thousand nodes that share three bootstrap nodes must not hold ten
+//! thousand connections to each of them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +27,8 @@ use super::{Context, PeerEvent};
 pub struct Config {
     /// Most peers kept at once; further requests are refused.
     pub max_peers: usize,
+    /// Kept peers are dialed only while the node has fewer ready peers than this.
+    pub min_peers: usize,
     /// First retry delay, and the delay before redialing a peer that dropped.
     pub backoff_min: Duration,
     /// Longest retry delay.
@@ -32,6 +39,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_peers: 64,
+            min_peers: 8,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
         }
@@ -57,7 +65,8 @@ pub enum KeepError {
 struct Kept {
     addrs: Vec<SocketAddr>,
     backoff: Duration,
-    /// When to dial next if the peer is still not ready; `None` while it is ready.
+    /// When to dial next if the peer is still not ready; `None` while it is ready or the node
+    /// has enough peers.
     retry_at: Option<Instant>,
 }
 
@@ -107,10 +116,6 @@ impl Keeper {
         self.peers.remove(peer).is_some()
     }
 
-    pub(super) fn is_kept(&self, peer: &PeerId) -> bool {
-        self.peers.contains_key(peer)
-    }
-
     /// The kept peers.
     pub(super) fn peers(&self) -> impl Iterator<Item = &PeerId> {
         self.peers.keys()
@@ -124,9 +129,13 @@ impl Keeper {
                     kept.retry_at = None;
                 }
             }
-            PeerEvent::Gone { peer } => {
-                if let Some(kept) = self.peers.get_mut(peer) {
-                    kept.retry_at = Some(cx.now + self.config.backoff_min);
+            PeerEvent::Gone { .. } => {
+                // Any peer leaving may leave the node short: wake the dormant kept peers.
+                if cx.ready_peers() < self.config.min_peers {
+                    let at = cx.now + self.config.backoff_min;
+                    for kept in self.peers.values_mut() {
+                        kept.retry_at.get_or_insert(at);
+                    }
                 }
             }
             // A failed dial keeps the retry time set when it was made.
@@ -136,13 +145,15 @@ impl Keeper {
 
     pub(super) fn handle_timeout(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
+        let short = cx.ready_peers() < self.config.min_peers;
         for (peer, kept) in &mut self.peers {
             let Some(at) = kept.retry_at else { continue };
             if at > now {
                 continue;
             }
-            if cx.is_ready(peer) {
+            if cx.is_ready(peer) || !short {
                 kept.retry_at = None;
+                kept.backoff = self.config.backoff_min;
                 continue;
             }
             if !cx.is_connecting(peer) {
@@ -214,6 +225,18 @@ mod tests {
         assert!(dials(&mut pair.a).is_empty());
         pair.a.handle_timeout(now + Duration::from_secs(1));
         assert_eq!(dials(&mut pair.a), [b]);
+    }
+
+    #[test]
+    fn a_node_with_enough_peers_leaves_kept_peers_alone() {
+        let mut config = test_config();
+        config.keep.min_peers = 0;
+        let mut a = test_node(1, config);
+        let b = test_node(2, test_config()).peer_id();
+        let addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+        a.keep_connected(secs(0), b, vec![addr]).unwrap();
+        assert!(dials(&mut a).is_empty());
+        assert_eq!(a.poll_timeout(), None);
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub struct Config {
     pub max_peers: usize,
     /// Connection count the node prunes down to: above it, connections idle for `idle_after`
     /// are closed, the longest idle first. Lookups open connections to many peers; this is what
-    /// keeps them from piling up. Kept peers are never pruned.
+    /// keeps them from piling up.
     pub target_peers: usize,
     /// How long a connection must carry no protocol traffic (pings and peer exchange do not
     /// count) before it may be pruned.
@@ -595,9 +595,7 @@ impl Node {
         let mut idle: Vec<(Instant, PeerId)> = self
             .peers
             .iter()
-            .filter(|(id, p)| {
-                p.last_active + self.config.idle_after <= self.now && !self.keeper.is_kept(id)
-            })
+            .filter(|(_, p)| p.last_active + self.config.idle_after <= self.now)
             .map(|(id, p)| (p.last_active, *id))
             .collect();
         idle.sort();
@@ -624,8 +622,9 @@ impl Node {
         self.ping.ping(&mut cx, peer)
     }
 
-    /// Command: keep a connection to `peer`, dialing it at `addrs` now if it is not connected
-    /// and again, with backoff, whenever it is not (see [`keep`]). Bootstrap peers are kept.
+    /// Command: keep a connection to `peer`: while this node has fewer than
+    /// [`keep::Config::min_peers`] ready peers, dial it at `addrs` (now, and again with backoff)
+    /// whenever it is not connected. Bootstrap peers are kept. See [`keep`].
     pub fn keep_connected(
         &mut self,
         now: Instant,
@@ -657,6 +656,12 @@ impl Node {
     /// Kademlia's state: routing table, records, counters.
     pub fn kad(&self) -> &Kad {
         &self.kad
+    }
+
+    /// Shuts the node down, handing back its DHT record store so that a restarted node can
+    /// continue from it (as the runtime's on-disk store outlives the process).
+    pub fn into_store(self) -> Box<dyn RecordStore + Send> {
+        self.kad.into_store()
     }
 
     /// Peer exchange's state: cached records, counters.

@@ -81,6 +81,15 @@ impl Context<'_> {
         self.out.links.get(peer) == Some(&Link::Ready)
     }
 
+    /// Number of ready peers.
+    pub fn ready_peers(&self) -> usize {
+        self.out
+            .links
+            .values()
+            .filter(|l| **l == Link::Ready)
+            .count()
+    }
+
     /// Whether a connection to `peer` is being dialed or handshaking (not ready yet).
     pub fn is_connecting(&self, peer: &PeerId) -> bool {
         matches!(
