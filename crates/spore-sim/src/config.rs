@@ -1,7 +1,9 @@
 //! What a simulation is made of: how many nodes, how they are configured, and the network model.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use spore_core::Keypair;
 use spore_core::node;
 use spore_core::pow::Difficulty;
 
@@ -48,11 +50,14 @@ impl Default for SimConfig {
 
 /// The network model.
 ///
-/// Version 1: every connection gets a one-way latency drawn from [`latency`](Self::latency) when
-/// it is opened, the same in both directions (a path's propagation delay); each message adds a
-/// uniform jitter in `[0, jitter]` and is lost with probability [`loss`](Self::loss). Messages on
-/// one connection arrive in the order they were sent, as on a stream. Opening and closing
-/// connections is not subject to loss.
+/// Every connection gets a one-way latency from [`latency`](Self::latency) when it is opened,
+/// the same in both directions (a path's propagation delay); each message adds a uniform jitter
+/// in `[0, jitter]` and is lost with probability [`loss`](Self::loss). A message of `s` bytes
+/// also waits for the sender's uplink and the receiver's downlink ([`Bandwidth`]): each is a
+/// queue that serves `s / rate` seconds per message, so bulk transfers take their size over the
+/// narrower link and crowd out whatever is sent after them. Messages on one connection arrive in
+/// the order they were sent, as on a stream. Opening and closing connections is not subject to
+/// loss.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
     /// Distribution of a connection's one-way latency.
@@ -61,6 +66,11 @@ pub struct NetworkConfig {
     pub jitter: Duration,
     /// Probability in `[0, 1]` that a message is lost.
     pub loss: f64,
+    /// Bandwidth of nodes that are not given their own ([`NodeSpec::bandwidth`]).
+    pub bandwidth: Bandwidth,
+    /// How long a connection whose path is cut (by a partition, or a peer that crashed) lingers
+    /// before its ends notice and close it: QUIC's idle timeout.
+    pub idle_timeout: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -72,6 +82,8 @@ impl Default for NetworkConfig {
             },
             jitter: Duration::ZERO,
             loss: 0.0,
+            bandwidth: Bandwidth::UNLIMITED,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -89,6 +101,70 @@ pub enum Latency {
         /// Largest latency.
         max: Duration,
     },
+    /// Nodes live in regions, node `i` in a region drawn by `weights` from the seed; a
+    /// connection's latency is `one_way[region of a][region of b]`.
+    Regions {
+        /// Relative share of nodes in each region.
+        weights: Vec<u32>,
+        /// One-way latency between regions; square, `weights.len()` rows.
+        one_way: Vec<Vec<Duration>>,
+    },
+}
+
+/// A node's link capacity, in bytes per second each way; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bandwidth {
+    /// Upload rate.
+    pub up: Option<u64>,
+    /// Download rate.
+    pub down: Option<u64>,
+}
+
+impl Bandwidth {
+    /// No limit either way.
+    pub const UNLIMITED: Bandwidth = Bandwidth {
+        up: None,
+        down: None,
+    };
+}
+
+/// How a node is attached to the internet, which decides who can open a connection to whom.
+///
+/// spore-core does not yet traverse NATs (no hole punching, no relays), so the model is the one
+/// that matters for a node without them: a connection can be opened *to* a public node by any
+/// node that has UDP, and to no one else. A node behind a NAT still takes part through the
+/// connections it opens itself; what it announces is its private address, which nobody can
+/// dial. The cone/symmetric distinction already shapes what peers observe: a cone NAT keeps one
+/// public address per node, a symmetric NAT a different port per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatType {
+    /// A public address: reachable by anyone.
+    #[default]
+    Public,
+    /// Endpoint-independent mapping: one public address per node.
+    Cone,
+    /// Endpoint-dependent mapping: a new public port per connection.
+    Symmetric,
+    /// No UDP at all: cannot open QUIC connections either way.
+    UdpBlocked,
+}
+
+/// How to create one node: everything left `None` comes from the [`SimConfig`] and the seed.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSpec {
+    /// The node's public address (the NAT's, for a node behind one); default
+    /// [`node_addr`](crate::node_addr).
+    pub addr: Option<SocketAddr>,
+    /// Its attachment.
+    pub nat: NatType,
+    /// Its link capacity; default [`NetworkConfig::bandwidth`].
+    pub bandwidth: Option<Bandwidth>,
+    /// Its configuration; default [`SimConfig::node`]. Listen addresses are set by the
+    /// simulator.
+    pub config: Option<node::Config>,
+    /// Its identity; default the next one of the seed's identity stream.
+    pub keypair: Option<Keypair>,
 }
 
 impl SimConfig {
@@ -98,10 +174,29 @@ impl SimConfig {
         if !(0.0..=1.0).contains(&net.loss) {
             return bad(format!("loss must be in [0, 1], it is {}", net.loss));
         }
-        if let Latency::Uniform { min, max } = net.latency
-            && min > max
-        {
-            return bad(format!("latency min {min:?} exceeds max {max:?}"));
+        match &net.latency {
+            Latency::Uniform { min, max } if min > max => {
+                return bad(format!("latency min {min:?} exceeds max {max:?}"));
+            }
+            Latency::Regions { weights, one_way } => {
+                if weights.is_empty() || weights.iter().all(|w| *w == 0) {
+                    return bad("latency regions need a positive weight".into());
+                }
+                if one_way.len() != weights.len()
+                    || one_way.iter().any(|r| r.len() != weights.len())
+                {
+                    return bad(format!(
+                        "the latency matrix must be {n} x {n}, one row and column per region",
+                        n = weights.len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (name, rate) in [("up", net.bandwidth.up), ("down", net.bandwidth.down)] {
+            if rate == Some(0) {
+                return bad(format!("{name}load bandwidth must be positive"));
+            }
         }
         Ok(())
     }

@@ -72,11 +72,12 @@
 mod config;
 mod metrics;
 mod network;
+pub mod plot;
 mod queue;
 mod sim;
 mod trace;
 
-pub use config::{Latency, NetworkConfig, SimConfig};
+pub use config::{Bandwidth, Latency, NatType, NetworkConfig, NodeSpec, SimConfig};
 pub use metrics::{EventCounts, EventLog, Metrics};
 pub use network::{SIM_PORT, node_addr};
 pub use sim::{MAX_NODES, NodeIndex, Sim, SimError, Tamper};

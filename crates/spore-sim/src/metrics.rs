@@ -18,6 +18,8 @@ pub struct Metrics {
     pub messages_delivered: u64,
     /// Messages the loss model dropped.
     pub messages_lost: u64,
+    /// Messages dropped because a partition lay between sender and receiver.
+    pub messages_partitioned: u64,
     /// Messages an adversary ([`Sim::set_tamper`](crate::Sim::set_tamper)) dropped.
     pub messages_dropped_by_adversary: u64,
     /// Messages dropped because their connection was not (or no longer) up: sent to a peer with
@@ -37,6 +39,17 @@ pub struct Metrics {
     /// Close notifications not delivered because a newer connection between the same two nodes
     /// was already up at the receiving end.
     pub closes_superseded: u64,
+    /// Connections closed because a partition cut them for longer than the idle timeout.
+    pub connections_cut: u64,
+    /// Dials a node asked for that failed (nobody at that address, offline, NAT, partition).
+    pub dials_failed: u64,
+    /// Connection attempts refused because the listener is behind a NAT or the dialer has no
+    /// UDP.
+    pub dials_refused_nat: u64,
+    /// Nodes taken offline ([`Sim::stop`](crate::Sim::stop)).
+    pub departures: u64,
+    /// Nodes restarted ([`Sim::restart`](crate::Sim::restart)).
+    pub arrivals: u64,
     /// Node timers fired.
     pub timers_fired: u64,
     /// Times a node asked, right after its timer fired, to be woken at that same instant again;

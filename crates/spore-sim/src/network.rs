@@ -9,7 +9,7 @@ use rand_core::RngCore;
 use spore_core::time::Instant;
 
 use crate::NodeIndex;
-use crate::config::{Latency, NetworkConfig};
+use crate::config::{Bandwidth, Latency, NatType, NetworkConfig};
 use crate::queue::ConnId;
 
 /// The UDP port every simulated node listens on.
@@ -29,6 +29,29 @@ pub fn node_addr(i: NodeIndex) -> SocketAddr {
         o => o,
     };
     SocketAddr::from((Ipv4Addr::new(first, x, y, z), SIM_PORT))
+}
+
+/// The private address a node behind a NAT announces: in 10.0.0.0/8, dialable by nobody.
+pub(crate) fn private_addr(i: NodeIndex) -> SocketAddr {
+    let [_, x, y, z] = i.0.to_be_bytes();
+    SocketAddr::from((Ipv4Addr::new(10, x, y, z), SIM_PORT))
+}
+
+/// What the network knows about one node.
+#[derive(Debug, Clone)]
+pub(crate) struct Host {
+    /// Its public address (its NAT's, behind one).
+    pub(crate) addr: SocketAddr,
+    pub(crate) nat: NatType,
+    bandwidth: Bandwidth,
+    region: u16,
+    /// Partition group: nodes in different groups cannot reach each other.
+    pub(crate) group: u16,
+    /// When its uplink and downlink queues are next free.
+    up_free: Instant,
+    down_free: Instant,
+    /// Nodes it has a connection (open or opening) with.
+    pub(crate) links: Vec<NodeIndex>,
 }
 
 /// Whether a connection has finished opening.
@@ -64,6 +87,7 @@ pub(crate) struct Network {
     config: NetworkConfig,
     rng: ChaCha20Rng,
     links: BTreeMap<(NodeIndex, NodeIndex), Link>,
+    pub(crate) hosts: Vec<Host>,
     next_conn: ConnId,
 }
 
@@ -73,10 +97,80 @@ impl Network {
             config,
             rng,
             links: BTreeMap::new(),
+            hosts: Vec::new(),
             next_conn: 1,
         }
     }
 
+    pub(crate) fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Adds node `hosts.len()`; its region is drawn from `region_draw` (a number from the seed).
+    pub(crate) fn add_host(
+        &mut self,
+        addr: SocketAddr,
+        nat: NatType,
+        bandwidth: Option<Bandwidth>,
+        region_draw: u64,
+    ) {
+        let region = match &self.config.latency {
+            Latency::Regions { weights, .. } => {
+                let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+                let mut x = region_draw % total.max(1);
+                let mut region = 0;
+                for (r, w) in weights.iter().enumerate() {
+                    if x < u64::from(*w) {
+                        region = r;
+                        break;
+                    }
+                    x -= u64::from(*w);
+                }
+                u16::try_from(region).unwrap_or(u16::MAX)
+            }
+            _ => 0,
+        };
+        self.hosts.push(Host {
+            addr,
+            nat,
+            bandwidth: bandwidth.unwrap_or(self.config.bandwidth),
+            region,
+            group: 0,
+            up_free: Instant::ZERO,
+            down_free: Instant::ZERO,
+            links: Vec::new(),
+        });
+    }
+
+    pub(crate) fn host(&self, i: NodeIndex) -> &Host {
+        &self.hosts[i.index()]
+    }
+
+    /// Whether `dialer` can open a connection to `listener` now: the listener is public, the
+    /// dialer has UDP, and no partition lies between them.
+    pub(crate) fn can_dial(&self, dialer: NodeIndex, listener: NodeIndex) -> Result<(), Refusal> {
+        let (d, l) = (self.host(dialer), self.host(listener));
+        if d.nat == NatType::UdpBlocked || l.nat != NatType::Public {
+            return Err(Refusal::Nat);
+        }
+        if d.group != l.group {
+            return Err(Refusal::Partition);
+        }
+        Ok(())
+    }
+
+    /// The address `observer` sees `node` at on connection `conn`.
+    pub(crate) fn observed_addr(&self, node: NodeIndex, conn: ConnId) -> SocketAddr {
+        let host = self.host(node);
+        match host.nat {
+            // A new mapping per destination: the port tells connections apart.
+            NatType::Symmetric => {
+                let port = 20_000 + u16::try_from(conn % 40_000).unwrap_or(0);
+                SocketAddr::new(host.addr.ip(), port)
+            }
+            _ => host.addr,
+        }
+    }
     pub(crate) fn link(&self, a: NodeIndex, b: NodeIndex) -> Option<&Link> {
         self.links.get(&pair(a, b))
     }
@@ -96,7 +190,7 @@ impl Network {
         if self.links.contains_key(&key) {
             return None;
         }
-        let latency = self.sample_latency();
+        let latency = self.sample_latency(dialer, other);
         let conn = self.next_conn;
         self.next_conn += 1;
         let link = Link {
@@ -106,6 +200,8 @@ impl Network {
             state: LinkState::Opening,
             last_arrival: [now; 2],
         };
+        self.hosts[dialer.index()].links.push(other);
+        self.hosts[other.index()].links.push(dialer);
         Some(self.links.entry(key).or_insert(link))
     }
 
@@ -118,7 +214,14 @@ impl Network {
 
     /// Removes the connection between `a` and `b`, returning it.
     pub(crate) fn close(&mut self, a: NodeIndex, b: NodeIndex) -> Option<Link> {
-        self.links.remove(&pair(a, b))
+        let link = self.links.remove(&pair(a, b))?;
+        for (x, y) in [(a, b), (b, a)] {
+            let links = &mut self.hosts[x.index()].links;
+            if let Some(pos) = links.iter().position(|n| *n == y) {
+                links.swap_remove(pos);
+            }
+        }
+        Some(link)
     }
 
     /// Whether `conn` is the live, established connection between `a` and `b`.
@@ -127,32 +230,102 @@ impl Network {
             .is_some_and(|l| l.conn == conn && l.state == LinkState::Up)
     }
 
-    /// Decides the fate of a message sent now from `from` to `to` over their established
-    /// connection: `Some((conn, arrival))`, or `None` if it is lost.
+    /// Decides the fate of a message of `size` bytes sent now from `from` to `to` over their
+    /// established connection: `Ok((conn, arrival))`, or why it never arrives.
     pub(crate) fn transmit(
         &mut self,
         from: NodeIndex,
         to: NodeIndex,
+        size: usize,
         now: Instant,
-    ) -> Option<(ConnId, Instant)> {
+    ) -> Result<(ConnId, Instant), Lost> {
+        if self.hosts[from.index()].group != self.hosts[to.index()].group {
+            return Err(Lost::Partition);
+        }
         let loss = self.config.loss;
         if loss > 0.0 && unit(&mut self.rng) < loss {
-            return None;
+            return Err(Lost::Random);
         }
         let jitter = uniform(&mut self.rng, Duration::ZERO, self.config.jitter);
-        let link = self.links.get_mut(&pair(from, to))?;
+        let Some(link) = self.links.get_mut(&pair(from, to)) else {
+            return Err(Lost::NoLink);
+        };
+        // The sender's uplink, the path, then the receiver's downlink.
+        let size = size as u64;
+        let sender = &mut self.hosts[from.index()];
+        let sent = match sender.bandwidth.up {
+            Some(rate) => {
+                let done = sender.up_free.max(now) + serialization(size, rate);
+                sender.up_free = done;
+                done
+            }
+            None => now,
+        };
+        let mut arrival = sent + link.latency + jitter;
+        let receiver = &mut self.hosts[to.index()];
+        if let Some(rate) = receiver.bandwidth.down {
+            arrival = receiver.down_free.max(arrival) + serialization(size, rate);
+            receiver.down_free = arrival;
+        }
         let dir = usize::from(from > to);
-        let arrival = (now + link.latency + jitter).max(link.last_arrival[dir]);
+        let arrival = arrival.max(link.last_arrival[dir]);
         link.last_arrival[dir] = arrival;
-        Some((link.conn, arrival))
+        Ok((link.conn, arrival))
     }
 
-    fn sample_latency(&mut self) -> Duration {
-        match self.config.latency {
-            Latency::Fixed(d) => d,
-            Latency::Uniform { min, max } => uniform(&mut self.rng, min, max),
+    /// Moves node `i` into partition group `group`.
+    pub(crate) fn set_group(&mut self, i: NodeIndex, group: u16) {
+        self.hosts[i.index()].group = group;
+    }
+
+    /// Established or opening connections whose ends are in different partition groups.
+    pub(crate) fn links_across_groups(&self) -> Vec<(NodeIndex, NodeIndex)> {
+        self.links
+            .keys()
+            .filter(|(a, b)| self.hosts[a.index()].group != self.hosts[b.index()].group)
+            .copied()
+            .collect()
+    }
+
+    fn sample_latency(&mut self, a: NodeIndex, b: NodeIndex) -> Duration {
+        match &self.config.latency {
+            Latency::Fixed(d) => *d,
+            Latency::Uniform { min, max } => uniform(&mut self.rng, *min, *max),
+            Latency::Regions { one_way, .. } => {
+                let (ra, rb) = (self.hosts[a.index()].region, self.hosts[b.index()].region);
+                one_way
+                    .get(usize::from(ra))
+                    .and_then(|row| row.get(usize::from(rb)))
+                    .copied()
+                    .unwrap_or_default()
+            }
         }
     }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The listener is behind a NAT, or the dialer has no UDP.
+    Nat,
+    /// A partition lies between them.
+    Partition,
+}
+
+/// Why a message never arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lost {
+    /// The loss model dropped it.
+    Random,
+    /// A partition lies between sender and receiver.
+    Partition,
+    /// The connection is gone.
+    NoLink,
+}
+
+/// Time to put `size` bytes on a link of `rate` bytes per second, at microsecond resolution.
+fn serialization(size: u64, rate: u64) -> Duration {
+    Duration::from_micros(size.saturating_mul(1_000_000) / rate.max(1))
 }
 
 /// Uniform in `[min, max]` at microsecond resolution. Draws nothing when the range is a point,

@@ -35,6 +35,8 @@ pub(crate) enum Pending {
     Timer { node: NodeIndex, generation: u64 },
     /// A dial `node` asked for found nobody to connect to.
     DialFailed { node: NodeIndex, peer: PeerId },
+    /// Connections across partition `generation` reach their idle timeout.
+    PartitionCut { generation: u64 },
 }
 
 #[derive(Debug)]

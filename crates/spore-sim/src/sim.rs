@@ -13,9 +13,9 @@ use spore_core::pow::{Stamp, StampError};
 use spore_core::time::Instant;
 use spore_core::wire::{FrameDecoder, Message, encode_frame};
 
-use crate::config::SimConfig;
+use crate::config::{NatType, NodeSpec, SimConfig};
 use crate::metrics::{EventCounts, EventLog, Metrics};
-use crate::network::{LinkState, Network, node_addr};
+use crate::network::{LinkState, Lost, Network, Refusal, node_addr, private_addr};
 use crate::queue::{Pending, Queue};
 use crate::trace::{Tag, Trace};
 
@@ -26,8 +26,12 @@ pub const MAX_NODES: usize = (1 << 24) - 1;
 const IDENTITY_STREAM: u64 = 1;
 /// ChaCha20 stream of the simulation seed from which the network model draws.
 const NETWORK_STREAM: u64 = 2;
+/// ChaCha20 stream from which restarted nodes draw their new RNG seeds.
+const RESTART_STREAM: u64 = 3;
 /// How long a dial to an address where no node listens takes to fail (a handshake timeout).
 const DIAL_FAILURE_DELAY: Duration = Duration::from_secs(3);
+/// How many remembered peers a restarted node dials to rejoin (the runtime's `rejoin_peers`).
+const REJOIN_PEERS: usize = 8;
 
 /// A node's position in the simulation, from 0 in creation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,6 +66,10 @@ pub enum SimError {
     /// The two nodes already have a connection (open or opening).
     #[error("nodes {0} and {1} are already connected")]
     AlreadyConnected(NodeIndex, NodeIndex),
+    /// The network does not let the first node open a connection to the second: it is offline,
+    /// behind a NAT, or across a partition.
+    #[error("node {0} cannot reach node {1}: {2}")]
+    Unreachable(NodeIndex, NodeIndex, &'static str),
     /// The simulation is full.
     #[error("a simulation holds at most {MAX_NODES} nodes")]
     TooManyNodes,
@@ -77,6 +85,13 @@ pub enum SimError {
 
 struct Slot {
     node: Node,
+    /// Whether the node is running; an offline node keeps its last state, untouched.
+    online: bool,
+    /// What a restart needs: identity, stamp, configuration, kept peers.
+    key: Keypair,
+    stamp: Stamp,
+    config: spore_core::node::Config,
+    kept: Vec<NodeIndex>,
     /// The wake-up currently scheduled for this node and its generation; queue entries with
     /// another generation are stale and skipped.
     timer: Option<(Instant, u64)>,
@@ -109,10 +124,12 @@ pub struct Sim {
     slots: Vec<Slot>,
     by_id: HashMap<PeerId, NodeIndex>,
     identities: ChaCha20Rng,
+    restarts: ChaCha20Rng,
     network: Network,
     queue: Queue,
     trace: Trace,
     metrics: Metrics,
+    partition_generation: u64,
     next_timer_generation: u64,
     in_flight: usize,
     scratch_transmits: Vec<Transmit>,
@@ -145,6 +162,7 @@ impl Sim {
         );
         let mut sim = Sim {
             identities: rng_stream(config.seed, IDENTITY_STREAM),
+            restarts: rng_stream(config.seed, RESTART_STREAM),
             network,
             now: Instant::ZERO,
             slots: Vec::with_capacity(config.nodes),
@@ -152,6 +170,7 @@ impl Sim {
             queue: Queue::default(),
             trace: Trace::default(),
             metrics: Metrics::default(),
+            partition_generation: 0,
             next_timer_generation: 0,
             in_flight: 0,
             scratch_transmits: Vec::new(),
@@ -164,9 +183,15 @@ impl Sim {
         Ok(sim)
     }
 
-    /// Adds a node, created now. Its secret key and RNG seed are the next 64 bytes of the
-    /// seed's identity stream, so node `i` of a seed is always the same node.
+    /// Adds a public node with the default configuration, created now. Its secret key and RNG
+    /// seed are the next 64 bytes of the seed's identity stream, so node `i` of a seed is always
+    /// the same node.
     pub fn add_node(&mut self) -> Result<NodeIndex, SimError> {
+        self.add_node_with(NodeSpec::default())
+    }
+
+    /// Adds a node made to `spec`, created now and online.
+    pub fn add_node_with(&mut self, spec: NodeSpec) -> Result<NodeIndex, SimError> {
         if self.slots.len() >= MAX_NODES {
             return Err(SimError::TooManyNodes);
         }
@@ -175,18 +200,33 @@ impl Sim {
         let mut rng_seed = [0u8; 32];
         self.identities.fill_bytes(&mut secret);
         self.identities.fill_bytes(&mut rng_seed);
-        let key = Keypair::from_secret_bytes(secret);
+        let key = spec
+            .keypair
+            .unwrap_or_else(|| Keypair::from_secret_bytes(secret));
         let id = key.peer_id();
-        let mut config = self.config.node.clone();
+        let mut config = spec.config.unwrap_or_else(|| self.config.node.clone());
         let stamp = Stamp::mint(&id, config.difficulty);
-        config.listen_addrs = vec![node_addr(index)];
-        let node = Node::new(key, stamp, config, rng_seed, self.now)
+        let addr = spec.addr.unwrap_or_else(|| node_addr(index));
+        // A node behind a NAT announces the only address it knows: its private one.
+        config.listen_addrs = vec![match spec.nat {
+            NatType::Public => addr,
+            _ => private_addr(index),
+        }];
+        let node = Node::new(key.clone(), stamp, config.clone(), rng_seed, self.now)
             .map_err(|source| SimError::Node { index, source })?;
+        let region_draw = u64::from_le_bytes(rng_seed[..8].try_into().unwrap_or_default());
+        self.network
+            .add_host(addr, spec.nat, spec.bandwidth, region_draw);
         // Two equal keys out of a CSPRNG do not happen; if they did, the later node would be
         // unreachable by id, which the index map makes visible rather than silent.
         self.by_id.entry(id).or_insert(index);
         self.slots.push(Slot {
             node,
+            online: true,
+            key,
+            stamp,
+            config,
+            kept: Vec::new(),
             timer: None,
             counts: EventCounts::default(),
             log: EventLog::new(self.config.event_log),
@@ -246,9 +286,49 @@ impl Sim {
         self.by_id.get(id).copied()
     }
 
-    /// Node `i`'s simulated address (see [`node_addr`]).
+    /// Node `i`'s public address: where it listens, or its NAT's address (see [`node_addr`]).
+    ///
+    /// # Panics
+    /// If there is no node `i`.
     pub fn addr(&self, i: NodeIndex) -> SocketAddr {
-        node_addr(i)
+        self.network.host(i).addr
+    }
+
+    /// How node `i` is attached.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn nat(&self, i: NodeIndex) -> NatType {
+        self.network.host(i).nat
+    }
+
+    /// Whether node `i` is running.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn is_online(&self, i: NodeIndex) -> bool {
+        self.slots[i.index()].online
+    }
+
+    /// Number of nodes running.
+    pub fn online_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.online).count()
+    }
+
+    /// Node `i`'s partition group (0 unless [`partition`](Self::partition) moved it).
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn group(&self, i: NodeIndex) -> u16 {
+        self.network.host(i).group
+    }
+
+    /// Number of connections (open or opening) node `i` has.
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn degree(&self, i: NodeIndex) -> usize {
+        self.network.host(i).links.len()
     }
 
     /// Counts of the events node `i` has reported.
@@ -323,13 +403,27 @@ impl Sim {
         self.slots[i.index()].tamper = Some(tamper);
     }
 
-    /// Opens a connection from `dialer` to `listener`. After one latency both get
-    /// [`ConnectionEvent::Connected`], the dialer first.
+    /// Opens a connection from `dialer` to `listener`, as the runtime does when told to dial.
+    /// After one latency both get [`ConnectionEvent::Connected`], the dialer first. Refused if
+    /// either is offline, or the network model does not let `dialer` reach `listener`.
     pub fn connect(&mut self, dialer: NodeIndex, listener: NodeIndex) -> Result<(), SimError> {
         self.check(dialer)?;
         self.check(listener)?;
         if dialer == listener {
             return Err(SimError::SelfConnection(dialer));
+        }
+        if !self.is_online(dialer) || !self.is_online(listener) {
+            return Err(SimError::Unreachable(dialer, listener, "offline"));
+        }
+        match self.network.can_dial(dialer, listener) {
+            Ok(()) => {}
+            Err(Refusal::Nat) => {
+                self.metrics.dials_refused_nat += 1;
+                return Err(SimError::Unreachable(dialer, listener, "NAT"));
+            }
+            Err(Refusal::Partition) => {
+                return Err(SimError::Unreachable(dialer, listener, "partition"));
+            }
         }
         let now = self.now;
         let link = self
@@ -363,8 +457,142 @@ impl Sim {
         true
     }
 
+    /// Makes node `i` keep a connection to node `peer` ([`Node::keep_connected`]), now and after
+    /// every restart, as a node keeps its configured bootstrap peers.
+    pub fn keep(&mut self, i: NodeIndex, peer: NodeIndex) -> Result<(), SimError> {
+        self.check(i)?;
+        self.check(peer)?;
+        if i == peer {
+            return Err(SimError::SelfConnection(i));
+        }
+        self.slots[i.index()].kept.push(peer);
+        if self.is_online(i) {
+            let (id, addr) = (self.peer_id(peer), self.addr(peer));
+            let _ = self.command(i, |n, now| n.keep_connected(now, id, vec![addr]));
+        }
+        Ok(())
+    }
+
+    /// Takes node `i` offline. A `crash` is silent: its peers notice when the connection's idle
+    /// timeout expires. Otherwise it closes its connections, and peers learn of it one latency
+    /// later. The node's state stays as it was, for inspection and for [`restart`](Self::restart).
+    /// Returns false if it was already offline.
+    pub fn stop(&mut self, i: NodeIndex, crash: bool) -> bool {
+        if !self.slots.get(i.index()).is_some_and(|s| s.online) {
+            return false;
+        }
+        self.trace
+            .record(Tag::Offline, self.now, i, None, &[u8::from(crash)]);
+        self.metrics.departures += 1;
+        let slot = &mut self.slots[i.index()];
+        slot.online = false;
+        slot.timer = None;
+        let peers = self.network.host(i).links.clone();
+        let notice = self.network.config().idle_timeout;
+        for j in peers {
+            if let Some(link) = self.network.close(i, j)
+                && link.state == LinkState::Up
+            {
+                self.metrics.connections_closed += 1;
+                let at = self.now + if crash { notice } else { link.latency };
+                self.queue.push(at, Pending::Closed { node: j, peer: i });
+            }
+        }
+        true
+    }
+
+    /// Restarts node `i` as its process would restart: same identity and configuration, the DHT
+    /// records it had stored, a fresh RNG, no connections. It then dials its kept peers and up
+    /// to eight peers it remembers (its routing table when it stopped, most recently seen first)
+    /// — what the runtime does with its peer book. Returns false if it was already online.
+    pub fn restart(&mut self, i: NodeIndex) -> Result<bool, SimError> {
+        self.check(i)?;
+        if self.is_online(i) {
+            return Ok(false);
+        }
+        self.trace.record(Tag::Online, self.now, i, None, &[]);
+        self.metrics.arrivals += 1;
+        let mut rng_seed = [0u8; 32];
+        self.restarts.fill_bytes(&mut rng_seed);
+        let now = self.now;
+        let slot = &mut self.slots[i.index()];
+        let mut remembered: Vec<_> = slot
+            .node
+            .kad()
+            .table()
+            .iter()
+            .map(|e| (e.last_seen, e.contact.peer))
+            .collect();
+        remembered.sort_by(|a, b| b.cmp(a));
+        let placeholder = Node::new(
+            slot.key.clone(),
+            slot.stamp,
+            slot.config.clone(),
+            rng_seed,
+            now,
+        )
+        .map_err(|source| SimError::Node { index: i, source })?;
+        let old = std::mem::replace(&mut slot.node, placeholder);
+        slot.node = Node::with_store(
+            slot.key.clone(),
+            slot.stamp,
+            slot.config.clone(),
+            old.into_store(),
+            rng_seed,
+            now,
+        )
+        .map_err(|source| SimError::Node { index: i, source })?;
+        slot.online = true;
+        let kept = slot.kept.clone();
+        self.reschedule(i, false);
+        for j in kept {
+            let (id, addr) = (self.peer_id(j), self.addr(j));
+            let _ = self.command(i, |n, now| n.keep_connected(now, id, vec![addr]));
+        }
+        let mut dialed = 0;
+        for (_, peer) in remembered {
+            if dialed == REJOIN_PEERS {
+                break;
+            }
+            // A remembered peer that is gone is a dial that fails; it costs the node nothing.
+            if let Some(j) = self.index_of(&peer) {
+                dialed += 1;
+                let _ = self.connect(i, j);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Splits the network: node `i` goes to group `group_of(i)`. Messages between groups are
+    /// lost and connections between them cannot be opened; connections already open across
+    /// the split close when their idle timeout expires, unless [`heal`](Self::heal) comes
+    /// first.
+    pub fn partition(&mut self, group_of: impl Fn(NodeIndex) -> u16) {
+        self.partition_generation += 1;
+        for i in self.indices() {
+            let g = group_of(i);
+            self.network.set_group(i, g);
+        }
+        self.trace.record(
+            Tag::Partition,
+            self.now,
+            NodeIndex(0),
+            None,
+            &self.partition_generation.to_le_bytes(),
+        );
+        let at = self.now + self.network.config().idle_timeout;
+        let generation = self.partition_generation;
+        self.queue.push(at, Pending::PartitionCut { generation });
+    }
+
+    /// Ends a partition: every node is back in group 0.
+    pub fn heal(&mut self) {
+        self.partition(|_| 0);
+    }
+
     /// Runs `f` on node `i` at the current time — a local command such as
-    /// [`Node::ping`] — then drains its outputs. Commands are part of the trace.
+    /// [`Node::ping`] — then drains its outputs. Commands are part of the trace. An offline
+    /// node's state can be changed this way, but it sends nothing until it restarts.
     ///
     /// # Panics
     /// If there is no node `i`.
@@ -424,12 +652,16 @@ impl Sim {
                 self.metrics.connections_opened += 1;
                 self.trace.record(Tag::LinkUp, now, a, Some(b), &[]);
                 let (id_a, id_b) = (self.peer_id(a), self.peer_id(b));
+                let (addr_a, addr_b) = (
+                    self.network.observed_addr(a, conn),
+                    self.network.observed_addr(b, conn),
+                );
                 self.input(a, false, |n| {
                     n.handle_connection_event(
                         now,
                         ConnectionEvent::Connected {
                             peer: id_b,
-                            addr: node_addr(b),
+                            addr: addr_b,
                             direction: Direction::Outbound,
                         },
                     )
@@ -439,7 +671,7 @@ impl Sim {
                         now,
                         ConnectionEvent::Connected {
                             peer: id_a,
-                            addr: node_addr(a),
+                            addr: addr_a,
                             direction: Direction::Inbound,
                         },
                     )
@@ -475,7 +707,7 @@ impl Sim {
             }
             Pending::Closed { node, peer } => {
                 // A newer connection between the two is up: this close is old news.
-                if self.is_connected(node, peer) {
+                if self.is_connected(node, peer) || !self.is_online(node) {
                     self.metrics.closes_superseded += 1;
                     return;
                 }
@@ -487,6 +719,9 @@ impl Sim {
                 });
             }
             Pending::DialFailed { node, peer } => {
+                if !self.is_online(node) {
+                    return;
+                }
                 self.metrics.events_processed += 1;
                 self.trace
                     .record(Tag::DialFailed, now, node, None, peer.as_bytes());
@@ -504,6 +739,17 @@ impl Sim {
                 self.metrics.timers_fired += 1;
                 self.trace.record(Tag::Timer, now, node, None, &[]);
                 self.input(node, true, |n| n.handle_timeout(now));
+            }
+            Pending::PartitionCut { generation } => {
+                if generation != self.partition_generation {
+                    return; // the partition changed since
+                }
+                self.metrics.events_processed += 1;
+                for (a, b) in self.network.links_across_groups() {
+                    if self.disconnect(a, b) {
+                        self.metrics.connections_cut += 1;
+                    }
+                }
             }
         }
     }
@@ -553,8 +799,8 @@ impl Sim {
                 return;
             }
         };
-        match self.network.transmit(from, to, self.now) {
-            Some((conn, at)) => {
+        match self.network.transmit(from, to, frame.len(), self.now) {
+            Ok((conn, at)) => {
                 self.in_flight += 1;
                 let deliver = Pending::Deliver {
                     conn,
@@ -564,7 +810,9 @@ impl Sim {
                 };
                 self.queue.push(at, deliver);
             }
-            None => self.metrics.messages_lost += 1,
+            Err(Lost::Random) => self.metrics.messages_lost += 1,
+            Err(Lost::Partition) => self.metrics.messages_partitioned += 1,
+            Err(Lost::NoLink) => self.metrics.messages_unroutable += 1,
         }
     }
 
@@ -581,20 +829,25 @@ impl Sim {
             Event::Dial { peer, addrs } => {
                 // Connect if some node has that id and the address is really its own; a dial
                 // to a connection already opening is satisfied by it.
-                match self.index_of(peer) {
-                    Some(j) if j != i && addrs.contains(&node_addr(j)) => {
-                        let _ = self.connect(i, j);
-                    }
-                    _ => {
-                        let at = self.now + DIAL_FAILURE_DELAY;
-                        self.queue.push(
-                            at,
-                            Pending::DialFailed {
-                                node: i,
-                                peer: *peer,
-                            },
-                        );
-                    }
+                let target = self
+                    .index_of(peer)
+                    .filter(|j| *j != i && addrs.contains(&self.addr(*j)));
+                let ok = match target {
+                    Some(j) => match self.connect(i, j) {
+                        // A connection already open or opening satisfies the dial.
+                        Ok(()) | Err(SimError::AlreadyConnected(..)) => true,
+                        Err(_) => false,
+                    },
+                    None => false,
+                };
+                if !ok {
+                    self.metrics.dials_failed += 1;
+                    let at = self.now + DIAL_FAILURE_DELAY;
+                    let failed = Pending::DialFailed {
+                        node: i,
+                        peer: *peer,
+                    };
+                    self.queue.push(at, failed);
                 }
             }
             _ => {}

@@ -22,6 +22,7 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
             },
             jitter: ms(1),
             loss: 0.0,
+            ..NetworkConfig::default()
         },
         ..SimConfig::default()
     };
@@ -344,4 +345,143 @@ fn a_thousand_nodes() {
     assert_eq!(m.events.peer_ready, 2 * edges.len() as u64);
     assert_eq!(m.events.close, 0);
     assert_eq!(m.events.ping_timeout, 0);
+}
+
+fn spec(nat: NatType) -> NodeSpec {
+    NodeSpec {
+        nat,
+        ..NodeSpec::default()
+    }
+}
+
+#[test]
+fn nat_decides_who_can_dial_whom() {
+    let mut sim = Sim::new(config(5, 0)).unwrap();
+    let public = sim.add_node_with(spec(NatType::Public)).unwrap();
+    let cone = sim.add_node_with(spec(NatType::Cone)).unwrap();
+    let symmetric = sim.add_node_with(spec(NatType::Symmetric)).unwrap();
+    let blocked = sim.add_node_with(spec(NatType::UdpBlocked)).unwrap();
+    // Only the public node accepts connections, and only from nodes with UDP.
+    for to in [cone, symmetric, blocked] {
+        assert!(matches!(
+            sim.connect(public, to),
+            Err(SimError::Unreachable(_, _, "NAT"))
+        ));
+    }
+    assert!(sim.connect(blocked, public).is_err());
+    sim.connect(cone, public).unwrap();
+    sim.connect(symmetric, public).unwrap();
+    sim.run_for(ms(500));
+    assert!(sim.is_connected(cone, public) && sim.is_connected(symmetric, public));
+    assert_eq!(sim.metrics().dials_refused_nat, 4);
+    // A node behind a NAT announces a private address; the public node sees the NAT's, with a
+    // per-connection port for the symmetric one.
+    let seen = |sim: &Sim, i| sim.node(public).peer(&sim.peer_id(i)).unwrap();
+    let cone_seen = seen(&sim, cone);
+    assert_eq!(cone_seen.addr, sim.addr(cone));
+    assert!(cone_seen.listen_addrs[0].to_string().starts_with("10."));
+    let sym_seen = seen(&sim, symmetric);
+    assert_eq!(sym_seen.addr.ip(), sim.addr(symmetric).ip());
+    assert_ne!(sym_seen.addr.port(), sim.addr(symmetric).port());
+}
+
+#[test]
+fn bandwidth_delays_bulk_messages() {
+    let mut cfg = config(6, 2);
+    cfg.network.latency = Latency::Fixed(ms(10));
+    cfg.network.jitter = Duration::ZERO;
+    let base = {
+        let mut sim = Sim::new(cfg.clone()).unwrap();
+        sim.connect(NodeIndex(0), NodeIndex(1)).unwrap();
+        sim.run_for(Duration::from_secs(1));
+        sim.node(NodeIndex(0))
+            .peer(&sim.peer_id(NodeIndex(1)))
+            .unwrap()
+            .rtt
+    };
+    // 10 kB/s each way: a few-hundred-byte hello and ping take tens of milliseconds more.
+    cfg.network.bandwidth = Bandwidth {
+        up: Some(10_000),
+        down: Some(10_000),
+    };
+    let mut sim = Sim::new(cfg).unwrap();
+    sim.connect(NodeIndex(0), NodeIndex(1)).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    let slow = sim
+        .node(NodeIndex(0))
+        .peer(&sim.peer_id(NodeIndex(1)))
+        .unwrap()
+        .rtt;
+    assert_eq!(base, Some(ms(20)));
+    assert!(slow.unwrap() > ms(22), "{slow:?}");
+}
+
+#[test]
+fn partitions_cut_connections_after_the_idle_timeout_and_heal() {
+    let mut sim = Sim::new(config(7, 4)).unwrap();
+    sim.connect(NodeIndex(0), NodeIndex(1)).unwrap();
+    sim.connect(NodeIndex(2), NodeIndex(3)).unwrap();
+    sim.connect(NodeIndex(0), NodeIndex(2)).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.partition(|i| u16::from(i.0 >= 2));
+    assert!(sim.connect(NodeIndex(1), NodeIndex(3)).is_err());
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        sim.is_connected(NodeIndex(0), NodeIndex(2)),
+        "not yet timed out"
+    );
+    sim.run_for(Duration::from_secs(25));
+    assert!(!sim.is_connected(NodeIndex(0), NodeIndex(2)));
+    assert!(sim.is_connected(NodeIndex(0), NodeIndex(1)));
+    assert_eq!(sim.metrics().connections_cut, 1);
+    sim.heal();
+    sim.connect(NodeIndex(1), NodeIndex(3)).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.is_connected(NodeIndex(1), NodeIndex(3)));
+}
+
+#[test]
+fn a_stopped_node_restarts_with_its_records_and_rejoins() {
+    let mut cfg = config(8, 6);
+    cfg.node.kad.auto_bootstrap = true;
+    cfg.node.kad.fetch_peer_records = true;
+    let mut sim = Sim::new(cfg).unwrap();
+    for i in 1..6 {
+        sim.connect(NodeIndex(i), NodeIndex(0)).unwrap();
+    }
+    sim.run_for(Duration::from_secs(30));
+    let n = NodeIndex(3);
+    sim.command(n, |node, now| {
+        node.put_value(now, "x", bytes::Bytes::from_static(b"v"))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_secs(10));
+    let stored = sim.node(NodeIndex(4)).kad().store().len();
+    assert!(stored.values > 0, "{stored:?}");
+    let degree = sim.degree(NodeIndex(4));
+    assert!(degree > 0);
+    assert!(sim.stop(NodeIndex(4), false));
+    assert!(!sim.stop(NodeIndex(4), false));
+    assert_eq!(sim.degree(NodeIndex(4)), 0);
+    assert_eq!(sim.online_count(), 5);
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.restart(NodeIndex(4)).unwrap());
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.degree(NodeIndex(4)) > 0, "dialed remembered peers");
+    assert_eq!(sim.node(NodeIndex(4)).kad().store().len(), stored);
+    assert_eq!((sim.metrics().departures, sim.metrics().arrivals), (1, 1));
+}
+
+#[test]
+fn kept_peers_are_redialed_after_a_crash() {
+    let mut sim = Sim::new(config(9, 2)).unwrap();
+    sim.keep(NodeIndex(1), NodeIndex(0)).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.is_connected(NodeIndex(1), NodeIndex(0)));
+    sim.stop(NodeIndex(0), true);
+    sim.run_for(Duration::from_secs(40)); // the crash is noticed after the idle timeout
+    sim.restart(NodeIndex(0)).unwrap();
+    sim.run_for(Duration::from_secs(70)); // backoff is at most a minute
+    assert!(sim.is_connected(NodeIndex(1), NodeIndex(0)));
+    assert!(sim.metrics().dials_failed >= 1);
 }

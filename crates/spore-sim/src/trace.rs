@@ -19,6 +19,9 @@ pub(crate) enum Tag {
     Command = 5,
     Unroutable = 6,
     DialFailed = 7,
+    Offline = 8,
+    Online = 9,
+    Partition = 10,
 }
 
 #[derive(Debug, Clone, Default)]
