@@ -81,12 +81,22 @@ impl PeerId {
 
     /// Checks `signature` over `message` against this public key (strict verification: no
     /// malleable or small-order signatures).
+    ///
+    /// Signatures that verified recently are remembered (see [`verified`]), so a record that
+    /// arrives again — from another peer, in another answer — costs a hash instead of a
+    /// verification.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        let digest = verified::digest(self, message, signature);
+        if verified::contains(&digest) {
+            return Ok(());
+        }
         let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
             .map_err(|_| SignatureError::Invalid)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(message, &sig)
-            .map_err(|_| SignatureError::Invalid)
+            .map_err(|_| SignatureError::Invalid)?;
+        verified::insert(digest);
+        Ok(())
     }
 
     /// A short prefix of the text form, for logs and tables.
@@ -305,6 +315,119 @@ mod tests {
         #[test]
         fn parsing_never_panics(s in "\\PC{0,80}") {
             let _ = s.parse::<PeerId>();
+        }
+    }
+}
+
+/// A bounded memory of signatures that verified, per thread.
+///
+/// Verifying an Ed25519 signature costs tens of microseconds; the same signed record reaches a
+/// node many times (every lookup that passes it, every peer exchange that carries it). Only
+/// successful verifications are remembered, under a BLAKE3 digest of public key, message and
+/// signature, so a hit means exactly these bytes verified before: the answer is the same as
+/// verifying again. Two generations of at most [`capacity`](set_capacity) digests each: when the
+/// current one is full it becomes the previous one, and a hit in the previous one is carried
+/// over, so memory stays bounded and recently used entries survive.
+pub mod verified {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+
+    use super::{PeerId, Signature};
+
+    /// Default digests per generation: about 1 MiB per thread in all.
+    pub const DEFAULT_CAPACITY: usize = 16_384;
+
+    struct Memory {
+        current: HashSet<[u8; 32]>,
+        previous: HashSet<[u8; 32]>,
+        capacity: usize,
+    }
+
+    thread_local! {
+        static MEMORY: RefCell<Memory> = RefCell::new(Memory {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            capacity: DEFAULT_CAPACITY,
+        });
+    }
+
+    /// Sets this thread's capacity per generation (0 turns the memory off). A simulator that
+    /// runs thousands of nodes on one thread wants more than a single node does.
+    pub fn set_capacity(capacity: usize) {
+        MEMORY.with(|m| {
+            let mut m = m.borrow_mut();
+            m.capacity = capacity;
+            m.current.clear();
+            m.previous.clear();
+        });
+    }
+
+    pub(super) fn digest(key: &PeerId, message: &[u8], signature: &Signature) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("spore/identity/verified/v1");
+        h.update(key.as_bytes());
+        h.update(&signature.0);
+        h.update(&(message.len() as u64).to_le_bytes());
+        h.update(message);
+        *h.finalize().as_bytes()
+    }
+
+    pub(super) fn contains(digest: &[u8; 32]) -> bool {
+        MEMORY.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.current.contains(digest) {
+                return true;
+            }
+            if m.previous.remove(digest) {
+                insert_into(&mut m, *digest);
+                return true;
+            }
+            false
+        })
+    }
+
+    pub(super) fn insert(digest: [u8; 32]) {
+        MEMORY.with(|m| insert_into(&mut m.borrow_mut(), digest));
+    }
+
+    fn insert_into(m: &mut Memory, digest: [u8; 32]) {
+        if m.capacity == 0 {
+            return;
+        }
+        if m.current.len() >= m.capacity {
+            m.previous = std::mem::take(&mut m.current);
+        }
+        m.current.insert(digest);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::identity::Keypair;
+
+        #[test]
+        fn remembers_only_what_verified_and_stays_bounded() {
+            set_capacity(4);
+            let key = Keypair::from_secret_bytes([3; 32]);
+            let sig = key.sign(b"message");
+            let id = key.peer_id();
+            assert!(id.verify(b"message", &sig).is_ok());
+            assert!(contains(&digest(&id, b"message", &sig)));
+            // A bad signature is never remembered, and a remembered one does not excuse it.
+            let mut bad = sig;
+            bad.0[0] ^= 1;
+            assert!(id.verify(b"message", &bad).is_err());
+            assert!(id.verify(b"other", &sig).is_err());
+            assert!(!contains(&digest(&id, b"message", &bad)));
+            for n in 0..20u8 {
+                let m = [n];
+                let s = key.sign(&m);
+                assert!(id.verify(&m, &s).is_ok());
+            }
+            MEMORY.with(|m| {
+                let m = m.borrow();
+                assert!(m.current.len() <= 4 && m.previous.len() <= 4);
+            });
+            set_capacity(DEFAULT_CAPACITY);
         }
     }
 }

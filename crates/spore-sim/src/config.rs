@@ -26,6 +26,9 @@ pub struct SimConfig {
     /// always kept). Events hold peer information, so a large log on a large network costs
     /// memory.
     pub event_log: usize,
+    /// Whether to keep every finished DHT query for [`Sim::take_query_results`]
+    /// (crate::Sim::take_query_results); the caller must take them regularly.
+    pub collect_queries: bool,
 }
 
 impl SimConfig {
@@ -44,6 +47,7 @@ impl Default for SimConfig {
             },
             network: NetworkConfig::default(),
             event_log: 0,
+            collect_queries: false,
         }
     }
 }

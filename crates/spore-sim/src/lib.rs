@@ -74,13 +74,14 @@ mod metrics;
 mod network;
 pub mod plot;
 mod queue;
+pub mod scenario;
 mod sim;
 mod trace;
 
 pub use config::{Bandwidth, Latency, NatType, NetworkConfig, NodeSpec, SimConfig};
 pub use metrics::{EventCounts, EventLog, Metrics};
 pub use network::{SIM_PORT, node_addr};
-pub use sim::{MAX_NODES, NodeIndex, Sim, SimError, Tamper};
+pub use sim::{MAX_NODES, NodeIndex, QueryOutcome, Sim, SimError, Tamper};
 
 #[cfg(test)]
 mod tests;

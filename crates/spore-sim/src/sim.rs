@@ -8,10 +8,11 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use spore_core::identity::{Keypair, PeerId};
+use spore_core::kad;
 use spore_core::node::{ConnectionEvent, Direction, Event, Node, Transmit};
 use spore_core::pow::{Stamp, StampError};
 use spore_core::time::Instant;
-use spore_core::wire::{FrameDecoder, Message, encode_frame};
+use spore_core::wire::{Message, encode_frame};
 
 use crate::config::{NatType, NodeSpec, SimConfig};
 use crate::metrics::{EventCounts, EventLog, Metrics};
@@ -134,6 +135,22 @@ pub struct Sim {
     in_flight: usize,
     scratch_transmits: Vec<Transmit>,
     scratch_events: Vec<Event>,
+    query_results: Vec<QueryOutcome>,
+}
+
+/// A DHT query that finished, kept when [`SimConfig::collect_queries`] is set.
+#[derive(Debug, Clone)]
+pub struct QueryOutcome {
+    /// The node that ran it.
+    pub node: NodeIndex,
+    /// When it finished.
+    pub at: Instant,
+    /// Its id at that node.
+    pub id: kad::QueryId,
+    /// What it found.
+    pub result: kad::QueryResult,
+    /// How it went.
+    pub stats: kad::QueryStats,
 }
 
 impl fmt::Debug for Sim {
@@ -175,6 +192,7 @@ impl Sim {
             in_flight: 0,
             scratch_transmits: Vec::new(),
             scratch_events: Vec::new(),
+            query_results: Vec::new(),
             config,
         };
         for _ in 0..sim.config.nodes {
@@ -345,6 +363,12 @@ impl Sim {
     /// If there is no node `i`.
     pub fn event_log(&self, i: NodeIndex) -> &EventLog {
         &self.slots[i.index()].log
+    }
+
+    /// The DHT queries that finished since the last call, in order (empty unless
+    /// [`SimConfig::collect_queries`] is set).
+    pub fn take_query_results(&mut self) -> Vec<QueryOutcome> {
+        std::mem::take(&mut self.query_results)
     }
 
     /// Network-wide counters.
@@ -850,6 +874,17 @@ impl Sim {
                     self.queue.push(at, failed);
                 }
             }
+            Event::Kad(kad::Event::QueryDone { id, result, stats })
+                if self.config.collect_queries =>
+            {
+                self.query_results.push(QueryOutcome {
+                    node: i,
+                    at: self.now,
+                    id: *id,
+                    result: result.clone(),
+                    stats: *stats,
+                });
+            }
             _ => {}
         }
         self.slots[i.index()].log.push(self.now, event);
@@ -885,8 +920,5 @@ impl Sim {
 
 /// Decodes one whole frame, as the runtime's stream decoder would.
 fn decode(frame: &[u8]) -> Option<Message> {
-    let mut decoder = FrameDecoder::new();
-    decoder.extend(frame);
-    let msg = decoder.next_message().ok()??;
-    (decoder.buffered() == 0).then_some(msg)
+    spore_core::wire::decode_frame(frame).ok()
 }

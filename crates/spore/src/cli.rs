@@ -72,6 +72,40 @@ pub enum Command {
     Ping(PingArgs),
     /// Start a small network of nodes on 127.0.0.1 and show them working. Needs no internet.
     Demo(DemoArgs),
+    /// Run a simulation scenario: thousands of real spore nodes in virtual time.
+    ///
+    /// Reads a scenario file (see scenarios/ and docs/simulator.md), runs it deterministically
+    /// with a progress bar, prints a summary table, and writes metrics.json plus SVG charts to
+    /// the output directory. Exits with status 1 if a bound in the file's [[expect]] fails.
+    Sim(SimArgs),
+}
+
+/// Arguments of `spore sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The scenario file (TOML).
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Directory for metrics.json and the charts [default: sim-results/NAME]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+
+    /// Run at this network size instead of the file's (replaces `nodes` and `sizes`)
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
+
+    /// Use this seed instead of the file's
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Print the report as JSON on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `spore dht` subcommands.

@@ -8,7 +8,9 @@
 //!
 //! - [`core`] — spore-core: identity, wire format, and the sans-IO protocol state machines;
 //! - [`net`] — spore-net: the QUIC runtime that drives them over real sockets;
-//! - [`store`] — spore-store: the data directory and persistence.
+//! - [`store`] — spore-store: the data directory and persistence;
+//! - [`simulator`] — spore-sim: the deterministic simulator that runs the same nodes at
+//!   10,000+ peers in virtual time.
 //!
 //! Embedding a node takes a few lines:
 //!
@@ -29,6 +31,7 @@
 
 pub use spore_core as core;
 pub use spore_net as net;
+pub use spore_sim as simulator;
 pub use spore_store as store;
 
 pub mod api;
@@ -36,3 +39,4 @@ pub mod cli;
 pub mod commands;
 pub mod demo;
 pub mod settings;
+pub mod sim;

@@ -49,6 +49,7 @@ fn main() -> std::process::ExitCode {
             },
             Command::FindPeer { peer, json } => commands::find_peer(cli.data_dir, peer, json).await,
             Command::Demo(args) => spore::demo::run(args).await,
+            Command::Sim(args) => spore::sim::run(args),
         }
     });
     match result {

@@ -138,6 +138,10 @@ pub struct Kad {
     own_values: BTreeMap<Key, ValueRecord>,
     own_providers: BTreeMap<Key, ProviderRecord>,
     own_peer_seq: u64,
+    /// Our signed peer record, reused until a quarter of its lifetime has passed or our
+    /// addresses change: signing costs, and so does every peer's check of a record it has not
+    /// seen before.
+    own_peer_record: Option<(PeerRecord, Instant)>,
     bootstrap: Bootstrap,
     next_republish: Option<Instant>,
     next_refresh: Option<Instant>,
@@ -186,6 +190,7 @@ impl Kad {
             own_values: BTreeMap::new(),
             own_providers: BTreeMap::new(),
             own_peer_seq: 0,
+            own_peer_record: None,
             bootstrap,
             next_republish: None,
             next_refresh: None,
@@ -353,6 +358,19 @@ impl Kad {
     }
 
     fn own_peer_record(&mut self, now: Instant) -> PeerRecord {
+        let addrs = self.announced_addrs();
+        if let Some((record, signed)) = &self.own_peer_record
+            && record.addrs() == addrs.as_slice()
+            && now < *signed + self.config.record_ttl / 4
+        {
+            return record.clone();
+        }
+        let record = self.sign_own_peer_record(now);
+        self.own_peer_record = Some((record.clone(), now));
+        record
+    }
+
+    fn sign_own_peer_record(&mut self, now: Instant) -> PeerRecord {
         self.own_peer_seq = self.own_peer_seq.max(now.as_secs()).saturating_add(1);
         let expires = (now + self.config.record_ttl).as_secs();
         PeerRecord::new(

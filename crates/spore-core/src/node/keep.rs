@@ -131,7 +131,8 @@ impl Keeper {
             }
             PeerEvent::Gone { .. } => {
                 // Any peer leaving may leave the node short: wake the dormant kept peers.
-                if cx.ready_peers() < self.config.min_peers {
+                let dormant = self.peers.values().any(|k| k.retry_at.is_none());
+                if dormant && cx.ready_peers() < self.config.min_peers {
                     let at = cx.now + self.config.backoff_min;
                     for kept in self.peers.values_mut() {
                         kept.retry_at.get_or_insert(at);

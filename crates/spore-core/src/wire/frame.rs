@@ -28,6 +28,26 @@ pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
     Ok(out.freeze())
 }
 
+/// Decodes exactly one whole frame (length prefix included), as [`FrameDecoder`] would, without
+/// copying it into a buffer first: for a caller that already holds frames whole.
+pub fn decode_frame(frame: &[u8]) -> Result<Message, WireError> {
+    let (prefix, body) = frame.split_at_checked(LEN_PREFIX).ok_or(WireError::Empty)?;
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if body.len() != len {
+        return Err(WireError::Trailing(body.len().abs_diff(len)));
+    }
+    decode_body(body)
+}
+
 /// Decodes one frame's contents (version byte and body, without the length prefix).
 fn decode_body(frame: &[u8]) -> Result<Message, WireError> {
     let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;

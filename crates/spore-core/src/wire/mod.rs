@@ -14,7 +14,7 @@
 mod frame;
 mod hello;
 
-pub use frame::{FrameDecoder, encode_frame};
+pub use frame::{FrameDecoder, decode_frame, encode_frame};
 pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIONS};
 
 use serde::{Deserialize, Serialize};

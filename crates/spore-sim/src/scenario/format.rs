@@ -1,0 +1,852 @@
+//! The scenario file format and its validation.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use spore_core::kad::Mode;
+use spore_core::node;
+use spore_core::pow::Difficulty;
+
+use crate::config::{Bandwidth, Latency, NetworkConfig, SimConfig};
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a scenario.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// What is wrong and where, as the TOML parser reports it.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A duration written the human way: `"90s"`, `"10m"`, `"2h 30m"`, `"250ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+    }
+}
+
+/// A data rate: `"10Mbit"`, `"512kbit"`, `"2MB"`, `"125000B"` (per second; `B` is bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim().trim_end_matches("/s");
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("bad rate {text:?}: expected a number and a unit"))?;
+        let bytes_per_unit = match unit.trim() {
+            "B" => 1.0,
+            "kB" | "KB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "bit" => 1.0 / 8.0,
+            "kbit" => 1e3 / 8.0,
+            "Mbit" => 1e6 / 8.0,
+            "Gbit" => 1e9 / 8.0,
+            other => {
+                return Err(format!(
+                    "bad rate {text:?}: unknown unit {other:?} (use B, kB, MB, GB, bit, kbit, Mbit or Gbit)"
+                ));
+            }
+        };
+        let rate = number * bytes_per_unit;
+        if !(1.0..1e15).contains(&rate) {
+            return Err(format!("rate {text:?} is out of range"));
+        }
+        Ok(Rate(rate as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A scenario, as written in a file. See the [module docs](super).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name; results go to a directory of that name.
+    pub name: String,
+    /// What the scenario shows.
+    #[serde(default)]
+    pub description: String,
+    /// The seed of every random choice.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Network size, bootstrap nodes and adversaries included.
+    pub nodes: usize,
+    /// Run once per size instead of once at `nodes` (the `scale` scenario).
+    #[serde(default)]
+    pub sizes: Vec<usize>,
+    /// Length of the measured phase, after joining and settling.
+    pub duration: Dur,
+    /// Interval of the time series in the report.
+    #[serde(default = "default_sample")]
+    pub sample_every: Dur,
+    /// The network model.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Node settings (spore's defaults where absent).
+    #[serde(default)]
+    pub node: NodeSettings,
+    /// How nodes join.
+    #[serde(default)]
+    pub join: JoinSpec,
+    /// Random-key lookups.
+    pub lookups: Option<LookupSpec>,
+    /// Values put and read back.
+    pub values: Option<ValueSpec>,
+    /// Churn.
+    pub churn: Option<ChurnSpec>,
+    /// A partition and merge.
+    pub partition: Option<PartitionSpec>,
+    /// Adversaries.
+    pub adversary: Option<AdversarySpec>,
+    /// Further runs with other node settings.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    /// Bounds the results should meet.
+    #[serde(default)]
+    pub expect: Vec<Expect>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_sample() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// The network model (see [`NetworkConfig`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// One-way latency.
+    #[serde(default)]
+    pub latency: LatencySpec,
+    /// Largest extra delay per message.
+    #[serde(default)]
+    pub jitter: Dur,
+    /// Probability that a message is lost.
+    #[serde(default)]
+    pub loss: f64,
+    /// Upload rate of every node (unlimited if absent).
+    pub upload: Option<Rate>,
+    /// Download rate of every node (unlimited if absent).
+    pub download: Option<Rate>,
+    /// How nodes are attached; the bootstrap nodes are always public.
+    #[serde(default)]
+    pub nat: NatMix,
+    /// When a cut connection is noticed (QUIC's idle timeout).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            latency: LatencySpec::default(),
+            jitter: Dur::default(),
+            loss: 0.0,
+            upload: None,
+            download: None,
+            nat: NatMix::default(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// One-way latency: `{ fixed = "40ms" }`, `{ min = "10ms", max = "150ms" }`, or regions:
+/// `{ regions = [40, 35, 25], one_way_ms = [[5, 45, 90], [45, 5, 80], [90, 80, 10]] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencySpec {
+    /// Every connection the same.
+    pub fixed: Option<Dur>,
+    /// Uniform lower bound.
+    pub min: Option<Dur>,
+    /// Uniform upper bound.
+    pub max: Option<Dur>,
+    /// Relative share of nodes per region.
+    pub regions: Option<Vec<u32>>,
+    /// One-way latency between regions, in milliseconds.
+    pub one_way_ms: Option<Vec<Vec<u64>>>,
+}
+
+impl Default for LatencySpec {
+    fn default() -> Self {
+        Self {
+            fixed: None,
+            min: Some(Dur(Duration::from_millis(10))),
+            max: Some(Dur(Duration::from_millis(150))),
+            regions: None,
+            one_way_ms: None,
+        }
+    }
+}
+
+/// Shares of nodes by attachment; they need not sum to one (they are weights).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatMix {
+    /// Public addresses.
+    #[serde(default)]
+    pub public: f64,
+    /// Behind a cone NAT.
+    #[serde(default)]
+    pub cone: f64,
+    /// Behind a symmetric NAT.
+    #[serde(default)]
+    pub symmetric: f64,
+    /// No UDP at all.
+    #[serde(default)]
+    pub udp_blocked: f64,
+}
+
+impl Default for NatMix {
+    fn default() -> Self {
+        Self {
+            public: 1.0,
+            cone: 0.0,
+            symmetric: 0.0,
+            udp_blocked: 0.0,
+        }
+    }
+}
+
+/// Node settings; anything absent keeps spore's default (the proof-of-work difficulty defaults
+/// to the simulator's 8 bits).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Proof-of-work difficulty of ids.
+    pub difficulty: Option<u8>,
+    /// Periodic pings between connected peers.
+    pub ping: Option<bool>,
+    /// Peer exchange.
+    pub pex: Option<bool>,
+    /// Kademlia bucket size and replication factor.
+    pub k: Option<usize>,
+    /// Lookup parallelism.
+    pub alpha: Option<usize>,
+    /// Disjoint lookup paths (1 turns the defence off).
+    pub disjoint_paths: Option<usize>,
+    /// Routing-table IP-prefix limits.
+    pub ip_limits: Option<bool>,
+    /// Connection count above which idle connections are pruned.
+    pub target_peers: Option<usize>,
+    /// Idle time before a connection may be pruned.
+    pub idle_after: Option<Dur>,
+    /// Bucket refresh interval.
+    pub refresh_interval: Option<Dur>,
+    /// Value republish interval.
+    pub republish_interval: Option<Dur>,
+    /// Lifetime of stored records.
+    pub record_ttl: Option<Dur>,
+    /// Per-request timeout of lookups.
+    pub request_timeout: Option<Dur>,
+}
+
+impl NodeSettings {
+    /// `self` with every field `other` sets replaced.
+    pub(crate) fn overlay(&self, other: &NodeSettings) -> NodeSettings {
+        macro_rules! pick {
+            ($($f:ident),*) => { NodeSettings { $($f: other.$f.or(self.$f)),* } };
+        }
+        pick!(
+            difficulty,
+            ping,
+            pex,
+            k,
+            alpha,
+            disjoint_paths,
+            ip_limits,
+            target_peers,
+            idle_after,
+            refresh_interval,
+            republish_interval,
+            record_ttl,
+            request_timeout
+        )
+    }
+
+    /// The node configuration these settings describe.
+    pub(crate) fn node_config(&self) -> node::Config {
+        let mut c = SimConfig::default().node;
+        if let Some(d) = self.difficulty {
+            c.difficulty = Difficulty(d);
+        }
+        if self.ping == Some(false) {
+            c.ping.interval = None;
+        }
+        if let Some(pex) = self.pex {
+            c.pex.enabled = pex;
+        }
+        if let Some(k) = self.k {
+            c.kad.k = k;
+            c.kad.table.k = k;
+        }
+        if let Some(a) = self.alpha {
+            c.kad.alpha = a;
+        }
+        if let Some(d) = self.disjoint_paths {
+            c.kad.disjoint_paths = d;
+        }
+        if let Some(on) = self.ip_limits {
+            c.kad.table.ip_limits = on;
+        }
+        if let Some(t) = self.target_peers {
+            c.target_peers = t;
+        }
+        if let Some(Dur(d)) = self.idle_after {
+            c.idle_after = d;
+        }
+        if let Some(Dur(d)) = self.refresh_interval {
+            c.kad.refresh_interval = d;
+        }
+        if let Some(Dur(d)) = self.republish_interval {
+            c.kad.republish_interval = d;
+        }
+        if let Some(Dur(d)) = self.record_ttl {
+            c.kad.record_ttl = d;
+        }
+        if let Some(Dur(d)) = self.request_timeout {
+            c.kad.request_timeout = d;
+        }
+        c.kad.mode = Mode::Server;
+        c
+    }
+}
+
+/// How the network is built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// Bootstrap nodes: public, never churned, connected to each other first. Every other node
+    /// keeps them as bootstrap peers.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    /// Nodes joining per second of virtual time.
+    #[serde(default = "default_join_rate")]
+    pub rate: f64,
+    /// Time between the last join and the measured phase.
+    #[serde(default = "default_settle")]
+    pub settle: Dur,
+}
+
+fn default_bootstrap() -> usize {
+    3
+}
+
+fn default_join_rate() -> f64 {
+    50.0
+}
+
+fn default_settle() -> Dur {
+    Dur(Duration::from_secs(120))
+}
+
+impl Default for JoinSpec {
+    fn default() -> Self {
+        Self {
+            bootstrap: default_bootstrap(),
+            rate: default_join_rate(),
+            settle: default_settle(),
+        }
+    }
+}
+
+/// Random-key lookups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupSpec {
+    /// How many.
+    pub count: usize,
+    /// Spread evenly over this much time from the start of the measured phase.
+    pub over: Dur,
+}
+
+/// Values put at the start of the measured phase and read back periodically.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueSpec {
+    /// Values put, each by a different random node.
+    pub count: usize,
+    /// Interval between rounds of reads.
+    pub get_every: Dur,
+    /// Reads per round, each of a random value by a random online node.
+    pub gets: usize,
+}
+
+/// Churn: sessions and downtimes drawn from exponential distributions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnSpec {
+    /// Median session length.
+    pub session_median: Dur,
+    /// Median downtime.
+    pub downtime_median: Dur,
+    /// Share of departures that are crashes (noticed by peers only at the idle timeout) rather
+    /// than clean shutdowns.
+    #[serde(default = "default_crash_fraction")]
+    pub crash_fraction: f64,
+}
+
+fn default_crash_fraction() -> f64 {
+    0.5
+}
+
+/// A split into two groups, and the merge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// When the split happens, from the start of the measured phase.
+    pub at: Dur,
+    /// How long it lasts.
+    pub duration: Dur,
+    /// Share of nodes in the second group.
+    #[serde(default = "default_split")]
+    pub split: f64,
+    /// Interval between rounds of lookups across the split.
+    #[serde(default = "default_probe_every")]
+    pub probe_every: Dur,
+    /// Lookups per round: from a node in one group for a node in the other.
+    #[serde(default = "default_probes")]
+    pub probes: usize,
+    /// A round with at least this success rate counts as recovered.
+    #[serde(default = "default_recovered")]
+    pub recovered_at: f64,
+}
+
+fn default_split() -> f64 {
+    0.5
+}
+
+fn default_probe_every() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+fn default_probes() -> usize {
+    20
+}
+
+fn default_recovered() -> f64 {
+    0.99
+}
+
+/// What the adversarial nodes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdversaryRole {
+    /// Sybils with ids ground close to a target key, all in one /16, answer every lookup with
+    /// each other and hide values: an eclipse attempt on the target.
+    Eclipse,
+    /// Answer every value read with a forged record (a changed value under the publisher's
+    /// signature).
+    Poisoner,
+    /// Drop a share (`drop_rate`) of everything they send, handshakes aside.
+    Dropper,
+    /// Use the network but answer no request.
+    FreeRider,
+}
+
+/// Adversarial nodes, added after the honest ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdversarySpec {
+    /// What they do.
+    pub role: AdversaryRole,
+    /// How many (part of `nodes`).
+    pub count: usize,
+    /// Eclipse: the /16 all Sybils' addresses come from.
+    #[serde(default = "default_subnet")]
+    pub subnet: Ipv4Addr,
+    /// Eclipse: leading bits of the target key every Sybil id shares (grinding costs 2^bits
+    /// key generations per Sybil).
+    #[serde(default = "default_prefix_bits")]
+    pub prefix_bits: u32,
+    /// Eclipse: lookups of the target key from random honest nodes, spread over the measured
+    /// phase.
+    #[serde(default = "default_target_lookups")]
+    pub target_lookups: usize,
+    /// Dropper: share of messages dropped.
+    #[serde(default = "default_drop_rate")]
+    pub drop_rate: f64,
+}
+
+fn default_subnet() -> Ipv4Addr {
+    Ipv4Addr::new(66, 77, 0, 0)
+}
+
+fn default_prefix_bits() -> u32 {
+    8
+}
+
+fn default_target_lookups() -> usize {
+    200
+}
+
+fn default_drop_rate() -> f64 {
+    1.0
+}
+
+/// Another run of the scenario with some node settings changed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// Its label in the report.
+    pub name: String,
+    /// Settings that differ.
+    #[serde(default)]
+    pub node: NodeSettings,
+}
+
+/// A bound on a result: `metric` of the run `variant` (the first run if absent) is at least
+/// `min` and at most `max`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// A key of [`RunReport::summary`](super::RunReport::summary).
+    pub metric: String,
+    /// The run's label.
+    pub variant: Option<String>,
+    /// Lower bound.
+    pub min: Option<f64>,
+    /// Upper bound.
+    pub max: Option<f64>,
+}
+
+impl Scenario {
+    /// Parses and validates a scenario; `origin` names the text in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        scenario.validate(origin)?;
+        Ok(scenario)
+    }
+
+    /// Reads, parses and validates the scenario in `path`.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Scenario::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The sizes to run at.
+    pub fn run_sizes(&self) -> Vec<usize> {
+        if self.sizes.is_empty() {
+            vec![self.nodes]
+        } else {
+            self.sizes.clone()
+        }
+    }
+
+    /// The labels of the runs: one per variant (the base settings first), times one per size.
+    pub fn run_labels(&self) -> Vec<String> {
+        let mut labels = Vec::new();
+        for size in self.run_sizes() {
+            for variant in std::iter::once("base").chain(self.variants.iter().map(|v| &*v.name)) {
+                labels.push(match self.sizes.is_empty() {
+                    true => variant.to_string(),
+                    false if self.variants.is_empty() => format!("{size} nodes"),
+                    false => format!("{variant}, {size} nodes"),
+                });
+            }
+        }
+        labels
+    }
+
+    /// Checks values and their consistency (done by [`from_toml`](Self::from_toml); call it
+    /// again after changing a scenario).
+    pub fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+        self.check().map_err(|message| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            message,
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "name {:?} must be non-empty letters, digits, '-' or '_' (it names the results directory)",
+                self.name
+            ));
+        }
+        let adversaries = self.adversary.as_ref().map_or(0, |a| a.count);
+        for size in self.run_sizes() {
+            if size > crate::MAX_NODES {
+                return Err(format!("{size} nodes is more than the simulator holds"));
+            }
+            if size < self.join.bootstrap + adversaries + 2 {
+                return Err(format!(
+                    "{size} nodes leave fewer than 2 honest nodes besides {} bootstrap nodes and {adversaries} adversaries",
+                    self.join.bootstrap
+                ));
+            }
+        }
+        if self.join.bootstrap == 0 {
+            return Err("join.bootstrap must be at least 1".into());
+        }
+        if !(self.join.rate > 0.0 && self.join.rate.is_finite()) {
+            return Err("join.rate must be a positive number of nodes per second".into());
+        }
+        if self.duration.0.is_zero() {
+            return Err("duration must be positive".into());
+        }
+        if self.sample_every.0 < Duration::from_secs(1) {
+            return Err("sample_every must be at least 1s".into());
+        }
+        let n = &self.network;
+        if !(0.0..=1.0).contains(&n.loss) {
+            return Err(format!("network.loss must be in [0, 1], not {}", n.loss));
+        }
+        let mix = &n.nat;
+        let weights = [mix.public, mix.cone, mix.symmetric, mix.udp_blocked];
+        if weights.iter().any(|w| !(*w >= 0.0 && w.is_finite()))
+            || weights.iter().sum::<f64>() <= 0.0
+        {
+            return Err("network.nat shares must be non-negative with a positive sum".into());
+        }
+        self.network_config()?;
+        if let Some(l) = &self.lookups
+            && l.over.0.is_zero()
+        {
+            return Err("lookups.over must be positive".into());
+        }
+        if let Some(v) = &self.values {
+            if v.get_every.0 < Duration::from_secs(1) {
+                return Err("values.get_every must be at least 1s".into());
+            }
+            if v.count == 0 {
+                return Err("values.count must be at least 1".into());
+            }
+        }
+        if let Some(c) = &self.churn {
+            if c.session_median.0 < Duration::from_secs(1)
+                || c.downtime_median.0 < Duration::from_secs(1)
+            {
+                return Err("churn medians must be at least 1s".into());
+            }
+            if !(0.0..=1.0).contains(&c.crash_fraction) {
+                return Err("churn.crash_fraction must be in [0, 1]".into());
+            }
+        }
+        if let Some(p) = &self.partition {
+            if !(p.split > 0.0 && p.split < 1.0) {
+                return Err("partition.split must be strictly between 0 and 1".into());
+            }
+            if p.probe_every.0 < Duration::from_secs(1) {
+                return Err("partition.probe_every must be at least 1s".into());
+            }
+            if p.at.0 + p.duration.0 > self.duration.0 {
+                return Err("the partition must end within the measured phase (duration)".into());
+            }
+        }
+        if let Some(a) = &self.adversary {
+            if a.prefix_bits > 20 {
+                return Err("adversary.prefix_bits above 20 would take too long to grind".into());
+            }
+            if !(0.0..=1.0).contains(&a.drop_rate) {
+                return Err("adversary.drop_rate must be in [0, 1]".into());
+            }
+            if a.subnet.octets()[2..] != [0, 0] {
+                return Err(format!(
+                    "adversary.subnet {} must be a /16 (x.y.0.0)",
+                    a.subnet
+                ));
+            }
+        }
+        let labels = self.run_labels();
+        for v in &self.variants {
+            if v.name.is_empty() || v.name == "base" {
+                return Err("a variant needs a name other than \"base\"".into());
+            }
+        }
+        for e in &self.expect {
+            if let Some(v) = &e.variant
+                && !labels.contains(v)
+            {
+                return Err(format!("expect names run {v:?}; the runs are {labels:?}"));
+            }
+            if e.min.is_none() && e.max.is_none() {
+                return Err(format!("expect on {:?} needs min or max", e.metric));
+            }
+        }
+        Ok(())
+    }
+
+    /// The simulator's network configuration.
+    pub(crate) fn network_config(&self) -> Result<NetworkConfig, String> {
+        let n = &self.network;
+        let l = &n.latency;
+        let latency = match (l.fixed, l.min, l.max, &l.regions, &l.one_way_ms) {
+            (Some(Dur(d)), None, None, None, None) => Latency::Fixed(d),
+            (None, Some(Dur(min)), Some(Dur(max)), None, None) if min <= max => {
+                Latency::Uniform { min, max }
+            }
+            (None, None, None, Some(weights), Some(matrix)) => Latency::Regions {
+                weights: weights.clone(),
+                one_way: matrix
+                    .iter()
+                    .map(|row| row.iter().map(|ms| Duration::from_millis(*ms)).collect())
+                    .collect(),
+            },
+            _ => {
+                return Err(
+                    "network.latency takes `fixed`, or `min` <= `max`, or `regions` with `one_way_ms`"
+                        .into(),
+                );
+            }
+        };
+        let config = NetworkConfig {
+            latency,
+            jitter: n.jitter.0,
+            loss: n.loss,
+            bandwidth: Bandwidth {
+                up: n.upload.map(|r| r.0),
+                down: n.download.map(|r| r.0),
+            },
+            idle_timeout: n.idle_timeout.0,
+        };
+        SimConfig {
+            network: config.clone(),
+            ..SimConfig::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::from_toml(text, "test.toml")
+    }
+
+    #[test]
+    fn minimal_scenario_parses_with_defaults() {
+        let s = parse("name = \"x\"\nnodes = 10\nduration = \"5m\"\n").unwrap();
+        assert_eq!(s.seed, 1);
+        assert_eq!(s.join.bootstrap, 3);
+        assert_eq!(s.duration, Dur(Duration::from_secs(300)));
+        assert_eq!(s.run_labels(), ["base"]);
+    }
+
+    #[test]
+    fn rates_and_durations() {
+        assert_eq!("10Mbit".parse::<Rate>().unwrap(), Rate(1_250_000));
+        assert_eq!("2MB/s".parse::<Rate>().unwrap(), Rate(2_000_000));
+        assert!("10 parsecs".parse::<Rate>().is_err());
+        assert!("0B".parse::<Rate>().is_err());
+        let err = parse("name = \"x\"\nnodes = 10\nduration = \"5 fortnights\"\n").unwrap_err();
+        assert!(err.to_string().contains("bad duration"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            (
+                "name = \"x\"\nnodes = 10\nduration = \"5m\"\nbogus = 1\n",
+                "unknown field",
+            ),
+            ("name = \"a b\"\nnodes = 10\nduration = \"5m\"\n", "name"),
+            (
+                "name = \"x\"\nnodes = 3\nduration = \"5m\"\n",
+                "fewer than 2 honest",
+            ),
+            (
+                "name = \"x\"\nnodes = 10\nduration = \"5m\"\n[network]\nloss = 2.0\n",
+                "network.loss",
+            ),
+            (
+                "name = \"x\"\nnodes = 10\nduration = \"5m\"\n[network.latency]\nmin = \"9ms\"\nmax = \"1ms\"\n",
+                "network.latency",
+            ),
+            (
+                "name = \"x\"\nnodes = 10\nduration = \"5m\"\n[partition]\nat = \"4m\"\nduration = \"2m\"\n",
+                "within the measured phase",
+            ),
+            (
+                "name = \"x\"\nnodes = 10\nduration = \"5m\"\n[[expect]]\nmetric = \"m\"\nvariant = \"nope\"\nmin = 1\n",
+                "expect names run",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+            assert!(err.starts_with("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn variants_overlay_the_base_settings() {
+        let s = parse(
+            "name = \"x\"\nnodes = 10\nduration = \"5m\"\n[node]\nk = 10\nip_limits = true\n\
+             [[variants]]\nname = \"off\"\nnode = { ip_limits = false, disjoint_paths = 1 }\n",
+        )
+        .unwrap();
+        let merged = s.node.overlay(&s.variants[0].node);
+        let c = merged.node_config();
+        assert_eq!(c.kad.k, 10);
+        assert!(!c.kad.table.ip_limits);
+        assert_eq!(c.kad.disjoint_paths, 1);
+        assert_eq!(s.run_labels(), ["base", "off"]);
+    }
+}

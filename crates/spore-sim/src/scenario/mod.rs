@@ -1,0 +1,37 @@
+//! Scenarios: a network, a timeline and the metrics to collect, written as a TOML file and run
+//! by [`run`].
+//!
+//! A scenario builds a network of `nodes` spore nodes that join one after another through a few
+//! bootstrap nodes, lets it settle, then runs a measured phase of `duration` in which any of
+//! these workloads and events happen together:
+//!
+//! - `[lookups]`: random-key lookups from random online nodes, spread evenly over `over`; each
+//!   is checked against the true closest nodes, computed from the simulator's global view.
+//! - `[values]`: values put at the start, then read back every `get_every` by random nodes.
+//! - `[churn]`: every non-bootstrap node alternates exponentially distributed sessions and
+//!   downtimes; it rejoins with its stored records and remembered peers.
+//! - `[partition]`: a split into two groups at `at` for `duration`, then a merge; probes across
+//!   the split measure when the halves find each other again.
+//! - `[adversary]`: an eclipse attack by Sybils from one /16, record poisoners, message
+//!   droppers or free riders, each running the real node code behind a rewriting filter.
+//! - `[[variants]]` run the same scenario again with other node settings (e.g. defences off);
+//!   `sizes` runs it at several network sizes.
+//! - `[[expect]]` states bounds on the results; [`Report::checks`] says which hold.
+//!
+//! Every random choice comes from `seed`, so a scenario file and a seed give one run and one
+//! [trace hash](crate::Sim::trace_hash). The shipped scenarios in `scenarios/` are examples of
+//! every section; `docs/simulator.md` describes the format field by field.
+
+mod adversary;
+mod format;
+mod report;
+mod run;
+mod truth;
+
+pub use format::{
+    AdversaryRole, AdversarySpec, ChurnSpec, Dur, Expect, JoinSpec, LatencySpec, LookupSpec,
+    NatMix, NetworkSpec, NodeSettings, PartitionSpec, Rate, Scenario, ScenarioError, ValueSpec,
+    Variant,
+};
+pub use report::{Check, Report, RunReport, Sample};
+pub use run::{Progress, run};
