@@ -74,6 +74,10 @@ pub struct Config {
     /// How long a connection must carry no protocol traffic (pings and peer exchange do not
     /// count) before it may be pruned.
     pub idle_after: Duration,
+    /// At `max_peers`, a new connection replaces the longest-idle one if that has carried no
+    /// protocol traffic for this long; otherwise the new one is refused. A bootstrap node that
+    /// thousands of nodes pass through stays open to newcomers this way.
+    pub replace_idle_after: Duration,
     /// Bound on each output queue between two drains.
     pub max_queued_outputs: usize,
     /// Software name sent in `Hello`.
@@ -104,6 +108,7 @@ impl Default for Config {
             max_peers: 1024,
             target_peers: 128,
             idle_after: Duration::from_secs(120),
+            replace_idle_after: Duration::from_secs(10),
             max_queued_outputs: 65_536,
             agent: concat!("spore/", env!("CARGO_PKG_VERSION")).to_string(),
             dial_timeout: Duration::from_secs(15),
@@ -439,11 +444,23 @@ impl Node {
                     // replaced the connection. Start the handshake afresh.
                     self.remove_peer(peer);
                 } else if self.peers.len() >= self.config.max_peers {
-                    self.out.push_event(Event::Close {
-                        peer,
-                        reason: CloseReason::TooManyPeers,
-                    });
-                    return;
+                    match self.longest_idle(self.config.replace_idle_after) {
+                        Some(idle) => {
+                            self.stats.idle_closed += 1;
+                            self.remove_peer(idle);
+                            self.out.push_event(Event::Close {
+                                peer: idle,
+                                reason: CloseReason::Idle,
+                            });
+                        }
+                        None => {
+                            self.out.push_event(Event::Close {
+                                peer,
+                                reason: CloseReason::TooManyPeers,
+                            });
+                            return;
+                        }
+                    }
                 }
                 let info = PeerInfo {
                     peer,
@@ -580,6 +597,15 @@ impl Node {
         if self.next_prune.is_some_and(|t| t <= now) {
             self.prune_idle();
         }
+    }
+
+    /// The peer idle longest, if it has been idle for at least `min`.
+    fn longest_idle(&self, min: Duration) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.last_active + min <= self.now)
+            .min_by_key(|(id, p)| (p.last_active, **id))
+            .map(|(id, _)| *id)
     }
 
     fn prune_interval(&self) -> Duration {

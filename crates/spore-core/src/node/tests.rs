@@ -133,6 +133,42 @@ fn peer_limit_enforced() {
 }
 
 #[test]
+fn at_the_peer_limit_a_long_idle_peer_makes_room() {
+    let config = Config {
+        max_peers: 1,
+        ..test_config()
+    };
+    let mut n = test_node(1, config);
+    let p2 = test_node(2, test_config()).peer_id();
+    let p3 = test_node(3, test_config()).peer_id();
+    let addr = "10.0.0.9:9".parse().unwrap();
+    let connect = |n: &mut Node, peer, at| {
+        n.handle_connection_event(
+            at,
+            ConnectionEvent::Connected {
+                peer,
+                addr,
+                direction: Direction::Inbound,
+            },
+        )
+    };
+    connect(&mut n, p2, Instant::ZERO);
+    let _ = std::iter::from_fn(|| n.poll_event()).count();
+    let later = Instant::ZERO + n.config().replace_idle_after;
+    connect(&mut n, p3, later);
+    let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+    assert!(
+        events.contains(&Event::Close {
+            peer: p2,
+            reason: CloseReason::Idle
+        }),
+        "{events:?}"
+    );
+    assert!(n.peer(&p3).is_some() && n.peer(&p2).is_none());
+    assert_eq!(n.stats().idle_closed, 1);
+}
+
+#[test]
 fn same_seed_same_outputs() {
     let run = || {
         let mut pair = Pair::new(Duration::from_millis(7));

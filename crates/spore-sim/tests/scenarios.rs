@@ -1,0 +1,189 @@
+//! Every shipped scenario, run at a smaller size, meets its key bound; and a scenario file with a
+//! seed gives one trace.
+
+#![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use spore_sim::scenario::{self, Dur, Report, RunReport, Scenario};
+
+fn shipped(name: &str) -> Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scenarios")
+        .join(format!("{name}.toml"));
+    Scenario::load(&path).unwrap()
+}
+
+fn mins(m: u64) -> Dur {
+    Dur(Duration::from_secs(60 * m))
+}
+
+fn run(s: &Scenario) -> Report {
+    s.validate("test").unwrap();
+    let report = scenario::run(s, &mut |_| {}).unwrap();
+    println!("{}", report.summary_table());
+    report
+}
+
+fn metric(run: &RunReport, name: &str) -> f64 {
+    *run.summary
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", run.summary.keys()))
+}
+
+/// The dht-10k workload at 300 nodes: lookups find the true closest node.
+fn small_dht() -> Scenario {
+    let mut s = shipped("dht-10k");
+    s.nodes = 300;
+    s.duration = mins(3);
+    s.join.settle = mins(1);
+    let lookups = s.lookups.as_mut().unwrap();
+    lookups.count = 400;
+    lookups.over = mins(2);
+    s
+}
+
+#[test]
+fn dht_lookups_succeed_without_churn() {
+    let report = run(&small_dht());
+    let r = &report.runs[0];
+    assert!(metric(r, "lookup_success") >= 0.99, "{:?}", r.summary);
+    assert!(metric(r, "hops_p99") <= 6.0);
+    assert_eq!(metric(r, "lookups"), 400.0);
+    assert_eq!(r.counters["codec_errors"], 0);
+    assert!(report.passed(), "{:?}", report.checks);
+    // Charts render.
+    for (file, chart) in report.charts() {
+        let svg = spore_sim::plot::render_svg(&chart).unwrap();
+        assert!(svg.starts_with("<svg"), "{file}");
+    }
+}
+
+#[test]
+fn same_scenario_same_trace_other_seed_other_trace() {
+    let mut s = small_dht();
+    s.nodes = 60;
+    s.lookups.as_mut().unwrap().count = 50;
+    let a = run(&s);
+    let b = run(&s);
+    assert_eq!(a.runs[0].trace_hash, b.runs[0].trace_hash);
+    assert_eq!(a.runs[0].summary, b.runs[0].summary);
+    s.seed += 1;
+    let c = run(&s);
+    assert_ne!(a.runs[0].trace_hash, c.runs[0].trace_hash);
+}
+
+#[test]
+fn churn_keeps_lookups_and_values_working() {
+    let mut s = shipped("dht-churn");
+    s.nodes = 300;
+    s.duration = mins(40);
+    s.sample_every = mins(5);
+    s.join.settle = mins(1);
+    let churn = s.churn.as_mut().unwrap();
+    churn.session_median = mins(10);
+    churn.downtime_median = mins(10);
+    let lookups = s.lookups.as_mut().unwrap();
+    lookups.count = 400;
+    lookups.over = mins(40);
+    let values = s.values.as_mut().unwrap();
+    values.count = 20;
+    values.gets = 20;
+    let report = run(&s);
+    let r = &report.runs[0];
+    assert!(r.counters["departures"] > 100, "{:?}", r.counters);
+    let online = metric(r, "online_share_mean");
+    assert!((0.4..0.8).contains(&online), "online share {online}");
+    assert!(metric(r, "lookup_success") >= 0.9, "{:?}", r.summary);
+    assert!(metric(r, "availability") >= 0.9, "{:?}", r.summary);
+    assert_eq!(metric(r, "forged_values_accepted"), 0.0);
+}
+
+#[test]
+fn a_partition_is_felt_and_healed() {
+    let mut s = shipped("partition-merge");
+    s.nodes = 200;
+    s.duration = mins(16);
+    s.join.settle = mins(1);
+    let p = s.partition.as_mut().unwrap();
+    p.at = mins(2);
+    p.duration = mins(5);
+    p.probes = 10;
+    let report = run(&s);
+    let r = &report.runs[0];
+    assert!(metric(r, "probe_success_before") >= 0.99, "{:?}", r.summary);
+    assert!(metric(r, "probe_success_during") <= 0.01, "{:?}", r.summary);
+    assert_eq!(metric(r, "recovered"), 1.0, "{:?}", r.summary);
+    assert!(metric(r, "recovery_secs") <= 300.0);
+    assert!(r.counters["connections_cut"] > 0);
+}
+
+#[test]
+fn eclipse_defences_keep_honest_nodes_in_view() {
+    let mut s = shipped("eclipse");
+    s.nodes = 603;
+    s.duration = mins(4);
+    s.join.settle = mins(1);
+    let a = s.adversary.as_mut().unwrap();
+    a.count = 100;
+    a.prefix_bits = 6;
+    a.target_lookups = 100;
+    let report = run(&s);
+    let (on, off) = (&report.runs[0], &report.runs[1]);
+    assert_eq!(off.label, "defences off");
+    let (on_ok, off_ok) = (metric(on, "target_success"), metric(off, "target_success"));
+    assert!(on_ok >= 0.9, "defences on: {:?}", on.summary);
+    assert!(on_ok >= off_ok, "on {on_ok} off {off_ok}");
+    assert!(metric(on, "honest_fraction") >= metric(off, "honest_fraction"));
+}
+
+#[test]
+fn scale_runs_every_size() {
+    let mut s = shipped("scale");
+    s.sizes = vec![100, 400];
+    s.duration = mins(2);
+    s.join.settle = mins(1);
+    let lookups = s.lookups.as_mut().unwrap();
+    lookups.count = 200;
+    lookups.over = mins(1);
+    let report = run(&s);
+    assert_eq!(report.runs.len(), 2);
+    assert_eq!(report.runs[1].nodes, 400);
+    for r in &report.runs {
+        assert!(
+            metric(r, "lookup_success") >= 0.99,
+            "{}: {:?}",
+            r.label,
+            r.summary
+        );
+        assert!(r.wall_secs > 0.0);
+    }
+    let files: Vec<String> = report.charts().into_iter().map(|(f, _)| f).collect();
+    assert!(files.contains(&"scale-hops.svg".to_string()), "{files:?}");
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| {
+            Scenario::load(&p).unwrap();
+            p.file_stem().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "dht-10k",
+            "dht-churn",
+            "eclipse",
+            "partition-merge",
+            "scale"
+        ]
+    );
+}
