@@ -48,3 +48,32 @@ pub mod wire;
 
 pub use identity::{Keypair, PeerId};
 pub use node::Node;
+
+/// Compares two 32-byte strings in byte order, as two big-endian 128-bit numbers.
+#[inline]
+pub(crate) fn bytes32_cmp(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    let half = |x: &[u8; 32], i: usize| {
+        let mut h = [0u8; 16];
+        h.copy_from_slice(&x[i * 16..i * 16 + 16]);
+        u128::from_be_bytes(h)
+    };
+    half(a, 0)
+        .cmp(&half(b, 0))
+        .then_with(|| half(a, 1).cmp(&half(b, 1)))
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::bytes32_cmp;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn same_order_as_bytes(a in any::<[u8; 32]>(), b in any::<[u8; 32]>(), shared in 0usize..32) {
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            prop_assert_eq!(bytes32_cmp(&a, &b), a.cmp(&b));
+            prop_assert_eq!(bytes32_cmp(&a, &a), std::cmp::Ordering::Equal);
+        }
+    }
+}

@@ -93,9 +93,13 @@ struct Slot {
     stamp: Stamp,
     config: spore_core::node::Config,
     kept: Vec<NodeIndex>,
-    /// The wake-up currently scheduled for this node and its generation; queue entries with
-    /// another generation are stale and skipped.
-    timer: Option<(Instant, u64)>,
+    /// When the node wants its next `handle_timeout`.
+    timer: Option<Instant>,
+    /// The one queue entry that stands for this node's timer: its time and generation. Entries
+    /// with another generation are stale and skipped. While it is due no later than `timer`, a
+    /// later wish needs no new entry: when it fires early it is pushed on to `timer`. So a node
+    /// whose wake-up keeps moving later (the usual case) leaves no trail of stale entries.
+    queued: Option<(Instant, u64)>,
     counts: EventCounts,
     log: EventLog,
     /// Rewrites (or drops) what this node sends: an adversary.
@@ -246,6 +250,7 @@ impl Sim {
             config,
             kept: Vec::new(),
             timer: None,
+            queued: None,
             counts: EventCounts::default(),
             log: EventLog::new(self.config.event_log),
             tamper: None,
@@ -511,6 +516,7 @@ impl Sim {
         let slot = &mut self.slots[i.index()];
         slot.online = false;
         slot.timer = None;
+        slot.queued = None;
         let peers = self.network.host(i).links.clone();
         let notice = self.network.config().idle_timeout;
         for j in peers {
@@ -755,8 +761,15 @@ impl Sim {
             }
             Pending::Timer { node, generation } => {
                 let slot = &mut self.slots[node.index()];
-                if slot.timer.map(|(_, g)| g) != Some(generation) {
+                if slot.queued.map(|(_, g)| g) != Some(generation) {
                     return; // superseded
+                }
+                slot.queued = None;
+                match slot.timer {
+                    Some(t) if t <= now => {}
+                    // Woken early: the node now wants a later time (or none).
+                    Some(_) => return self.reschedule_entry(node),
+                    None => return,
                 }
                 slot.timer = None;
                 self.metrics.events_processed += 1;
@@ -899,22 +912,27 @@ impl Sim {
             want = Some(now + Duration::from_micros(1));
             self.metrics.timers_deferred += 1;
         }
-        match want {
-            None => slot.timer = None,
-            Some(t) if slot.timer.is_some_and(|(at, _)| at == t) => {}
-            Some(t) => {
-                let generation = self.next_timer_generation;
-                self.next_timer_generation += 1;
-                slot.timer = Some((t, generation));
-                self.queue.push(
-                    t,
-                    Pending::Timer {
-                        node: i,
-                        generation,
-                    },
-                );
-            }
+        slot.timer = want;
+        self.reschedule_entry(i);
+    }
+
+    /// Makes sure a queue entry will wake node `i` no later than its timer.
+    fn reschedule_entry(&mut self, i: NodeIndex) {
+        let slot = &mut self.slots[i.index()];
+        let Some(t) = slot.timer else { return };
+        if slot.queued.is_some_and(|(at, _)| at <= t) {
+            return;
         }
+        let generation = self.next_timer_generation;
+        self.next_timer_generation += 1;
+        slot.queued = Some((t, generation));
+        self.queue.push(
+            t,
+            Pending::Timer {
+                node: i,
+                generation,
+            },
+        );
     }
 }
 

@@ -8,8 +8,21 @@ use crate::identity::PeerId;
 
 /// A point in the 256-bit key space: a node's position (the BLAKE3 hash of its public key) or
 /// the position of a record.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Key(pub [u8; 32]);
+
+impl Ord for Key {
+    /// Byte order (big-endian), compared as two 128-bit numbers.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        crate::bytes32_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Key {
     /// The position of a node: `blake3(public key)`. Hashing spreads ids uniformly even if keys
@@ -84,8 +97,20 @@ impl fmt::Display for Key {
 }
 
 /// The XOR distance between two keys; ordered as a 256-bit big-endian number.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Distance(pub [u8; 32]);
+
+impl Ord for Distance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        crate::bytes32_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Distance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Distance {
     /// Leading zero bits (256 for distance zero).

@@ -478,7 +478,7 @@ impl Node {
                 let hello_deadline = Some(now + self.config.hello_timeout);
                 self.hello_deadlines
                     .insert((now + self.config.hello_timeout, peer));
-                self.out.links.insert(peer, Link::Handshaking);
+                self.out.set_link(peer, Link::Handshaking);
                 self.peers.insert(
                     peer,
                     Peer {
@@ -812,7 +812,7 @@ impl Node {
         info.agent = hello.agent;
         info.stamp = Some(hello.stamp);
         let info = info.clone();
-        self.out.links.insert(from, Link::Ready);
+        self.out.set_link(from, Link::Ready);
         self.out.flush(from);
         let event = PeerEvent::Ready(Box::new(info.clone()));
         self.out.push_event(Event::PeerReady { peer: from, info });
@@ -836,7 +836,7 @@ impl Node {
         if let Some(d) = p.hello_deadline {
             self.hello_deadlines.remove(&(d, peer));
         }
-        self.out.links.remove(&peer);
+        self.out.remove_link(&peer);
         if p.info.ready {
             self.out.push_event(Event::PeerGone { peer });
             let event = PeerEvent::Gone { peer };
@@ -849,7 +849,7 @@ impl Node {
 
     /// A peer we were dialing cannot be reached.
     fn unreachable(&mut self, peer: PeerId) {
-        self.out.links.remove(&peer);
+        self.out.remove_link(&peer);
         self.out.waiting.remove(&peer);
         let event = PeerEvent::Unreachable { peer };
         self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));

@@ -83,11 +83,7 @@ impl Context<'_> {
 
     /// Number of ready peers.
     pub fn ready_peers(&self) -> usize {
-        self.out
-            .links
-            .values()
-            .filter(|l| **l == Link::Ready)
-            .count()
+        self.out.ready
     }
 
     /// Whether a connection to `peer` is being dialed or handshaking (not ready yet).
@@ -145,6 +141,9 @@ pub(super) struct Outputs {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
     pub(super) links: BTreeMap<PeerId, Link>,
+    /// How many of `links` are [`Link::Ready`]; kept by [`set_link`](Self::set_link) and
+    /// [`remove_link`](Self::remove_link), the only ways links change.
+    ready: usize,
     pub(super) waiting: BTreeMap<PeerId, Waiting>,
     pub(super) limits: OutputLimits,
     pub(super) dropped: u64,
@@ -165,6 +164,7 @@ impl Outputs {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             links: BTreeMap::new(),
+            ready: 0,
             waiting: BTreeMap::new(),
             limits,
             dropped: 0,
@@ -181,7 +181,7 @@ impl Outputs {
                     self.dropped += 1;
                     return;
                 }
-                self.links.insert(to, Link::Dialing);
+                self.set_link(to, Link::Dialing);
                 self.wait(to, message, now);
                 self.push_event(Event::Dial {
                     peer: to,
@@ -189,6 +189,20 @@ impl Outputs {
                 });
             }
             (None, _) => self.unroutable += 1,
+        }
+    }
+
+    /// Sets `peer`'s link state.
+    pub(super) fn set_link(&mut self, peer: PeerId, link: Link) {
+        let old = self.links.insert(peer, link);
+        self.ready =
+            self.ready + usize::from(link == Link::Ready) - usize::from(old == Some(Link::Ready));
+    }
+
+    /// Forgets `peer`'s link.
+    pub(super) fn remove_link(&mut self, peer: &PeerId) {
+        if self.links.remove(peer) == Some(Link::Ready) {
+            self.ready -= 1;
         }
     }
 
@@ -200,7 +214,7 @@ impl Outputs {
             self.dropped += 1;
             return;
         }
-        self.links.insert(to, Link::Dialing);
+        self.set_link(to, Link::Dialing);
         // An entry with no messages, so that the dial timeout covers this dial too.
         self.waiting.entry(to).or_insert_with(|| Waiting {
             messages: VecDeque::new(),

@@ -172,7 +172,7 @@ impl Harness {
 
     /// Marks `peer` ready (so `cx.send` reaches it) and returns the event protocols get.
     pub(crate) fn ready(&mut self, peer: PeerId, now: Instant) -> PeerEvent {
-        self.out.links.insert(peer, Link::Ready);
+        self.out.set_link(peer, Link::Ready);
         PeerEvent::Ready(Box::new(PeerInfo {
             peer,
             addr: "10.9.9.9:9".parse().unwrap(),

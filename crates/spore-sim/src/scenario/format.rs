@@ -17,7 +17,7 @@ use crate::config::{Bandwidth, Latency, NetworkConfig, SimConfig};
 #[non_exhaustive]
 pub enum ScenarioError {
     /// The file could not be read.
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     Read {
         /// The file.
         path: String,

@@ -337,13 +337,73 @@ pub struct RoutingTable {
     local: PeerId,
     local_key: Key,
     config: Config,
-    /// Exactly [`BUCKETS`] buckets.
-    buckets: Vec<Bucket>,
+    buckets: Buckets,
     /// Table entries per /16 (IPv4) or /32 (IPv6), loopback excluded. Kept whether or not the
     /// limits apply.
     prefixes: PrefixCounts,
     len: usize,
     stats: Stats,
+}
+
+/// The buckets from the lowest one ever needed up to 255. The low buckets hold nodes that share
+/// more leading bits with us than the network's size makes likely, so in any real table they
+/// stay empty; they take no memory (112 bytes each, 28 KiB for all 256) until a node lands there.
+#[derive(Debug)]
+struct Buckets {
+    /// Index of `v[0]`.
+    base: usize,
+    v: Vec<Bucket>,
+}
+
+impl Buckets {
+    fn new() -> Self {
+        Self {
+            base: BUCKETS,
+            v: Vec::new(),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&Bucket> {
+        self.v.get(index.checked_sub(self.base)?)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Bucket> {
+        self.v.get_mut(index.checked_sub(self.base)?)
+    }
+
+    /// Bucket `index`, created (with every empty one between it and the lowest so far) if need
+    /// be; `None` only for an index past the last bucket.
+    fn grow(&mut self, index: usize) -> Option<&mut Bucket> {
+        if index >= BUCKETS {
+            return None;
+        }
+        if index < self.base {
+            let missing = self.base - index;
+            self.v.splice(0..0, (0..missing).map(|_| Bucket::default()));
+            self.base = index;
+        }
+        self.get_mut(index)
+    }
+
+    /// The buckets with indices in `range` that exist (the others are empty).
+    fn range(&self, range: Range<usize>) -> &[Bucket] {
+        let start = range.start.max(self.base);
+        let end = range.end.min(BUCKETS);
+        if start >= end {
+            return &[];
+        }
+        &self.v[start - self.base..end - self.base]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bucket> {
+        self.v.iter()
+    }
+
+    /// `(index, bucket)` in index order.
+    fn indexed(&self) -> impl Iterator<Item = (usize, &Bucket)> {
+        let base = self.base;
+        self.v.iter().enumerate().map(move |(j, b)| (j + base, b))
+    }
 }
 
 impl fmt::Debug for RoutingTable {
@@ -362,7 +422,7 @@ impl RoutingTable {
             local,
             local_key: Key::for_peer(&local),
             config,
-            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            buckets: Buckets::new(),
             prefixes: PrefixCounts::new(),
             len: 0,
             stats: Stats::default(),
@@ -419,7 +479,7 @@ impl RoutingTable {
             len,
             ..
         } = self;
-        let Some(bucket) = buckets.get_mut(index) else {
+        let Some(bucket) = buckets.grow(index) else {
             return InsertOutcome::Rejected(Rejection::OwnKey);
         };
         let ip = addr.ip();
@@ -569,7 +629,7 @@ impl RoutingTable {
     /// bucket order; promoted candidates can be seen with [`RoutingTable::get`].
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<PeerId> {
         let mut evicted = Vec::new();
-        for index in 0..self.buckets.len() {
+        for index in self.buckets.base..BUCKETS {
             let Some(bucket) = self.buckets.get_mut(index) else {
                 continue;
             };
@@ -619,8 +679,7 @@ impl RoutingTable {
             }
             let mut found: Vec<&Entry> = self
                 .buckets
-                .get(group)
-                .unwrap_or_default()
+                .range(group)
                 .iter()
                 .flat_map(|b| b.entries.iter())
                 .collect();
@@ -669,8 +728,7 @@ impl RoutingTable {
     /// `(bucket index, entries)` for every non-empty bucket, in index order.
     pub fn bucket_fill(&self) -> Vec<(usize, usize)> {
         self.buckets
-            .iter()
-            .enumerate()
+            .indexed()
             .filter(|(_, b)| !b.entries.is_empty())
             .map(|(i, b)| (i, b.entries.len()))
             .collect()
@@ -680,13 +738,17 @@ impl RoutingTable {
     /// with no insert, answer or refresh within `refresh` before `now` (including those never
     /// active). Empty when the table is empty: there is nothing to look up through.
     pub fn stale_buckets(&self, now: Instant, refresh: Duration) -> Vec<usize> {
-        let Some(lowest) = self.buckets.iter().position(|b| !b.entries.is_empty()) else {
+        let Some(lowest) = self
+            .buckets
+            .indexed()
+            .find(|(_, b)| !b.entries.is_empty())
+            .map(|(i, _)| i)
+        else {
             return Vec::new();
         };
         self.buckets
-            .iter()
-            .enumerate()
-            .skip(lowest)
+            .indexed()
+            .filter(|(i, _)| *i >= lowest)
             .filter(|(_, b)| b.last_activity.is_none_or(|t| t + refresh <= now))
             .map(|(i, _)| i)
             .collect()

@@ -69,19 +69,17 @@ fn small(k: usize, replacement_cache: usize) -> Config {
 }
 
 fn bucket_peers(t: &RoutingTable, index: usize) -> Vec<PeerId> {
-    t.buckets[index]
-        .entries
-        .iter()
-        .map(|e| e.contact.peer)
-        .collect()
+    t.buckets
+        .get(index)
+        .map(|b| b.entries.iter().map(|e| e.contact.peer).collect())
+        .unwrap_or_default()
 }
 
 fn candidate_peers(t: &RoutingTable, index: usize) -> Vec<PeerId> {
-    t.buckets[index]
-        .candidates
-        .iter()
-        .map(|e| e.contact.peer)
-        .collect()
+    t.buckets
+        .get(index)
+        .map(|b| b.candidates.iter().map(|e| e.contact.peer).collect())
+        .unwrap_or_default()
 }
 
 /// Fills bucket 255 with `config.k` entries at distinct addresses, at times 1, 2, ... s, and
@@ -149,11 +147,11 @@ fn assert_group_limits(group: &[Entry], config: &Config) {
 /// Every structural invariant of the table.
 fn check_invariants(t: &RoutingTable) {
     let config = &t.config;
-    assert_eq!(t.buckets.len(), BUCKETS);
+    assert_eq!(t.buckets.base + t.buckets.v.len(), BUCKETS);
     let mut seen = BTreeSet::new();
     let mut total = 0;
     let mut per_table_net: BTreeMap<(u8, u128), usize> = BTreeMap::new();
-    for (i, bucket) in t.buckets.iter().enumerate() {
+    for (i, bucket) in t.buckets.indexed() {
         assert!(bucket.entries.len() <= config.k, "bucket {i} over k");
         assert!(
             bucket.candidates.len() <= config.replacement_cache,
@@ -1144,7 +1142,9 @@ fn apply(t: &mut RoutingTable, now: &mut Instant, op: &Op) {
                     let e = t.get(&p).expect("inserted entries are in the table");
                     assert_eq!((e.addr, e.last_seen), (addr, *now));
                     assert_eq!(
-                        t.buckets[t.index_of(&p).unwrap()]
+                        t.buckets
+                            .get(t.index_of(&p).unwrap())
+                            .unwrap()
                             .entries
                             .last()
                             .unwrap()
