@@ -101,7 +101,8 @@ impl Pair {
         self.drain();
     }
 
-    fn drain(&mut self) {
+    /// Moves both nodes' outputs onto the link and into the event lists.
+    pub(crate) fn drain(&mut self) {
         let arrival = self.now + self.latency;
         while let Some(t) = self.a.poll_transmit() {
             self.in_flight.push_back((arrival, true, t.message));

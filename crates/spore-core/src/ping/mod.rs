@@ -118,6 +118,13 @@ impl Ping {
     /// Sends a ping to `peer` now; the answer arrives as an [`Event`].
     pub fn ping(&mut self, cx: &mut Context<'_>, peer: PeerId) -> Result<u64, PingError> {
         let max = self.config.max_outstanding;
+        if !self.peers.contains_key(&peer) {
+            // Without periodic pings, peers get state only once someone pings them.
+            if !cx.is_ready(&peer) {
+                return Err(PingError::NotConnected(peer));
+            }
+            self.peers.insert(peer, PeerState::default());
+        }
         let state = self
             .peers
             .get_mut(&peer)
@@ -195,7 +202,17 @@ impl Protocol for Ping {
     fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
         match event {
             PeerEvent::Ready(info) => {
-                let next_ping = self.config.interval.map(|_| cx.now);
+                // With no periodic pings there is nothing to keep per peer until a ping is
+                // asked for: on a node with hundreds of connections that is real memory.
+                let Some(next_ping) = self.config.interval.map(|_| cx.now) else {
+                    if let Some(old) = self.peers.remove(&info.peer)
+                        && let Some(d) = old.deadline
+                    {
+                        self.timers.remove(&(d, info.peer));
+                    }
+                    return;
+                };
+                let next_ping = Some(next_ping);
                 if let Some(old) = self.peers.insert(
                     info.peer,
                     PeerState {

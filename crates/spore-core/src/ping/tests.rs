@@ -58,3 +58,34 @@ fn in_flight_limit_enforced() {
         Err(super::PingError::TooManyOutstanding(8))
     );
 }
+
+#[test]
+fn without_periodic_pings_a_ping_on_demand_still_works() {
+    use crate::node::tests_support::{test_config, test_node};
+    let mut config = test_config();
+    config.ping.interval = None;
+    let mut pair = Pair::with_nodes(
+        test_node(1, config.clone()),
+        test_node(2, config),
+        Duration::from_millis(20),
+    );
+    pair.handshake();
+    pair.run_for(Duration::from_secs(30));
+    let b = pair.b.peer_id();
+    assert!(
+        !pair.a_events.iter().any(|e| matches!(e, Event::Ping(_))),
+        "no periodic pings"
+    );
+    pair.a.ping(pair.now, b).unwrap();
+    pair.drain();
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(
+        pair.a.peer(&b).and_then(|p| p.rtt),
+        Some(Duration::from_millis(40))
+    );
+    let stranger = test_node(9, test_config()).peer_id();
+    assert_eq!(
+        pair.a.ping(pair.now, stranger),
+        Err(super::PingError::NotConnected(stranger))
+    );
+}

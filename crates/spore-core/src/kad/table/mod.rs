@@ -345,6 +345,16 @@ pub struct RoutingTable {
     stats: Stats,
 }
 
+/// Pushes `entry`, growing the vector by one slot at a time: a table holds thousands of small
+/// vectors that fill once and then mostly stay full, so doubling would leave a third of their
+/// memory unused.
+fn push_tight(v: &mut Vec<Entry>, entry: Entry) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(1);
+    }
+    v.push(entry);
+}
+
 /// The buckets from the lowest one ever needed up to 255. The low buckets hold nodes that share
 /// more leading bits with us than the network's size makes likely, so in any real table they
 /// stay empty; they take no memory (112 bytes each, 28 KiB for all 256) until a node lands there.
@@ -500,7 +510,7 @@ impl RoutingTable {
             entry.contact = contact;
             entry.addr = addr;
             entry.last_seen = now;
-            bucket.entries.push(entry);
+            push_tight(&mut bucket.entries, entry);
             bucket.last_activity = Some(now);
             bucket.resolve_ping(&peer);
             return InsertOutcome::Updated;
@@ -529,7 +539,7 @@ impl RoutingTable {
                 bucket.candidates.remove(pos);
             }
             count(prefixes, ip);
-            bucket.entries.push(entry);
+            push_tight(&mut bucket.entries, entry);
             bucket.last_activity = Some(now);
             *len += 1;
             return InsertOutcome::Inserted;
@@ -550,7 +560,7 @@ impl RoutingTable {
             *slot = entry;
             true
         } else if bucket.candidates.len() < config.replacement_cache {
-            bucket.candidates.push(entry);
+            push_tight(&mut bucket.candidates, entry);
             true
         } else if let Some(stuck) = bucket
             .candidates
@@ -558,7 +568,7 @@ impl RoutingTable {
             .position(|c| admissible(config, c.addr.ip(), &bucket.entries, prefixes).is_err())
         {
             bucket.candidates.remove(stuck);
-            bucket.candidates.push(entry);
+            push_tight(&mut bucket.candidates, entry);
             true
         } else {
             false
@@ -582,7 +592,7 @@ impl RoutingTable {
         if let Some(pos) = bucket.entry_pos(peer) {
             let mut entry = bucket.entries.remove(pos);
             entry.last_seen = now;
-            bucket.entries.push(entry);
+            push_tight(&mut bucket.entries, entry);
             bucket.last_activity = Some(now);
             bucket.resolve_ping(peer);
         } else if let Some(candidate) = bucket
