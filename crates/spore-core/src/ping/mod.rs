@@ -118,17 +118,16 @@ impl Ping {
     /// Sends a ping to `peer` now; the answer arrives as an [`Event`].
     pub fn ping(&mut self, cx: &mut Context<'_>, peer: PeerId) -> Result<u64, PingError> {
         let max = self.config.max_outstanding;
-        if !self.peers.contains_key(&peer) {
+        let state = match self.peers.entry(peer) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             // Without periodic pings, peers get state only once someone pings them.
-            if !cx.is_ready(&peer) {
+            std::collections::btree_map::Entry::Vacant(e) if cx.is_ready(&peer) => {
+                e.insert(PeerState::default())
+            }
+            std::collections::btree_map::Entry::Vacant(_) => {
                 return Err(PingError::NotConnected(peer));
             }
-            self.peers.insert(peer, PeerState::default());
-        }
-        let state = self
-            .peers
-            .get_mut(&peer)
-            .ok_or(PingError::NotConnected(peer))?;
+        };
         if state.in_flight.len() >= max {
             return Err(PingError::TooManyOutstanding(max));
         }
