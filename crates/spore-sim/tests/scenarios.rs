@@ -187,3 +187,60 @@ fn every_shipped_scenario_parses() {
         ]
     );
 }
+
+/// A small DHT scenario written inline, for the roles and models no shipped file exercises.
+fn inline(extra: &str) -> Scenario {
+    let text = format!(
+        "name = \"inline\"\nnodes = 200\nduration = \"4m\"\n\
+         [node]\nping = false\npex = false\n[join]\nsettle = \"1m\"\n{extra}"
+    );
+    Scenario::from_toml(&text, "inline").unwrap()
+}
+
+#[test]
+fn nodes_behind_nat_use_the_dht_as_clients() {
+    let s = inline(
+        "[network]\nnat = { public = 0.5, cone = 0.3, symmetric = 0.15, udp_blocked = 0.05 }\n\
+         [lookups]\ncount = 200\nover = \"3m\"\n",
+    );
+    let report = run(&s);
+    let r = &report.runs[0];
+    // Lookups from every kind of node (blocked ones aside, which cannot connect at all) find
+    // the closest public node; nobody ever connects to a node behind a NAT.
+    assert!(metric(r, "lookup_success") >= 0.9, "{:?}", r.summary);
+    assert!(r.counters["dials_refused_nat"] > 0, "{:?}", r.counters);
+}
+
+#[test]
+fn poisoned_values_are_never_accepted() {
+    let s = inline(
+        "[values]\ncount = 10\nget_every = \"1m\"\ngets = 20\n\
+         [adversary]\nrole = \"poisoner\"\ncount = 40\n",
+    );
+    let report = run(&s);
+    let r = &report.runs[0];
+    assert_eq!(metric(r, "forged_values_accepted"), 0.0, "{:?}", r.summary);
+    assert!(metric(r, "availability") >= 0.9, "{:?}", r.summary);
+}
+
+#[test]
+fn droppers_and_free_riders_slow_lookups_but_do_not_stop_them() {
+    for role in ["dropper", "free_rider"] {
+        let s = inline(&format!(
+            "[lookups]\ncount = 150\nover = \"3m\"\n\
+             [adversary]\nrole = \"{role}\"\ncount = 30\ndrop_rate = 0.8\n"
+        ));
+        let report = run(&s);
+        let r = &report.runs[0];
+        assert!(
+            metric(r, "lookup_success") >= 0.9,
+            "{role}: {:?}",
+            r.summary
+        );
+        assert!(
+            r.counters["messages_dropped_by_adversary"] > 0,
+            "{role}: {:?}",
+            r.counters
+        );
+    }
+}

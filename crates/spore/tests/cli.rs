@@ -267,3 +267,98 @@ fn demo_runs_and_reports() {
     let (ok, sent) = answered.trim().split_once('/').unwrap();
     assert_eq!(ok, sent, "every ping answered");
 }
+
+#[test]
+fn sim_runs_a_scenario_and_writes_metrics_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "tiny"
+nodes = 40
+duration = "2m"
+[node]
+ping = false
+pex = false
+[join]
+settle = "30s"
+[lookups]
+count = 50
+over = "1m"
+[[expect]]
+metric = "lookup_success"
+min = 0.9
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let file_arg = file.to_str().unwrap();
+    let out_arg = out_dir.to_str().unwrap();
+    let out = spore(dir.path(), &["sim", file_arg, "--out", out_arg, "--quiet"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("PASS lookup_success"), "{text}");
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["scenario"], "tiny");
+    assert_eq!(metrics["runs"][0]["summary"]["lookups"], 50.0);
+    let svg = std::fs::read_to_string(out_dir.join("lookup-success.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+
+    // The same file and seed, the same trace; JSON on stdout.
+    let out = spore(dir.path(), &["sim", file_arg, "--out", out_arg, "--json"]);
+    let again: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        again["runs"][0]["trace_hash"],
+        metrics["runs"][0]["trace_hash"]
+    );
+
+    // A bound that fails makes the command fail, and says which.
+    let strict = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("min = 0.9", "min = 1.5");
+    std::fs::write(&file, strict).unwrap();
+    let out = spore(dir.path(), &["sim", file_arg, "--out", out_arg, "--quiet"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("FAIL lookup_success"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("bounds failed"), "{}", stderr(&out));
+}
+
+#[test]
+fn sim_explains_bad_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\nnodes = 40\nduration = \"2m\"\nlookup = 3\n",
+    )
+    .unwrap();
+    let out = spore(dir.path(), &["sim", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown field"),
+        "{err}"
+    );
+
+    let out = spore(dir.path(), &["sim", "no/such/file.toml"]);
+    assert!(
+        stderr(&out).contains("cannot read scenario no/such/file.toml"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&file, "name = \"bad\"\nnodes = 40\nduration = \"2m\"\n").unwrap();
+    let out = spore(dir.path(), &["sim", file.to_str().unwrap(), "--nodes", "3"]);
+    assert!(
+        stderr(&out).contains("fewer than 2 honest"),
+        "{}",
+        stderr(&out)
+    );
+}
