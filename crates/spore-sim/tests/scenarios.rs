@@ -135,7 +135,9 @@ fn eclipse_defences_keep_honest_nodes_in_view() {
     let (on_ok, off_ok) = (metric(on, "target_success"), metric(off, "target_success"));
     assert!(on_ok >= 0.9, "defences on: {:?}", on.summary);
     assert!(on_ok >= off_ok, "on {on_ok} off {off_ok}");
-    assert!(metric(on, "honest_fraction") >= metric(off, "honest_fraction"));
+    // Lookups take at most 10 contacts from one /16: half of each answer stays honest.
+    assert!(metric(on, "honest_fraction") >= 0.45, "{:?}", on.summary);
+    assert!(metric(on, "honest_fraction") > metric(off, "honest_fraction"));
 }
 
 #[test]

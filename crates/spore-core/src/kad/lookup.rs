@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use super::table::ip::{TablePrefix, limited};
 use super::{Contact, Distance, Key};
 use crate::identity::PeerId;
 use crate::time::Instant;
@@ -50,9 +51,14 @@ pub(crate) struct Lookup {
     paths: Vec<Path>,
     /// Which path owns each peer ever added (disjointness), and its distance.
     owner: BTreeMap<PeerId, (usize, Distance)>,
+    /// At most this many candidates per IPv4 /16 or IPv6 /32 (loopback exempt), if set.
+    prefix_limit: Option<usize>,
+    prefixes: BTreeMap<TablePrefix, usize>,
     pub(crate) started: Instant,
     pub(crate) requests: u32,
     pub(crate) responses: u32,
+    /// Contacts not added because their network had reached `prefix_limit`.
+    pub(crate) rejected_by_prefix: u32,
 }
 
 /// A request the lookup wants sent.
@@ -69,6 +75,7 @@ impl Lookup {
         k: usize,
         alpha: usize,
         paths: usize,
+        prefix_limit: Option<usize>,
         now: Instant,
     ) -> Self {
         let paths_n = paths.max(1);
@@ -78,9 +85,12 @@ impl Lookup {
             alpha: alpha.max(1),
             paths: (0..paths_n).map(|_| Path::default()).collect(),
             owner: BTreeMap::new(),
+            prefix_limit,
+            prefixes: BTreeMap::new(),
             started: now,
             requests: 0,
             responses: 0,
+            rejected_by_prefix: 0,
         };
         let mut seeds: Vec<(Distance, Contact)> = seeds
             .into_iter()
@@ -101,6 +111,19 @@ impl Lookup {
     fn add(&mut self, path: usize, contact: Contact, hop: u32) {
         if self.owner.contains_key(&contact.peer) {
             return;
+        }
+        // The routing table's defence against one operator's many nodes, applied to what
+        // answers bring in: a lookup takes at most `prefix_limit` nodes from one network, so
+        // Sybils in one /16 cannot fill its result however close their ids are.
+        if let Some(limit) = self.prefix_limit
+            && let Some(ip) = contact.addrs.first().and_then(|a| limited(a.ip()))
+        {
+            let n = self.prefixes.entry(TablePrefix::of(ip)).or_insert(0);
+            if *n >= limit {
+                self.rejected_by_prefix += 1;
+                return;
+            }
+            *n += 1;
         }
         let d = self.target.distance(&Key::for_peer(&contact.peer));
         self.owner.insert(contact.peer, (path, d));
@@ -251,7 +274,8 @@ mod tests {
         let truth: Vec<PeerId> = truth.iter().take(20).map(|c| c.peer).collect();
 
         for paths in [1, 4] {
-            let mut lookup = Lookup::new(target, all[..8].to_vec(), 20, 3, paths, Instant::ZERO);
+            let mut lookup =
+                Lookup::new(target, all[..8].to_vec(), 20, 3, paths, None, Instant::ZERO);
             let mut rounds = 0;
             while !lookup.is_finished() {
                 let queries = lookup.poll_queries();
@@ -284,7 +308,7 @@ mod tests {
     #[test]
     fn failures_drop_out_and_paths_stay_disjoint() {
         let all: Vec<Contact> = (0..50).map(contact).collect();
-        let mut lookup = Lookup::new(Key([1; 32]), all.clone(), 5, 3, 2, Instant::ZERO);
+        let mut lookup = Lookup::new(Key([1; 32]), all.clone(), 5, 3, 2, None, Instant::ZERO);
         let mut asked = std::collections::BTreeSet::new();
         while !lookup.is_finished() {
             for q in lookup.poll_queries() {
@@ -301,5 +325,51 @@ mod tests {
         }
         let (found, _) = lookup.closest();
         assert!(found.iter().all(|c| c.peer.as_bytes()[0] % 2 == 1));
+    }
+
+    #[test]
+    fn one_network_supplies_at_most_the_prefix_limit() {
+        // 100 nodes in 66.77.0.0/16 and 100 spread over other /16s; the first are all closer.
+        let target = Key([7; 32]);
+        let mut all: Vec<Contact> = (0..400).map(contact).collect();
+        all.sort_by_key(|c| target.distance(&Key::for_peer(&c.peer)));
+        all.truncate(200);
+        for (i, c) in all.iter_mut().enumerate() {
+            let i = i as u8;
+            c.addrs = vec![if i < 100 {
+                std::net::SocketAddr::from(([66, 77, 0, i], 4000))
+            } else {
+                std::net::SocketAddr::from(([20 + i, 1, 0, 1], 4000))
+            }];
+        }
+        for (limit, sybils_max) in [(None, 20), (Some(10), 10)] {
+            let mut lookup = Lookup::new(
+                target,
+                all[100..110].to_vec(),
+                20,
+                3,
+                1,
+                limit,
+                Instant::ZERO,
+            );
+            while !lookup.is_finished() {
+                for q in lookup.poll_queries() {
+                    lookup.on_success(
+                        &q.contact.peer,
+                        all[..20].iter().chain(&all[100..120]).cloned().collect(),
+                    );
+                }
+            }
+            let (found, _) = lookup.closest();
+            let sybils = found
+                .iter()
+                .filter(|c| matches!(c.addrs[0].ip(), std::net::IpAddr::V4(v) if v.octets()[..2] == [66, 77]))
+                .count();
+            assert!(sybils <= sybils_max, "{limit:?}: {sybils}");
+            assert_eq!(found.len(), 20);
+            if limit.is_some() {
+                assert!(lookup.rejected_by_prefix > 0);
+            }
+        }
     }
 }

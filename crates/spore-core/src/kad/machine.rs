@@ -118,6 +118,9 @@ pub struct KadStats {
     pub invalid_contacts: u64,
     /// Lookups completed.
     pub queries_done: u64,
+    /// Contacts that lookups left out because their network (IPv4 /16, IPv6 /32) already
+    /// supplied as many as the routing table's per-network limit.
+    pub contacts_over_prefix_limit: u64,
 }
 
 /// The Kademlia protocol.
@@ -414,12 +417,15 @@ impl Kad {
             .into_iter()
             .map(|e| e.contact.clone())
             .collect();
+        let table = &self.config.table;
+        let prefix_limit = table.ip_limits.then_some(table.max_per_ipv4_16_in_table);
         let lookup = Lookup::new(
             target,
             seeds,
             self.config.k,
             self.config.alpha,
             paths,
+            prefix_limit,
             cx.now,
         );
         let id = QueryId(self.next_query);
@@ -515,6 +521,7 @@ impl Kad {
             return;
         };
         self.stats.queries_done += 1;
+        self.stats.contacts_over_prefix_limit += u64::from(q.lookup.rejected_by_prefix);
         let (closest, hops) = q.lookup.closest();
         let stats = QueryStats {
             hops,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::Config;
 
 /// The address the limits count for `ip`, or `None` if `ip` is exempt from them (loopback).
-pub(super) fn limited(ip: IpAddr) -> Option<IpAddr> {
+pub(crate) fn limited(ip: IpAddr) -> Option<IpAddr> {
     let ip = ip.to_canonical();
     (!ip.is_loopback()).then_some(ip)
 }
@@ -23,7 +23,7 @@ pub(super) enum BucketPrefix {
 
 /// The prefix limited across the whole table: an IPv4 /16 or an IPv6 /32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum TablePrefix {
+pub(crate) enum TablePrefix {
     V4([u8; 2]),
     V6([u8; 4]),
 }
@@ -54,7 +54,7 @@ impl BucketPrefix {
 
 impl TablePrefix {
     /// The prefix of a canonical address.
-    pub(super) fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => {
                 let [a, b, _, _] = v4.octets();

@@ -86,7 +86,7 @@
 //! [`stale_buckets`]: RoutingTable::stale_buckets
 //! [`mark_bucket_refreshed`]: RoutingTable::mark_bucket_refreshed
 
-mod ip;
+pub(crate) mod ip;
 #[cfg(test)]
 mod tests;
 
