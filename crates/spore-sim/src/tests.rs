@@ -485,3 +485,33 @@ fn kept_peers_are_redialed_after_a_crash() {
     assert!(sim.is_connected(NodeIndex(1), NodeIndex(0)));
     assert!(sim.metrics().dials_failed >= 1);
 }
+
+#[test]
+fn region_latencies_come_from_the_matrix() {
+    let mut cfg = config(10, 0);
+    cfg.network.latency = Latency::Regions {
+        weights: vec![1, 1],
+        one_way: vec![vec![ms(5), ms(80)], vec![ms(80), ms(7)]],
+    };
+    let mut sim = Sim::new(cfg).unwrap();
+    let nodes: Vec<NodeIndex> = (0..40).map(|_| sim.add_node().unwrap()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for pair in nodes.windows(2) {
+        sim.connect(pair[0], pair[1]).unwrap();
+        seen.insert(sim.link_latency(pair[0], pair[1]).unwrap());
+    }
+    // Both regions are populated: all three latencies of the matrix occur, and nothing else.
+    let expected: std::collections::BTreeSet<Duration> = [ms(5), ms(7), ms(80)].into();
+    assert_eq!(seen, expected);
+    let bad = SimConfig {
+        network: NetworkConfig {
+            latency: Latency::Regions {
+                weights: vec![1, 1],
+                one_way: vec![vec![ms(5)]],
+            },
+            ..NetworkConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    assert!(matches!(Sim::new(bad), Err(SimError::InvalidConfig(_))));
+}
