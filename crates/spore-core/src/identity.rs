@@ -42,19 +42,7 @@ fn base32() -> &'static Encoding {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerId([u8; PEER_ID_LEN]);
 
-impl Ord for PeerId {
-    /// Byte order, as the derived order would be; compared as two 128-bit numbers, which is
-    /// much cheaper than a byte-slice comparison in the maps keyed by peer.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        crate::bytes32_cmp(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for PeerId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ord_by_bytes32!(PeerId);
 
 impl Serialize for PeerId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -11,18 +11,7 @@ use crate::identity::PeerId;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Key(pub [u8; 32]);
 
-impl Ord for Key {
-    /// Byte order (big-endian), compared as two 128-bit numbers.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        crate::bytes32_cmp(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ord_by_bytes32!(Key);
 
 impl Key {
     /// The position of a node: `blake3(public key)`. Hashing spreads ids uniformly even if keys
@@ -100,17 +89,7 @@ impl fmt::Display for Key {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Distance(pub [u8; 32]);
 
-impl Ord for Distance {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        crate::bytes32_cmp(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for Distance {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ord_by_bytes32!(Distance);
 
 impl Distance {
     /// Leading zero bits (256 for distance zero).
