@@ -63,9 +63,8 @@ pub fn run(
     for size in scenario.run_sizes() {
         for s in &settings {
             let label = &labels[index];
-            let mut report = |p: &Progress<'_>| progress(p);
             let mut runner = Runner::new(scenario, label, index, labels.len(), size, s)?;
-            runs.push(runner.run(&mut report)?);
+            runs.push(runner.run(progress)?);
             index += 1;
         }
     }
@@ -644,8 +643,11 @@ impl<'a> Runner<'a> {
 
     fn online_honest(&mut self) -> Option<NodeIndex> {
         // Rejection sampling: cheap while a fair share of nodes is online.
+        if self.honest.is_empty() {
+            return None;
+        }
         for _ in 0..64 {
-            let i = self.pick(&self.honest.clone())?;
+            let i = self.honest[(self.rng.next_u64() % self.honest.len() as u64) as usize];
             if self.sim.is_online(i) {
                 return Some(i);
             }
