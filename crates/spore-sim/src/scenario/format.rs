@@ -278,6 +278,8 @@ pub struct NodeSettings {
     pub disjoint_paths: Option<usize>,
     /// Routing-table IP-prefix limits.
     pub ip_limits: Option<bool>,
+    /// Replacement candidates kept per routing-table bucket.
+    pub replacement_cache: Option<usize>,
     /// Connection count above which idle connections are pruned.
     pub target_peers: Option<usize>,
     /// Idle time before a connection may be pruned.
@@ -306,6 +308,7 @@ impl NodeSettings {
             alpha,
             disjoint_paths,
             ip_limits,
+            replacement_cache,
             target_peers,
             idle_after,
             refresh_interval,
@@ -339,6 +342,9 @@ impl NodeSettings {
         }
         if let Some(on) = self.ip_limits {
             c.kad.table.ip_limits = on;
+        }
+        if let Some(n) = self.replacement_cache {
+            c.kad.table.replacement_cache = n;
         }
         if let Some(t) = self.target_peers {
             c.target_peers = t;
