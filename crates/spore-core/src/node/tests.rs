@@ -95,33 +95,35 @@ fn silent_peer_times_out() {
     )));
 }
 
-#[test]
-fn peer_limit_enforced() {
+/// A node with room for one peer, and two would-be peers.
+fn one_slot_node() -> (Node, PeerId, PeerId) {
     let config = Config {
         max_peers: 1,
         ..test_config()
     };
-    let mut n = test_node(1, config);
+    let n = test_node(1, config);
     let p2 = test_node(2, test_config()).peer_id();
     let p3 = test_node(3, test_config()).peer_id();
+    (n, p2, p3)
+}
+
+fn inbound(n: &mut Node, peer: PeerId, at: Instant) {
     let addr = "10.0.0.9:9".parse().unwrap();
-    let now = Instant::ZERO;
     n.handle_connection_event(
-        now,
+        at,
         ConnectionEvent::Connected {
-            peer: p2,
+            peer,
             addr,
             direction: Direction::Inbound,
         },
     );
-    n.handle_connection_event(
-        now,
-        ConnectionEvent::Connected {
-            peer: p3,
-            addr,
-            direction: Direction::Inbound,
-        },
-    );
+}
+
+#[test]
+fn peer_limit_enforced() {
+    let (mut n, p2, p3) = one_slot_node();
+    inbound(&mut n, p2, Instant::ZERO);
+    inbound(&mut n, p3, Instant::ZERO);
     let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
     assert_eq!(
         events,
@@ -134,28 +136,11 @@ fn peer_limit_enforced() {
 
 #[test]
 fn at_the_peer_limit_a_long_idle_peer_makes_room() {
-    let config = Config {
-        max_peers: 1,
-        ..test_config()
-    };
-    let mut n = test_node(1, config);
-    let p2 = test_node(2, test_config()).peer_id();
-    let p3 = test_node(3, test_config()).peer_id();
-    let addr = "10.0.0.9:9".parse().unwrap();
-    let connect = |n: &mut Node, peer, at| {
-        n.handle_connection_event(
-            at,
-            ConnectionEvent::Connected {
-                peer,
-                addr,
-                direction: Direction::Inbound,
-            },
-        )
-    };
-    connect(&mut n, p2, Instant::ZERO);
+    let (mut n, p2, p3) = one_slot_node();
+    inbound(&mut n, p2, Instant::ZERO);
     let _ = std::iter::from_fn(|| n.poll_event()).count();
     let later = Instant::ZERO + n.config().replace_idle_after;
-    connect(&mut n, p3, later);
+    inbound(&mut n, p3, later);
     let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
     assert!(
         events.contains(&Event::Close {
