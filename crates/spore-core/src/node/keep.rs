@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::identity::PeerId;
 use crate::time::Instant;
 
-use super::{Context, PeerEvent};
+use super::{AnyProtocol, Context, PeerEvent};
 
 /// Settings of the keeper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,8 +120,11 @@ impl Keeper {
     pub(super) fn peers(&self) -> impl Iterator<Item = &PeerId> {
         self.peers.keys()
     }
+}
 
-    pub(super) fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
+/// The keeper has no messages of its own, but reacts to peers and time like a protocol.
+impl AnyProtocol for Keeper {
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
         match event {
             PeerEvent::Ready(info) => {
                 if let Some(kept) = self.peers.get_mut(&info.peer) {
@@ -144,7 +147,7 @@ impl Keeper {
         }
     }
 
-    pub(super) fn handle_timeout(&mut self, cx: &mut Context<'_>) {
+    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
         let short = cx.ready_peers() < self.config.min_peers;
         for (peer, kept) in &mut self.peers {
@@ -165,7 +168,7 @@ impl Keeper {
         }
     }
 
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.peers.values().filter_map(|k| k.retry_at).min()
     }
 }

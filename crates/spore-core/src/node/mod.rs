@@ -94,7 +94,7 @@ pub struct Config {
     pub kad: kad::Config,
     /// Peer-exchange settings.
     pub pex: pex::Config,
-    /// Kept peers (redialed whenever they drop).
+    /// Kept peers (dialed while the node is short of peers).
     pub keep: keep::Config,
 }
 
@@ -445,14 +445,7 @@ impl Node {
                     self.remove_peer(peer);
                 } else if self.peers.len() >= self.config.max_peers {
                     match self.longest_idle(self.config.replace_idle_after) {
-                        Some(idle) => {
-                            self.stats.idle_closed += 1;
-                            self.remove_peer(idle);
-                            self.out.push_event(Event::Close {
-                                peer: idle,
-                                reason: CloseReason::Idle,
-                            });
-                        }
+                        Some(idle) => self.close_idle(idle),
                         None => {
                             self.out.push_event(Event::Close {
                                 peer,
@@ -608,6 +601,16 @@ impl Node {
             .map(|(id, _)| *id)
     }
 
+    /// Drops `peer` for being idle and asks the driver to close its connection.
+    fn close_idle(&mut self, peer: PeerId) {
+        self.stats.idle_closed += 1;
+        self.remove_peer(peer);
+        self.out.push_event(Event::Close {
+            peer,
+            reason: CloseReason::Idle,
+        });
+    }
+
     fn prune_interval(&self) -> Duration {
         self.config
             .idle_after
@@ -626,12 +629,7 @@ impl Node {
             .collect();
         idle.sort();
         for (_, peer) in idle.into_iter().take(excess) {
-            self.stats.idle_closed += 1;
-            self.remove_peer(peer);
-            self.out.push_event(Event::Close {
-                peer,
-                reason: CloseReason::Idle,
-            });
+            self.close_idle(peer);
         }
         self.next_prune =
             (self.peers.len() > self.config.target_peers).then(|| self.now + self.prune_interval());
@@ -908,19 +906,6 @@ trait AnyProtocol {
     fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent);
     fn handle_timeout(&mut self, cx: &mut Context<'_>);
     fn poll_timeout(&self) -> Option<Instant>;
-}
-
-/// The keeper has no messages of its own, but reacts to peers and time like a protocol.
-impl AnyProtocol for Keeper {
-    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
-        Keeper::handle_peer_event(self, cx, event);
-    }
-    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
-        Keeper::handle_timeout(self, cx);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Keeper::poll_timeout(self)
-    }
 }
 
 impl<P: Protocol> AnyProtocol for P {

@@ -97,7 +97,7 @@ impl Context<'_> {
     /// Asks the driver to connect to `peer` at one of `addrs`, unless a connection to it exists
     /// or is being made. A failed dial reaches protocols as [`PeerEvent::Unreachable`].
     pub fn dial(&mut self, peer: PeerId, addrs: &[SocketAddr]) {
-        self.out.dial(peer, addrs, self.now);
+        let _ = self.out.dial(peer, addrs, self.now);
     }
 
     /// Reports an event to the node's owner.
@@ -177,16 +177,9 @@ impl Outputs {
             (Some(Link::Ready), _) => self.push_transmit(Transmit { to, message }),
             (Some(_), _) => self.wait(to, message, now),
             (None, Some(addrs)) if !addrs.is_empty() => {
-                if self.waiting.len() >= self.limits.waiting_peers {
-                    self.dropped += 1;
-                    return;
+                if self.dial(to, addrs, now) {
+                    self.wait(to, message, now);
                 }
-                self.set_link(to, Link::Dialing);
-                self.wait(to, message, now);
-                self.push_event(Event::Dial {
-                    peer: to,
-                    addrs: addrs.to_vec(),
-                });
             }
             (None, _) => self.unroutable += 1,
         }
@@ -206,16 +199,18 @@ impl Outputs {
         }
     }
 
-    fn dial(&mut self, to: PeerId, addrs: &[SocketAddr], now: Instant) {
+    /// Asks the driver to dial `to`, with an empty waiting entry so that the dial timeout covers
+    /// the dial. False, and nothing asked, if there is no address, a link already exists, or
+    /// the waiting peers are at their bound (counted as dropped).
+    fn dial(&mut self, to: PeerId, addrs: &[SocketAddr], now: Instant) -> bool {
         if addrs.is_empty() || self.links.contains_key(&to) {
-            return;
+            return false;
         }
         if self.waiting.len() >= self.limits.waiting_peers {
             self.dropped += 1;
-            return;
+            return false;
         }
         self.set_link(to, Link::Dialing);
-        // An entry with no messages, so that the dial timeout covers this dial too.
         self.waiting.entry(to).or_insert_with(|| Waiting {
             messages: VecDeque::new(),
             since: now,
@@ -224,6 +219,7 @@ impl Outputs {
             peer: to,
             addrs: addrs.to_vec(),
         });
+        true
     }
 
     fn wait(&mut self, to: PeerId, message: Message, now: Instant) {
