@@ -87,7 +87,7 @@ pub(crate) struct Network {
     config: NetworkConfig,
     rng: ChaCha20Rng,
     links: BTreeMap<(NodeIndex, NodeIndex), Link>,
-    pub(crate) hosts: Vec<Host>,
+    hosts: Vec<Host>,
     next_conn: ConnId,
 }
 
@@ -346,7 +346,7 @@ fn uniform(rng: &mut ChaCha20Rng, min: Duration, max: Duration) -> Duration {
 }
 
 /// Uniform in `[0, 1)`.
-fn unit(rng: &mut ChaCha20Rng) -> f64 {
+pub(crate) fn unit(rng: &mut ChaCha20Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -554,20 +554,12 @@ impl Sim {
             .map(|e| (e.last_seen, e.contact.peer))
             .collect();
         remembered.sort_by(|a, b| b.cmp(a));
-        let placeholder = Node::new(
-            slot.key.clone(),
-            slot.stamp,
-            slot.config.clone(),
-            rng_seed,
-            now,
-        )
-        .map_err(|source| SimError::Node { index: i, source })?;
-        let old = std::mem::replace(&mut slot.node, placeholder);
+        let store = slot.node.take_store();
         slot.node = Node::with_store(
             slot.key.clone(),
             slot.stamp,
             slot.config.clone(),
-            old.into_store(),
+            store,
             rng_seed,
             now,
         )
@@ -736,8 +728,11 @@ impl Sim {
                 }
             }
             Pending::Closed { node, peer } => {
+                if !self.is_online(node) {
+                    return; // nobody there to tell
+                }
                 // A newer connection between the two is up: this close is old news.
-                if self.is_connected(node, peer) || !self.is_online(node) {
+                if self.is_connected(node, peer) {
                     self.metrics.closes_superseded += 1;
                     return;
                 }

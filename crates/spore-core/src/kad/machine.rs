@@ -211,9 +211,11 @@ impl Kad {
         self.store.as_ref()
     }
 
-    /// Gives up the record store, as a node shutting down leaves its database behind.
-    pub fn into_store(self) -> Box<dyn RecordStore + Send> {
-        self.store
+    /// Takes the record store out, leaving an empty in-memory one: what a node shutting down
+    /// leaves behind for its restart, as the daemon leaves its database.
+    pub fn take_store(&mut self) -> Box<dyn RecordStore + Send> {
+        let empty = Box::new(super::store::MemoryStore::new(self.config.store));
+        std::mem::replace(&mut self.store, empty)
     }
 
     /// Counters.

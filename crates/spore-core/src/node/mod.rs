@@ -682,10 +682,10 @@ impl Node {
         &self.kad
     }
 
-    /// Shuts the node down, handing back its DHT record store so that a restarted node can
-    /// continue from it (as the runtime's on-disk store outlives the process).
-    pub fn into_store(self) -> Box<dyn RecordStore + Send> {
-        self.kad.into_store()
+    /// Takes the DHT record store out (the node keeps an empty one), so that a restarted node
+    /// can continue from it, as the runtime's on-disk store outlives the process.
+    pub fn take_store(&mut self) -> Box<dyn RecordStore + Send> {
+        self.kad.take_store()
     }
 
     /// Peer exchange's state: cached records, counters.

@@ -2,7 +2,7 @@
 //! real protocol code; only its outgoing messages are rewritten or dropped.
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
 use spore_core::kad::record::ValueRecord;
 use spore_core::kad::{self, Contact, Response};
 use spore_core::wire::Message;
@@ -80,8 +80,7 @@ pub(crate) fn dropper(rate: f64, seed: u64) -> Tamper {
         if matches!(msg, Message::Hello(_)) {
             return true;
         }
-        let coin = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        coin >= rate
+        crate::network::unit(&mut rng) >= rate
     })
 }
 

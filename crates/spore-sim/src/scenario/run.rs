@@ -240,7 +240,7 @@ impl<'a> Runner<'a> {
     }
 
     fn uniform(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        crate::network::unit(&mut self.rng)
     }
 
     fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
