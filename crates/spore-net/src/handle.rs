@@ -115,7 +115,7 @@ pub async fn start(
             inputs.clone(),
         ));
     }
-    // Bootstrap peers are kept: the node redials them with backoff whenever they drop.
+    // Bootstrap peers are kept: the node dials them, with backoff, while it is short of peers.
     for (peer, addr) in &config.bootstrap {
         if let Err(e) = node.keep_connected(clock.now(), *peer, vec![*addr]) {
             warn!(%peer, %addr, error = %e, "cannot keep this bootstrap peer");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
-use spore_core::node::{ConnectionEvent, Direction, Event, PeerInfo, Stats};
+use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
 use spore_core::time::Instant;
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
@@ -741,13 +741,18 @@ impl Runtime {
             }
             Event::PeerGone { peer } => debug!(%peer, "peer gone"),
             Event::Close { peer, reason } => {
-                info!(%peer, %reason, "closing connection");
+                // Pruning an idle connection is routine; every other close is a refusal.
+                let code = if *reason == CloseReason::Idle {
+                    debug!(%peer, "closing idle connection");
+                    close_code::NORMAL
+                } else {
+                    info!(%peer, %reason, "closing connection");
+                    close_code::REJECTED
+                };
                 let peer = *peer;
                 let reason = reason.to_string();
                 if let Some(entry) = self.unregister(peer) {
-                    entry
-                        .conn
-                        .close(close_code::REJECTED.into(), reason.as_bytes());
+                    entry.conn.close(code.into(), reason.as_bytes());
                 }
                 self.finish_dials(peer, Err(DialError::Closed { peer, reason }));
             }
