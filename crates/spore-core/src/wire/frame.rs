@@ -164,6 +164,26 @@ mod tests {
     }
 
     #[test]
+    fn decode_frame_takes_exactly_one_whole_frame() {
+        let frame = encode_frame(&ping(9)).unwrap();
+        assert_eq!(decode_frame(&frame).unwrap(), ping(9));
+        // Cut short, padded, empty, claiming more than the limit: refused, never a panic.
+        for bad in [&frame[..frame.len() - 1], &frame[..3], &[][..]] {
+            assert!(decode_frame(bad).is_err(), "{bad:?}");
+        }
+        let mut padded = frame.to_vec();
+        padded.push(0);
+        assert!(matches!(decode_frame(&padded), Err(WireError::Trailing(1))));
+        let mut huge = frame.to_vec();
+        huge[..4].copy_from_slice(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            decode_frame(&huge),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(matches!(decode_frame(&[0, 0, 0, 0]), Err(WireError::Empty)));
+    }
+
+    #[test]
     fn frames_split_anywhere() {
         let msgs = [
             ping(1),
