@@ -41,6 +41,9 @@ pub(crate) enum Input {
         peer: PeerId,
         conn_id: usize,
         reason: String,
+        /// The peer closed it as the duplicate of a simultaneous dial: the connection both
+        /// sides keep is already up at the peer and on its way here.
+        duplicate: bool,
     },
     /// A message decoded from a connection's control stream.
     Message {
@@ -329,6 +332,7 @@ impl Runtime {
                 peer,
                 conn_id,
                 reason,
+                duplicate,
             } => {
                 if self
                     .conns
@@ -339,7 +343,11 @@ impl Runtime {
                     self.unregister(peer);
                     self.node
                         .handle_connection_event(now, ConnectionEvent::Closed { peer });
-                    self.finish_dials(peer, Err(DialError::Closed { peer, reason }));
+                    // After a simultaneous dial the kept connection answers waiting dials
+                    // when its peer is ready; only a real close fails them.
+                    if !duplicate {
+                        self.finish_dials(peer, Err(DialError::Closed { peer, reason }));
+                    }
                 }
             }
             Input::Message { peer, conn_id, msg } => {
@@ -620,13 +628,19 @@ impl Runtime {
         let watcher = conn.clone();
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let reason = watcher.closed().await.to_string();
+            let error = watcher.closed().await;
+            let duplicate = matches!(
+                &error,
+                quinn::ConnectionError::ApplicationClosed(c)
+                    if c.error_code == quinn::VarInt::from_u32(close_code::DUPLICATE)
+            );
             let conn_id = watcher.stable_id();
             let _ = inputs
                 .send(Input::Closed {
                     peer,
                     conn_id,
-                    reason,
+                    reason: error.to_string(),
+                    duplicate,
                 })
                 .await;
         });
