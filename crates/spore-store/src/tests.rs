@@ -247,10 +247,17 @@ fn tampered_stamp_is_recomputed() {
 
 #[test]
 fn stamp_below_requested_difficulty_is_reminted() {
-    let (_tmp, dir) = data_dir();
-    let low = dir.load_or_create_identity(Difficulty(2)).unwrap();
-    let id = low.keypair.peer_id();
     let high = Difficulty(10);
+    // One key in 256 has a difficulty-2 stamp that already meets difficulty 10, which would
+    // leave nothing to remint: take a key whose cheap stamp falls short.
+    let (_tmp, dir, id) = loop {
+        let (tmp, dir) = data_dir();
+        let low = dir.load_or_create_identity(Difficulty(2)).unwrap();
+        let id = low.keypair.peer_id();
+        if low.stamp.verify(&id, high).is_err() {
+            break (tmp, dir, id);
+        }
+    };
     let strong = dir.load_identity(high).unwrap();
     assert!(strong.stamp_minted);
     strong.stamp.verify(&id, high).unwrap();
