@@ -55,12 +55,15 @@ macro_rules! ord_by_bytes32 {
     };
 }
 
+pub mod gossip;
 pub mod identity;
 pub mod kad;
 pub mod node;
 pub mod pex;
 pub mod ping;
 pub mod pow;
+pub mod pubsub;
+mod random;
 pub mod time;
 pub mod wire;
 

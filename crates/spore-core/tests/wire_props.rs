@@ -9,6 +9,7 @@ use proptest::sample::Index;
 use spore_core::identity::Keypair;
 use spore_core::ping;
 use spore_core::pow::{Difficulty, Stamp};
+use spore_core::pubsub::{self, Control, MessageId, Prune, SignedMessage};
 use spore_core::wire::{
     Capabilities, FrameDecoder, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIONS, Message,
     WIRE_VERSION, WireError, encode_frame,
@@ -103,6 +104,55 @@ fn message() -> impl Strategy<Value = Message> {
         hello().prop_map(Message::Hello),
         any::<u64>().prop_map(|nonce| Message::Ping(ping::Message::Ping { nonce })),
         any::<u64>().prop_map(|nonce| Message::Ping(ping::Message::Pong { nonce })),
+        pubsub_message().prop_map(Message::PubSub),
+    ]
+}
+
+fn topic() -> impl Strategy<Value = String> {
+    "[a-z0-9/._-]{1,24}"
+}
+
+fn pubsub_message() -> impl Strategy<Value = pubsub::Message> {
+    let ids = || prop::collection::vec(any::<[u8; 20]>().prop_map(MessageId), 0..6);
+    let control = (
+        prop::collection::vec((topic(), ids()), 0..3),
+        ids(),
+        prop::collection::vec(topic(), 0..3),
+        prop::collection::vec((topic(), any::<u32>()), 0..3),
+        ids(),
+    )
+        .prop_map(|(ihave, iwant, graft, prune, idontwant)| Control {
+            ihave,
+            iwant,
+            graft,
+            prune: prune
+                .into_iter()
+                .map(|(topic, backoff)| Prune {
+                    topic,
+                    backoff,
+                    px: Vec::new(),
+                })
+                .collect(),
+            idontwant,
+        });
+    prop_oneof![
+        prop::collection::vec((topic(), any::<bool>()), 0..4).prop_map(|topics| {
+            pubsub::Message::Subscribe {
+                topics,
+                record: None,
+            }
+        }),
+        (
+            topic(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(topic, seq, data)| {
+                let key = Keypair::from_secret_bytes([3; 32]);
+                let m = SignedMessage::new(&key, Stamp { nonce: 1 }, topic, seq, data.into());
+                pubsub::Message::Publish(m)
+            }),
+        control.prop_map(pubsub::Message::Control),
     ]
 }
 

@@ -205,6 +205,67 @@ pub struct PeerRecord {
     signature: Signature,
 }
 
+/// This node's own [`PeerRecord`], signed when first asked for and signed again (next `seq`, new
+/// expiry) once a quarter of its lifetime has passed or its addresses changed, so that what peers
+/// pass on stays valid for a while. With no addresses there is no record.
+#[derive(Debug)]
+pub struct OwnRecord {
+    keypair: Keypair,
+    stamp: Stamp,
+    addrs: Vec<SocketAddr>,
+    ttl: Duration,
+    seq: u64,
+    signed: Option<(PeerRecord, Instant)>,
+}
+
+impl OwnRecord {
+    /// The record of `keypair`'s peer, valid for `ttl` after each signing.
+    pub fn new(keypair: Keypair, stamp: Stamp, ttl: Duration) -> Self {
+        Self {
+            keypair,
+            stamp,
+            addrs: Vec::new(),
+            ttl: ttl.max(Duration::from_secs(4)),
+            seq: 0,
+            signed: None,
+        }
+    }
+
+    /// Sets the announced addresses (the first [`MAX_RECORD_ADDRS`]); the next
+    /// [`get`](Self::get) signs a new version if they changed.
+    pub fn set_addrs(&mut self, mut addrs: Vec<SocketAddr>) {
+        addrs.truncate(MAX_RECORD_ADDRS);
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.signed = None;
+        }
+    }
+
+    /// The current record, signed afresh if needed; `None` without addresses.
+    pub fn get(&mut self, now: Instant) -> Option<PeerRecord> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let fresh = self
+            .signed
+            .as_ref()
+            .is_some_and(|(_, at)| now < *at + self.ttl / 4);
+        if !fresh {
+            self.seq = self.seq.saturating_add(1).max(now.as_secs());
+            let record = PeerRecord::new(
+                &self.keypair,
+                self.stamp,
+                self.addrs.clone(),
+                Vec::new(),
+                self.seq,
+                (now + self.ttl).as_secs(),
+            );
+            self.signed = Some((record, now));
+        }
+        self.signed.as_ref().map(|(r, _)| r.clone())
+    }
+}
+
 impl PeerRecord {
     /// Builds and signs the record of `keypair`'s peer. `stamp` is its proof of work, `addrs`
     /// where to dial it (at most [`MAX_RECORD_ADDRS`]), `relays` nodes through which it can be

@@ -39,12 +39,15 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+use crate::gossip::{self, Gossip, SearchError, ShareError};
 use crate::identity::{Keypair, PeerId};
+use crate::kad::record::OwnRecord;
 use crate::kad::store::{MemoryStore, RecordStore};
 use crate::kad::{self, Kad, KadError, Key, QueryId};
 use crate::pex::{self, Pex};
 use crate::ping::{self, Ping, PingError};
 use crate::pow::{Difficulty, Stamp};
+use crate::pubsub::{self, PubSub, PubSubError, Published};
 use crate::time::Instant;
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
@@ -96,6 +99,10 @@ pub struct Config {
     pub pex: pex::Config,
     /// Kept peers (dialed while the node is short of peers).
     pub keep: keep::Config,
+    /// Overlay membership and keyword search settings.
+    pub gossip: gossip::Config,
+    /// Pub/sub settings.
+    pub pubsub: pubsub::Config,
 }
 
 impl Default for Config {
@@ -118,6 +125,8 @@ impl Default for Config {
             kad: kad::Config::default(),
             pex: pex::Config::default(),
             keep: keep::Config::default(),
+            gossip: gossip::Config::default(),
+            pubsub: pubsub::Config::default(),
         }
     }
 }
@@ -194,6 +203,11 @@ pub enum Event {
     Kad(kad::Event),
     /// Peer records learned by peer exchange.
     Pex(pex::Event),
+    /// Overlay membership changes and search results.
+    /// Overlay membership changes and search results.
+    Gossip(gossip::Event),
+    /// A pub/sub message.
+    PubSub(pubsub::Event),
 }
 
 impl From<kad::Event> for Event {
@@ -205,6 +219,18 @@ impl From<kad::Event> for Event {
 impl From<pex::Event> for Event {
     fn from(e: pex::Event) -> Self {
         Event::Pex(e)
+    }
+}
+
+impl From<gossip::Event> for Event {
+    fn from(e: gossip::Event) -> Self {
+        Event::Gossip(e)
+    }
+}
+
+impl From<pubsub::Event> for Event {
+    fn from(e: pubsub::Event) -> Self {
+        Event::PubSub(e)
     }
 }
 
@@ -300,6 +326,8 @@ pub struct Node {
     ping: Ping,
     kad: Kad,
     pex: Pex,
+    gossip: Gossip,
+    pubsub: PubSub,
     keeper: Keeper,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
@@ -362,11 +390,23 @@ impl Node {
             config.pex.clone(),
         );
         pex.set_listen_addrs(config.listen_addrs.clone());
-        let out = Outputs::new(OutputLimits {
-            queue: config.max_queued_outputs,
-            waiting_peers: config.max_waiting_peers,
-            waiting_messages: config.max_waiting_messages,
-        });
+        let gossip = Gossip::new(keypair.clone(), config.difficulty, config.gossip.clone());
+        let pubsub = PubSub::new(
+            keypair.clone(),
+            stamp,
+            config.difficulty,
+            config.pubsub.clone(),
+        );
+        let mut own = OwnRecord::new(keypair.clone(), stamp, config.pex.record_ttl);
+        own.set_addrs(config.listen_addrs.clone());
+        let out = Outputs::new(
+            OutputLimits {
+                queue: config.max_queued_outputs,
+                waiting_peers: config.max_waiting_peers,
+                waiting_messages: config.max_waiting_messages,
+            },
+            own,
+        );
         Ok(Self {
             keypair,
             stamp,
@@ -379,6 +419,8 @@ impl Node {
             ping,
             kad,
             pex,
+            gossip,
+            pubsub,
             keeper: Keeper::new(config.keep.clone()),
             next_prune: None,
             config,
@@ -400,6 +442,7 @@ impl Node {
         addrs.truncate(MAX_LISTEN_ADDRS);
         self.kad.set_listen_addrs(addrs.clone());
         self.pex.set_listen_addrs(addrs.clone());
+        self.out.own.set_addrs(addrs.clone());
         self.config.listen_addrs = addrs;
     }
 
@@ -543,6 +586,22 @@ impl Node {
                     out: &mut self.out,
                 };
                 self.pex.handle_message(&mut cx, from, m);
+            }
+            Message::Gossip(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.gossip.handle_message(&mut cx, from, m);
+            }
+            Message::PubSub(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.pubsub.handle_message(&mut cx, from, m);
             }
         }
     }
@@ -738,6 +797,69 @@ impl Node {
         self.with_kad(now, |kad, cx| kad.find_providers(cx, content))
     }
 
+    /// The unstructured overlay's state: active and passive views, counters.
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// Command: search the unstructured overlay for names containing every one of `words`;
+    /// hits arrive as [`Event::Gossip`] until the query's timeout.
+    pub fn search(&mut self, now: Instant, words: &[String]) -> Result<u64, SearchError> {
+        self.advance(now);
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        self.gossip.search(&mut cx, words)
+    }
+
+    /// Command: answer searches for `name` with `content` (a BLAKE3 hash) of `size` bytes.
+    pub fn share_name(
+        &mut self,
+        name: String,
+        content: [u8; 32],
+        size: u64,
+    ) -> Result<(), ShareError> {
+        self.gossip.share(name, content, size)
+    }
+
+    /// Command: stop answering searches with `content`. False if it was not shared.
+    pub fn unshare_name(&mut self, content: &[u8; 32]) -> bool {
+        self.gossip.unshare(content)
+    }
+
+    /// Pub/sub's state: subscriptions, meshes, scores, counters.
+    pub fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    /// Sets the application's check of pub/sub messages, run before a message is delivered or
+    /// forwarded.
+    pub fn set_pubsub_validator(&mut self, validator: Box<dyn pubsub::Validator>) {
+        self.pubsub.set_validator(validator);
+    }
+
+    /// Command: subscribe to `topic`; its messages arrive as [`Event::PubSub`].
+    pub fn subscribe(&mut self, now: Instant, topic: &str) -> Result<(), PubSubError> {
+        self.with_pubsub(now, |p, cx| p.subscribe(cx, topic))
+    }
+
+    /// Command: leave `topic`. False if not subscribed.
+    pub fn unsubscribe(&mut self, now: Instant, topic: &str) -> bool {
+        self.with_pubsub(now, |p, cx| p.unsubscribe(cx, topic))
+    }
+
+    /// Command: sign and publish `data` on `topic`.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        data: bytes::Bytes,
+    ) -> Result<Published, PubSubError> {
+        self.with_pubsub(now, |p, cx| p.publish(cx, topic, data))
+    }
+
     /// Output: the next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.out.transmits.pop_front()?;
@@ -864,10 +986,32 @@ impl Node {
         f(&mut self.kad, &mut cx)
     }
 
+    /// Runs a pub/sub command with a context.
+    fn with_pubsub<R>(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut PubSub, &mut Context<'_>) -> R,
+    ) -> R {
+        self.advance(now);
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        f(&mut self.pubsub, &mut cx)
+    }
+
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 4] {
-        [&self.ping, &self.kad, &self.pex, &self.keeper]
+    fn protocols(&self) -> [&dyn AnyProtocol; 6] {
+        [
+            &self.ping,
+            &self.kad,
+            &self.pex,
+            &self.gossip,
+            &self.pubsub,
+            &self.keeper,
+        ]
     }
 
     /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
@@ -880,6 +1024,8 @@ impl Node {
         f(&mut self.ping, &mut cx);
         f(&mut self.kad, &mut cx);
         f(&mut self.pex, &mut cx);
+        f(&mut self.gossip, &mut cx);
+        f(&mut self.pubsub, &mut cx);
         f(&mut self.keeper, &mut cx);
     }
 }

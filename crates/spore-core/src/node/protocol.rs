@@ -7,6 +7,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::Event;
 use crate::identity::PeerId;
+use crate::kad::record::{OwnRecord, PeerRecord};
 use crate::time::Instant;
 use crate::wire::Message;
 
@@ -100,6 +101,12 @@ impl Context<'_> {
         let _ = self.out.dial(peer, addrs, self.now);
     }
 
+    /// This node's signed peer record (where it can be reached), re-signed as it ages; `None`
+    /// while the node has no listen addresses.
+    pub fn own_record(&mut self) -> Option<PeerRecord> {
+        self.out.own.get(self.now)
+    }
+
     /// Reports an event to the node's owner.
     pub fn emit(&mut self, event: impl Into<Event>) {
         self.out.push_event(event.into());
@@ -148,6 +155,8 @@ pub(super) struct Outputs {
     pub(super) limits: OutputLimits,
     pub(super) dropped: u64,
     pub(super) unroutable: u64,
+    /// The node's own peer record, for protocols that hand it out.
+    pub(super) own: OwnRecord,
 }
 
 /// Bounds of [`Outputs`].
@@ -159,7 +168,7 @@ pub(super) struct OutputLimits {
 }
 
 impl Outputs {
-    pub(super) fn new(limits: OutputLimits) -> Self {
+    pub(super) fn new(limits: OutputLimits, own: OwnRecord) -> Self {
         Self {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -169,6 +178,7 @@ impl Outputs {
             limits,
             dropped: 0,
             unroutable: 0,
+            own,
         }
     }
 

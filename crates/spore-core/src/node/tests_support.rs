@@ -163,12 +163,60 @@ impl Harness {
     pub(crate) fn new() -> Self {
         Self {
             rng: ChaCha20Rng::from_seed([0; 32]),
-            out: Outputs::new(OutputLimits {
-                queue: 1024,
-                waiting_peers: 16,
-                waiting_messages: 16,
-            }),
+            out: Outputs::new(
+                OutputLimits {
+                    queue: 1024,
+                    waiting_peers: 16,
+                    waiting_messages: 16,
+                },
+                {
+                    let key = Keypair::from_secret_bytes([0xee; 32]);
+                    let stamp = Stamp::mint(&key.peer_id(), Difficulty(4));
+                    crate::kad::record::OwnRecord::new(key, stamp, Duration::from_secs(3600))
+                },
+            ),
         }
+    }
+
+    /// A harness whose own record (`cx.own_record()`) is `keypair`'s, at `addrs`, and whose RNG
+    /// is seeded from the key.
+    pub(crate) fn with_identity(
+        keypair: Keypair,
+        stamp: Stamp,
+        addrs: Vec<std::net::SocketAddr>,
+    ) -> Self {
+        let mut h = Self::new();
+        // A different random stream per identity, so machines in one test do not draw alike.
+        h.rng = ChaCha20Rng::from_seed(keypair.secret_bytes());
+        let mut own = crate::kad::record::OwnRecord::new(keypair, stamp, Duration::from_secs(3600));
+        own.set_addrs(addrs);
+        h.out.own = own;
+        h
+    }
+
+    /// Like [`ready`](Self::ready) with the connection's `direction`; also sends the messages
+    /// that were waiting for the peer (as the node does when a `Hello` verifies).
+    pub(crate) fn ready_with(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        direction: Direction,
+    ) -> PeerEvent {
+        let event = self.ready(peer, now);
+        self.out.flush(peer);
+        match event {
+            PeerEvent::Ready(mut info) => {
+                info.direction = direction;
+                PeerEvent::Ready(info)
+            }
+            other => other,
+        }
+    }
+
+    /// Marks `peer` gone (no longer ready) and returns the event protocols get.
+    pub(crate) fn gone(&mut self, peer: PeerId) -> PeerEvent {
+        self.out.remove_link(&peer);
+        PeerEvent::Gone { peer }
     }
 
     /// Marks `peer` ready (so `cx.send` reaches it) and returns the event protocols get.

@@ -19,7 +19,7 @@ pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIO
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kad, pex, ping};
+use crate::{gossip, kad, pex, ping, pubsub};
 
 /// The frame format version this implementation speaks.
 pub const WIRE_VERSION: u8 = 1;
@@ -44,6 +44,10 @@ pub enum Message {
     Kad(kad::Message),
     /// Peer exchange: signed peer records.
     Pex(pex::Message),
+    /// Gossip: overlay membership and keyword search.
+    Gossip(gossip::Message),
+    /// Topic publish/subscribe.
+    PubSub(pubsub::Message),
 }
 
 impl Message {
@@ -54,6 +58,8 @@ impl Message {
             Message::Ping(_) => Ok(()),
             Message::Kad(m) => m.validate(),
             Message::Pex(m) => m.validate(),
+            Message::Gossip(m) => m.validate(),
+            Message::PubSub(m) => m.validate(),
         }
     }
 
@@ -66,6 +72,8 @@ impl Message {
             Message::Kad(kad::Message::Request { .. }) => "kad-request",
             Message::Kad(kad::Message::Response { .. }) => "kad-response",
             Message::Pex(pex::Message::Records(_)) => "pex-records",
+            Message::Gossip(m) => m.kind(),
+            Message::PubSub(m) => m.kind(),
         }
     }
 }
@@ -85,6 +93,18 @@ impl From<kad::Message> for Message {
 impl From<pex::Message> for Message {
     fn from(m: pex::Message) -> Self {
         Message::Pex(m)
+    }
+}
+
+impl From<gossip::Message> for Message {
+    fn from(m: gossip::Message) -> Self {
+        Message::Gossip(m)
+    }
+}
+
+impl From<pubsub::Message> for Message {
+    fn from(m: pubsub::Message) -> Self {
+        Message::PubSub(m)
     }
 }
 
