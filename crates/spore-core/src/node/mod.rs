@@ -72,7 +72,8 @@ pub struct Config {
     pub max_peers: usize,
     /// Connection count the node prunes down to: above it, connections idle for `idle_after`
     /// are closed, the longest idle first. Lookups open connections to many peers; this is what
-    /// keeps them from piling up.
+    /// keeps them from piling up. Overlay neighbours and pub/sub mesh members are never closed
+    /// as idle: they are what keeps the overlays connected.
     pub target_peers: usize,
     /// How long a connection must carry no protocol traffic (pings and peer exchange do not
     /// count) before it may be pruned.
@@ -655,9 +656,15 @@ impl Node {
     fn longest_idle(&self, min: Duration) -> Option<PeerId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.last_active + min <= self.now)
+            .filter(|(id, p)| p.last_active + min <= self.now && !self.is_structural(id))
             .min_by_key(|(id, p)| (p.last_active, **id))
             .map(|(id, _)| *id)
+    }
+
+    /// Whether `peer` holds the overlays together (an active-view neighbour, or a pub/sub mesh
+    /// member): such connections are quiet by nature and are never closed as idle.
+    fn is_structural(&self, peer: &PeerId) -> bool {
+        self.gossip.active_view().any(|p| p == peer) || self.pubsub.in_any_mesh(peer)
     }
 
     /// Drops `peer` for being idle and asks the driver to close its connection.
@@ -683,7 +690,9 @@ impl Node {
         let mut idle: Vec<(Instant, PeerId)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.last_active + self.config.idle_after <= self.now)
+            .filter(|(id, p)| {
+                p.last_active + self.config.idle_after <= self.now && !self.is_structural(id)
+            })
             .map(|(id, p)| (p.last_active, *id))
             .collect();
         idle.sort();

@@ -706,6 +706,11 @@ impl PubSub {
         self.mesh.get(topic).into_iter().flatten()
     }
 
+    /// Whether `peer` is in the mesh of any topic.
+    pub fn in_any_mesh(&self, peer: &PeerId) -> bool {
+        self.mesh.values().any(|m| m.contains(peer))
+    }
+
     /// Ready peers that announced `topic`.
     pub fn topic_peers(&self, topic: &str) -> impl Iterator<Item = &PeerId> {
         self.topic_peers.get(topic).into_iter().flatten()
