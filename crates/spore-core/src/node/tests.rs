@@ -181,3 +181,36 @@ fn oversized_config_still_sends_a_valid_hello() {
     assert_eq!(seen.listen_addrs.len(), crate::wire::MAX_LISTEN_ADDRS);
     assert!(seen.agent.len() <= crate::wire::MAX_AGENT_LEN);
 }
+
+#[test]
+fn a_pubsub_mesh_member_is_not_closed_as_idle_to_make_room() {
+    let config = Config {
+        max_peers: 1,
+        ..test_config()
+    };
+    let mut pair = Pair::with_nodes(
+        test_node(1, config),
+        test_node(2, test_config()),
+        Duration::from_millis(5),
+    );
+    pair.handshake();
+    let now = pair.now;
+    pair.a.subscribe(now, "t").unwrap();
+    pair.b.subscribe(now, "t").unwrap();
+    pair.run_for(Duration::from_secs(2));
+    let b = pair.b.peer_id();
+    assert!(pair.a.pubsub().in_any_mesh(&b));
+    // Long after the replacement threshold, a newcomer does not displace the mesh member.
+    let later = pair.now + pair.a.config().replace_idle_after * 3;
+    let p3 = test_node(3, test_config()).peer_id();
+    inbound(&mut pair.a, p3, later);
+    let events: Vec<_> = std::iter::from_fn(|| pair.a.poll_event()).collect();
+    assert!(
+        events.contains(&Event::Close {
+            peer: p3,
+            reason: CloseReason::TooManyPeers
+        }),
+        "{events:?}"
+    );
+    assert!(pair.a.peer(&b).is_some());
+}
