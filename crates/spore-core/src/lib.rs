@@ -55,6 +55,7 @@ macro_rules! ord_by_bytes32 {
     };
 }
 
+pub mod doc;
 pub mod gossip;
 pub mod identity;
 pub mod kad;
