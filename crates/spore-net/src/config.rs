@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spore_core::PeerId;
+use spore_core::pubsub;
 
 /// Settings of a running node.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct NetConfig {
     pub mdns: Option<crate::mdns::MdnsConfig>,
     /// Most dials started at once for peers found by mDNS.
     pub mdns_max_dials: usize,
+    /// The application's check of pub/sub messages, installed in the node before it starts, so
+    /// no message escapes it. `None` accepts every message with a valid signature.
+    pub pubsub_validator: Option<PubSubValidator>,
 }
 
 impl Default for NetConfig {
@@ -48,7 +52,54 @@ impl Default for NetConfig {
             rejoin_peers: 8,
             mdns: None,
             mdns_max_dials: 8,
+            pubsub_validator: None,
         }
+    }
+}
+
+/// Makes the [`pubsub::Validator`] of each node started from a [`NetConfig`].
+///
+/// The validator runs on the node's runtime task, on every new pub/sub message whose signature
+/// verifies, before the message is delivered or forwarded; it must be quick (it holds up the
+/// node) and `Send`. A config can start several nodes, so it holds a maker rather than one
+/// validator.
+///
+/// ```
+/// use spore_core::{PeerId, pubsub::Validation};
+/// use spore_net::{NetConfig, PubSubValidator};
+///
+/// let no_empty = |_topic: &str, _author: &PeerId, data: &[u8]| {
+///     if data.is_empty() { Validation::Reject } else { Validation::Accept }
+/// };
+/// let config = NetConfig {
+///     pubsub_validator: Some(PubSubValidator::new(no_empty)),
+///     ..NetConfig::default()
+/// };
+/// ```
+#[derive(Clone)]
+pub struct PubSubValidator(Arc<dyn Fn() -> Box<dyn pubsub::Validator> + Send + Sync>);
+
+impl PubSubValidator {
+    /// Every node started from the config gets its own clone of `validator`; to share state
+    /// among them or with the application, keep it behind an `Arc` inside the validator.
+    pub fn new<V: pubsub::Validator + Clone + Sync + 'static>(validator: V) -> Self {
+        Self(Arc::new(move || Box::new(validator.clone())))
+    }
+
+    /// Calls `make` once for each node started from the config.
+    pub fn from_fn(make: impl Fn() -> Box<dyn pubsub::Validator> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    /// A validator for one node.
+    pub(crate) fn make(&self) -> Box<dyn pubsub::Validator> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PubSubValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PubSubValidator(..)")
     }
 }
 
@@ -66,6 +117,10 @@ pub struct Limits {
     /// Most incoming handshakes in progress at once.
     pub max_pending_handshakes: usize,
     /// Most queued control frames per connection before further frames to it are dropped.
+    /// Pub/sub traffic is shed first: once a queue is more than three quarters full, published
+    /// messages and gossip-only pub/sub control (IHAVE, IWANT, IDONTWANT) to that peer are
+    /// dropped, keeping the last quarter for everything else (DHT, pings, subscriptions, GRAFT
+    /// and PRUNE). Lost pub/sub frames are repaired by gossip from other peers.
     pub max_queued_frames: usize,
     /// Most unidirectional streams a peer may have open towards us at once.
     pub max_uni_streams: u32,

@@ -102,6 +102,9 @@ pub enum RequestError {
     /// Opening a stream failed.
     #[error("stream error: {0}")]
     Stream(String),
+    /// Pub/sub refused a subscription or a message.
+    #[error(transparent)]
+    PubSub(#[from] spore_core::pubsub::PubSubError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use spore_core::node::{Event, PeerInfo};
 use spore_core::pow::Stamp;
+use spore_core::pubsub::Published;
+use spore_core::wire::Message;
 use spore_core::{Keypair, Node, PeerId};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -101,6 +103,9 @@ pub async fn start(
         ),
     };
 
+    if let Some(validator) = &config.pubsub_validator {
+        node.set_pubsub_validator(validator.make());
+    }
     let (inputs, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
     let (app_tx, app_rx) = mpsc::channel(config.limits.max_pending_app_streams);
@@ -302,8 +307,11 @@ impl NodeHandle {
         &self.listen_addrs
     }
 
-    /// Events from the protocol core (peers ready and gone, pings, closes). A subscriber that
-    /// falls more than 1024 events behind loses the oldest ones.
+    /// Events from the protocol core (peers ready and gone, pings, closes), and the messages on
+    /// subscribed pub/sub topics ([`Event::PubSub`], see [`subscribe_topic`](Self::subscribe_topic)).
+    /// Each receiver holds up to 1024 events: one that falls further behind loses the oldest
+    /// and learns how many from [`broadcast::error::RecvError::Lagged`]; the node never waits
+    /// for a slow receiver.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -413,6 +421,46 @@ impl NodeHandle {
     /// Finds providers of the content with BLAKE3 hash `content`.
     pub async fn find_providers(&self, content: [u8; 32]) -> Result<KadAnswer, RequestError> {
         self.kad(KadOp::FindProviders(content)).await
+    }
+
+    /// Subscribes to a pub/sub topic (1 to 256 bytes of name, at most 64 topics): tells the
+    /// connected peers and builds the topic's mesh. The topic's messages then arrive once each
+    /// on [`subscribe`](Self::subscribe) as [`Event::PubSub`]. Subscribing twice is harmless.
+    pub async fn subscribe_topic(&self, topic: &str) -> Result<(), RequestError> {
+        let topic = topic.to_string();
+        self.request(|reply| Command::Subscribe { topic, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(RequestError::from)
+    }
+
+    /// Leaves a pub/sub topic. `false` if the node was not subscribed.
+    pub async fn unsubscribe_topic(&self, topic: &str) -> Result<bool, RequestError> {
+        let topic = topic.to_string();
+        self.request(|reply| Command::Unsubscribe { topic, reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Signs `data` with this node's key and publishes it on `topic`; the node need not be
+    /// subscribed. [`Published::peers`] says to how many peers it went directly; 0 means no
+    /// connected peer announced the topic yet, and nobody will get the message.
+    pub async fn publish(&self, topic: &str, data: Bytes) -> Result<Published, RequestError> {
+        let topic = topic.to_string();
+        self.request(|reply| Command::Publish { topic, data, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(RequestError::from)
+    }
+
+    /// For tests: sends `msg` to a connected peer as it is, bypassing the protocol core (a
+    /// forged pub/sub message, say). Subject to the send queue's limits like any frame.
+    #[doc(hidden)]
+    pub async fn send_raw(&self, peer: PeerId, msg: Message) -> Result<(), RequestError> {
+        let msg = Box::new(msg);
+        self.request(|reply| Command::SendRaw { peer, msg, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))
     }
 
     /// Closes every connection and the endpoints, then stops the runtime.

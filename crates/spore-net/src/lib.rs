@@ -3,7 +3,10 @@
 //! The runtime that drives spore-core's sans-IO [`Node`](spore_core::Node) over real sockets:
 //! QUIC endpoints (quinn), TLS 1.3 authenticated by each node's Ed25519 key, one connection per
 //! peer pair, connection limits, and the task that feeds the node its inputs and carries out its
-//! outputs.
+//! outputs. A [`NodeHandle`] is the application's side: dial, ping, DHT lookups, application
+//! streams, and pub/sub topics ([`NodeHandle::subscribe_topic`], [`NodeHandle::publish`], with
+//! messages arriving as [`Event::PubSub`](spore_core::node::Event::PubSub) on
+//! [`NodeHandle::subscribe`], checked first by a [`PubSubValidator`] if the config has one).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,6 +18,17 @@
 //! let stamp = Stamp::mint(&keypair.peer_id(), config.node.difficulty);
 //! let (node, _streams) = spore_net::start(keypair, stamp, config).await?;
 //! println!("listening on {:?} as {}", node.listen_addrs(), node.peer_id());
+//!
+//! node.subscribe_topic("news").await?;
+//! let mut events = node.subscribe();
+//! node.publish("news", bytes::Bytes::from_static(b"hello")).await?;
+//! while let Ok(event) = events.recv().await {
+//!     if let spore_core::node::Event::PubSub(spore_core::pubsub::Event::Message { data, .. }) =
+//!         event
+//!     {
+//!         println!("news: {}", String::from_utf8_lossy(&data));
+//!     }
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -27,8 +41,8 @@ pub mod mdns;
 mod runtime;
 pub mod tls;
 
-pub use config::{Limits, NetConfig, TransportParams};
+pub use config::{Limits, NetConfig, PubSubValidator, TransportParams};
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
-pub use runtime::{DhtStatus, KadAnswer, RuntimeStats, Status};
+pub use runtime::{DhtStatus, KadAnswer, PubSubStatus, RuntimeStats, Status, TopicStatus};

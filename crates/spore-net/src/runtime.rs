@@ -6,6 +6,10 @@
 //! the node's transmits and events, as spore-core's driving contract requires. Connection tasks
 //! feed the channel with `send().await`, so a busy runtime slows readers down and QUIC flow
 //! control pushes back on the peers; nothing grows without bound.
+//!
+//! Outgoing frames go to a bounded queue per connection. When a peer reads too slowly the queue
+//! fills: past three quarters full, pub/sub messages and gossip are shed first (gossip from other
+//! peers repairs them); when it is full, any frame is dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
+use spore_core::pubsub::{self, PubSubError, Published};
 use spore_core::time::Instant;
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
@@ -86,6 +91,24 @@ pub(crate) enum Command {
         op: KadOp,
         reply: oneshot::Sender<Result<KadAnswer, RequestError>>,
     },
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<(), PubSubError>>,
+    },
+    Unsubscribe {
+        topic: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Publish {
+        topic: String,
+        data: Bytes,
+        reply: oneshot::Sender<Result<Published, PubSubError>>,
+    },
+    SendRaw {
+        peer: PeerId,
+        msg: Box<Message>,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -127,6 +150,29 @@ pub struct Status {
     pub dht: DhtStatus,
     /// Counters kept by the runtime.
     pub runtime: RuntimeStats,
+    /// Pub/sub: subscriptions, meshes, counters.
+    #[serde(default)]
+    pub pubsub: PubSubStatus,
+}
+
+/// The pub/sub part of [`Status`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PubSubStatus {
+    /// The topics this node subscribes to, by name.
+    pub topics: Vec<TopicStatus>,
+    /// Counters: published, delivered, duplicates suppressed, invalid, rejected, ….
+    pub stats: pubsub::Stats,
+}
+
+/// One subscribed topic in [`PubSubStatus`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TopicStatus {
+    /// The topic's name.
+    pub topic: String,
+    /// Peers in this node's mesh for the topic: they get every message in full.
+    pub mesh_peers: usize,
+    /// Connected peers that announced the topic.
+    pub topic_peers: usize,
 }
 
 /// The DHT part of [`Status`].
@@ -155,6 +201,10 @@ pub struct RuntimeStats {
     pub wire_errors: u64,
     /// Control frames dropped because a connection's send queue was full.
     pub frames_dropped: u64,
+    /// Pub/sub frames (messages and gossip) shed because a connection's send queue was more
+    /// than three quarters full.
+    #[serde(default)]
+    pub pubsub_frames_shed: u64,
     /// Connections closed as duplicates of another connection to the same peer.
     pub duplicates_closed: u64,
     /// Incoming connections refused by a limit.
@@ -403,6 +453,24 @@ impl Runtime {
                     }
                 }
             }
+            Command::Subscribe { topic, reply } => {
+                let _ = reply.send(self.node.subscribe(now, &topic));
+            }
+            Command::Unsubscribe { topic, reply } => {
+                let _ = reply.send(self.node.unsubscribe(now, &topic));
+            }
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.node.publish(now, &topic, data));
+            }
+            Command::SendRaw { peer, msg, reply } => {
+                let result = if self.conns.contains_key(&peer) {
+                    self.transmit(peer, &msg);
+                    Ok(())
+                } else {
+                    Err(RequestError::NotConnected(peer))
+                };
+                let _ = reply.send(result);
+            }
             Command::Ping { peer, reply } => match self.node.ping(now, peer) {
                 Ok(nonce) => {
                     self.pings.insert((peer, nonce), reply);
@@ -474,6 +542,20 @@ impl Runtime {
             runtime: RuntimeStats {
                 refused,
                 ..self.stats
+            },
+            pubsub: {
+                let p = self.node.pubsub();
+                PubSubStatus {
+                    topics: p
+                        .subscriptions()
+                        .map(|topic| TopicStatus {
+                            topic: topic.to_string(),
+                            mesh_peers: p.mesh(topic).count(),
+                            topic_peers: p.topic_peers(topic).count(),
+                        })
+                        .collect(),
+                    stats: p.stats(),
+                }
             },
         }
     }
@@ -732,6 +814,14 @@ impl Runtime {
         let Some(entry) = self.conns.get_mut(&to) else {
             return;
         };
+        // Shed pub/sub load before the queue is full, so that a flood of messages to a slow
+        // peer cannot crowd out its DHT answers, pings and mesh control.
+        let reserve = self.config.limits.max_queued_frames / 4;
+        if sheddable(msg) && entry.frames.capacity() < reserve {
+            self.stats.pubsub_frames_shed += 1;
+            debug!(peer = %to, kind = msg.kind(), "send queue filling; pub/sub frame shed");
+            return;
+        }
         let frame = match conn::encode(msg) {
             Ok(f) => f,
             Err(e) => {
@@ -817,6 +907,17 @@ impl Runtime {
     }
 }
 
+/// Frames dropped first when a peer's send queue fills: published messages (gossip repairs
+/// their loss) and pub/sub control that carries only gossip. GRAFT and PRUNE change the mesh
+/// and subscriptions change who gets what, so they are kept.
+fn sheddable(msg: &Message) -> bool {
+    match msg {
+        Message::PubSub(pubsub::Message::Publish(_)) => true,
+        Message::PubSub(pubsub::Message::Control(c)) => c.graft.is_empty() && c.prune.is_empty(),
+        _ => false,
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -827,6 +928,45 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pubsub_messages_and_gossip_are_shed_first_but_mesh_control_is_not() {
+        use spore_core::pow::{Difficulty, Stamp};
+        let keypair = Keypair::generate(&mut rand_core::OsRng);
+        let stamp = Stamp::mint(&keypair.peer_id(), Difficulty(4));
+        let m = pubsub::SignedMessage::new(&keypair, stamp, "t".into(), 1, Bytes::new());
+        let control = |c: pubsub::Control| Message::PubSub(pubsub::Message::Control(c));
+        assert!(sheddable(&Message::PubSub(pubsub::Message::Publish(
+            m.clone()
+        ))));
+        let gossip = pubsub::Control {
+            ihave: vec![("t".into(), vec![m.id()])],
+            iwant: vec![m.id()],
+            idontwant: vec![m.id()],
+            ..Default::default()
+        };
+        assert!(sheddable(&control(gossip.clone())));
+        let graft = pubsub::Control {
+            graft: vec!["t".into()],
+            ..gossip.clone()
+        };
+        assert!(!sheddable(&control(graft)));
+        let prune = pubsub::Control {
+            prune: vec![pubsub::Prune {
+                topic: "t".into(),
+                backoff: 60,
+                px: Vec::new(),
+            }],
+            ..gossip
+        };
+        assert!(!sheddable(&control(prune)));
+        let subscribe = pubsub::Message::Subscribe {
+            topics: vec![("t".into(), true)],
+            record: None,
+        };
+        assert!(!sheddable(&Message::PubSub(subscribe)));
+        assert!(!sheddable(&Message::Ping(ping::Message::Ping { nonce: 1 })));
+    }
 
     #[test]
     fn per_ip_limit_counts_each_address_but_exempts_loopback() {

@@ -13,8 +13,28 @@
 //! | POST | `/v1/dht/values` | [`PutValueRequest`] | [`PutValueResponse`] |
 //! | GET | `/v1/dht/values/{publisher}/{name}` | | [`ValueView`], or 404 |
 //! | GET | `/v1/dht/peers/{peer}` | | [`PeerRecordView`], or 404 |
+//! | GET | `/v1/topics` | | `[`[`TopicView`]`]`: subscribed topics, mesh and peer counts |
+//! | PUT | `/v1/topics/{topic}` | | [`SubscriptionView`]: subscribes |
+//! | DELETE | `/v1/topics/{topic}` | | [`SubscriptionView`], or 404 if not subscribed |
+//! | POST | `/v1/topics/{topic}/messages` | [`PublishRequest`] | [`PublishResponse`] |
+//! | GET | `/v1/topics/{topic}/messages` | | server-sent events: `message` ([`MessageView`]), `lagged` |
+//!
+//! Topic names are 1 to 256 bytes, percent-encoded in the path (`/` as `%2F`). Message data is
+//! text in JSON, or base64 with `"encoding": "base64"` for binary data; a message holds at most
+//! 64 KiB. Opening the event stream subscribes the node to the topic, and closing the last one
+//! unsubscribes it unless a `PUT` holds the subscription (see [`topics`]). Errors are JSON
+//! `{"error": "..."}` with a 4xx or 5xx status.
+
+pub mod events;
+pub mod topics;
+
+pub use events::{EventStream, SseEvent};
+pub use topics::{
+    Encoding, MessageView, PublishRequest, PublishResponse, SubscriptionView, TopicView,
+};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -22,7 +42,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spore_core::PeerId;
@@ -170,6 +190,7 @@ pub fn encode_path(s: &str) -> String {
 struct ApiState {
     node: NodeHandle,
     token: String,
+    holders: Arc<topics::Holders>,
 }
 
 struct ApiError(StatusCode, String);
@@ -186,7 +207,11 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 
 /// The API's routes, with bearer-token authentication on all of them.
 pub fn router(node: NodeHandle, token: String) -> Router {
-    let state = ApiState { node, token };
+    let state = ApiState {
+        node,
+        token,
+        holders: Arc::default(),
+    };
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -195,6 +220,15 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/v1/dht/values", post(put_value))
         .route("/v1/dht/values/{publisher}/{name}", get(get_value))
         .route("/v1/dht/peers/{peer}", get(find_peer))
+        .route("/v1/topics", get(topics::list))
+        .route(
+            "/v1/topics/{topic}",
+            put(topics::subscribe).delete(topics::unsubscribe),
+        )
+        .route(
+            "/v1/topics/{topic}/messages",
+            post(topics::publish).get(topics::stream),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -384,6 +418,33 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// `PUT path` with no body, decoded from JSON.
+    pub async fn put<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
+        let request = self.http.put(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// `DELETE path`, decoded from JSON.
+    pub async fn delete<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// `GET path` as a stream of server-sent events, read for as long as the node sends them.
+    pub async fn events(&self, path: &str) -> Result<EventStream> {
+        // The client's overall timeout would cut the stream; only connecting is timed.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .context("cannot build HTTP client")?;
+        let request = http
+            .get(format!("{}{path}", self.base))
+            .header(header::ACCEPT, "text/event-stream");
+        let response = self.response(request).await?;
+        Ok(EventStream::new(response))
+    }
+
     /// `POST path` with a JSON body, decoded from JSON.
     pub async fn post<B: Serialize, T: for<'de> Deserialize<'de>>(
         &self,
@@ -398,6 +459,15 @@ impl ApiClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T> {
+        self.response(request)
+            .await?
+            .json()
+            .await
+            .context("node API sent an unreadable answer")
+    }
+
+    /// Sends `request` with the token; an error unless the answer is a success.
+    async fn response(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let response = request
             .bearer_auth(&self.token)
             .send()
@@ -417,9 +487,6 @@ impl ApiClient {
                 .unwrap_or("no details");
             bail!("node API answered {status}: {msg}");
         }
-        response
-            .json()
-            .await
-            .context("node API sent an unreadable answer")
+        Ok(response)
     }
 }

@@ -65,6 +65,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a message on a topic (asks the running node).
+    ///
+    /// The node signs the message with its key and sends it to its peers subscribed to TOPIC,
+    /// which pass it on through the topic's mesh. Prints the message's id and to how many peers
+    /// it went directly; fails if no connected peer subscribes to TOPIC (then nobody got it).
+    #[command(name = "pub")]
+    Pub(PubArgs),
+    /// Print the messages published on a topic as they arrive (asks the running node).
+    ///
+    /// The node subscribes to TOPIC while this command runs (and stays subscribed if something
+    /// else subscribed it too). One line per message: `AUTHOR SEQ: TEXT`, with AUTHOR shortened
+    /// and binary data shown as base64, or one JSON object per line with --json. Stops after
+    /// --count messages, or on Ctrl-C.
+    Sub(SubArgs),
     /// Connect to a peer and measure round-trip times, like ping(8).
     ///
     /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
@@ -106,6 +120,36 @@ pub struct SimArgs {
     /// No progress bar
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// Arguments of `spore pub`.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    /// The topic: 1 to 256 bytes, any characters
+    pub topic: String,
+
+    /// The message, up to 64 KiB; `-` reads it from standard input (binary data too)
+    pub message: String,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `spore sub`.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    /// The topic: 1 to 256 bytes, any characters
+    pub topic: String,
+
+    /// Print one JSON object per message and line: id, topic, author, seq, data, encoding
+    /// (`utf8` or `base64`), from
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit after this many messages [default: run until Ctrl-C]
+    #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 /// `spore dht` subcommands.

@@ -11,7 +11,7 @@ use spore_net::{Limits, NetConfig};
 use spore_store::DataDir;
 
 use crate::api::{self, ApiClient, PeerView};
-use crate::cli::{NodeArgs, PingArgs};
+use crate::cli::{NodeArgs, PingArgs, PubArgs, SubArgs};
 use crate::settings::{self, FileConfig, PeerAddr};
 
 /// The port `spore node` listens on unless told otherwise.
@@ -271,9 +271,41 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         "records      {} values, {} provider records, {} peer records",
         dht.records.values, dht.records.providers, dht.records.peers
     );
+    let ps = &s.pubsub;
+    let topics: Vec<String> = ps
+        .topics
+        .iter()
+        .map(|t| {
+            format!(
+                "{} (mesh {}, {} peers)",
+                t.topic, t.mesh_peers, t.topic_peers
+            )
+        })
+        .collect();
     println!(
-        "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} refused",
-        s.runtime.wire_errors, s.core.violations, s.runtime.frames_dropped, s.runtime.refused
+        "pubsub       {} topics{}{}",
+        topics.len(),
+        if topics.is_empty() { "" } else { ": " },
+        topics.join(", ")
+    );
+    println!(
+        "messages     {} published, {} delivered, {} forwarded, {} duplicates suppressed, \
+         {} invalid, {} rejected",
+        ps.stats.published,
+        ps.stats.delivered,
+        ps.stats.forwarded,
+        ps.stats.duplicates,
+        ps.stats.invalid,
+        ps.stats.rejected
+    );
+    println!(
+        "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} pub/sub \
+         frames shed, {} refused",
+        s.runtime.wire_errors,
+        s.core.violations,
+        s.runtime.frames_dropped,
+        s.runtime.pubsub_frames_shed,
+        s.runtime.refused
     );
     Ok(())
 }
@@ -447,4 +479,114 @@ pub async fn find_peer(
         }
     }
     Ok(())
+}
+
+/// `spore pub`
+pub async fn publish(data_dir: Option<PathBuf>, args: PubArgs) -> Result<()> {
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let data = if args.message == "-" {
+        read_stdin(spore_core::pubsub::MAX_DATA_LEN).await?
+    } else {
+        args.message.into_bytes()
+    };
+    let (data, encoding) = api::Encoding::encode(&data);
+    let path = format!("/v1/topics/{}/messages", api::encode_path(&args.topic));
+    let body = api::PublishRequest { data, encoding };
+    let answer: api::PublishResponse = client.post(&path, &body).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        let peers = if answer.peers == 1 { "peer" } else { "peers" };
+        println!(
+            "published {} on {} to {} {peers}",
+            answer.id, answer.topic, answer.peers
+        );
+    }
+    if answer.peers == 0 {
+        bail!(
+            "no connected peer subscribes to {:?} yet, so nobody got the message",
+            answer.topic
+        );
+    }
+    Ok(())
+}
+
+/// All of standard input, refusing more than `max` bytes.
+async fn read_stdin(max: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .take(max as u64 + 1)
+            .read_to_end(&mut data)
+            .map(|_| data)
+    });
+    let data = read
+        .await?
+        .context("cannot read the message from standard input")?;
+    if data.len() > max {
+        bail!("the message on standard input is longer than {max} bytes");
+    }
+    Ok(data)
+}
+
+/// `spore sub`
+pub async fn subscribe(data_dir: Option<PathBuf>, args: SubArgs) -> Result<()> {
+    use std::io::Write;
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let path = format!("/v1/topics/{}/messages", api::encode_path(&args.topic));
+    let mut stream = client.events(&path).await?;
+    if !args.json {
+        eprintln!(
+            "subscribed to {:?}; waiting for messages (Ctrl-C to stop)",
+            args.topic
+        );
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut received = 0u64;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event?,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let Some(event) = event else {
+            bail!("the node ended the stream (has it stopped?)");
+        };
+        match event.event.as_str() {
+            "message" => {
+                let m: api::MessageView = serde_json::from_str(&event.data)
+                    .context("the node sent a message this command cannot read")?;
+                let line = if args.json {
+                    serde_json::to_string(&m)?
+                } else {
+                    message_line(&m)
+                };
+                // A closed pipe (`spore sub … | head -1`) ends the command quietly.
+                if writeln!(std::io::stdout(), "{line}").is_err() {
+                    return Ok(());
+                }
+                received += 1;
+                if args.count.is_some_and(|n| received >= n) {
+                    return Ok(());
+                }
+            }
+            "lagged" => eprintln!(
+                "warning: this command fell behind the node and may have missed messages ({})",
+                event.data
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// `AUTHOR SEQ: TEXT`, binary data as `[base64] …`.
+fn message_line(m: &api::MessageView) -> String {
+    let text = match m.encoding {
+        api::Encoding::Utf8 => m.data.strip_suffix('\n').unwrap_or(&m.data).to_string(),
+        api::Encoding::Base64 => format!("[base64] {}", m.data),
+    };
+    format!("{} {}: {text}", m.author.short(), m.seq)
 }

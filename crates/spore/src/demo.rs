@@ -1,16 +1,22 @@
 //! `spore demo`: a small network of real nodes on 127.0.0.1, in one process.
 //!
 //! Every step really runs over QUIC on the loopback interface: the nodes mint their ids' proof of
-//! work, join through a bootstrap node, verify each other's keys, exchange pings, and shrug off a
-//! dial to the wrong identity and a burst of garbage datagrams. Nothing leaves the machine.
+//! work, join through a bootstrap node, verify each other's keys, exchange pings, share a value
+//! through the DHT, publish on a pub/sub topic, and shrug off a dial to the wrong identity and a
+//! burst of garbage datagrams. Nothing leaves the machine.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use spore_core::Keypair;
+use spore_core::node::Event;
 use spore_core::pow::{Difficulty, Stamp};
+use spore_core::pubsub::{self, MessageId};
 use spore_net::{DialError, NetConfig, NodeHandle};
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 
 use crate::cli::DemoArgs;
 
@@ -27,7 +33,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("spore demo: {n} nodes on 127.0.0.1 — nothing leaves this machine\n");
 
     println!(
-        "[1/5] starting {n} nodes (each id carries a {}-bit proof of work)",
+        "[1/6] starting {n} nodes (each id carries a {}-bit proof of work)",
         difficulty.0
     );
     let mut nodes = Vec::with_capacity(n);
@@ -39,7 +45,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     println!(
-        "\n[2/5] nodes 1..{} join through node 0, then each dials its ring neighbour",
+        "\n[2/6] nodes 1..{} join through node 0, then each dials its ring neighbour",
         n - 1
     );
     let boot = (nodes[0].handle.peer_id(), nodes[0].addr);
@@ -83,7 +89,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     println!(
-        "\n[3/5] every node pings each of its peers {} times",
+        "\n[3/6] every node pings each of its peers {} times",
         args.pings
     );
     let mut rtts = Vec::new();
@@ -111,10 +117,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
 
-    println!("\n[4/5] the DHT: signed values and peer records, found by key");
+    println!("\n[4/6] the DHT: signed values and peer records, found by key");
     let dht = dht_tour(&nodes).await?;
 
-    println!("\n[5/5] what a hostile network cannot do");
+    println!("\n[5/6] pub/sub: every node subscribes to a topic; two of them publish");
+    let ps = pubsub_tour(&nodes).await?;
+
+    println!("\n[6/6] what a hostile network cannot do");
     // A newcomer, connected to nobody yet, is told node 1 is at node 2's address.
     let (visitor, _streams) = start_node(difficulty).await?;
     match visitor.dial(nodes[1].handle.peer_id(), nodes[2].addr).await {
@@ -156,6 +165,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!(
         "      dht lookups      {} hops, {} requests (get_value)",
         dht.hops, dht.requests
+    );
+    println!(
+        "      pub/sub          {} messages, {}/{} deliveries, each exactly once; {} duplicate \
+         copies suppressed",
+        ps.messages, ps.delivered, ps.expected, ps.duplicates
     );
     println!(
         "      node 0 counters  {} wire errors, {} violations (the garbage never got past QUIC)",
@@ -250,6 +264,139 @@ async fn dht_tour(nodes: &[DemoNode]) -> Result<DhtFigures> {
         hops: stats.hops,
         requests: stats.requests,
     })
+}
+
+struct PubSubFigures {
+    messages: usize,
+    expected: usize,
+    delivered: usize,
+    duplicates: u64,
+}
+
+/// Subscribes every node to a topic, publishes three messages from each of two nodes, and checks
+/// that every other node got each exactly once.
+async fn pubsub_tour(nodes: &[DemoNode]) -> Result<PubSubFigures> {
+    const TOPIC: &str = "demo/chat";
+    for node in nodes {
+        node.handle.subscribe_topic(TOPIC).await?;
+    }
+    // Wait until every node knows which of its peers subscribed, and has a mesh to send along.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut meshes = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let status = node.handle.status().await?;
+            let (mesh, peers) = status
+                .pubsub
+                .topics
+                .iter()
+                .find(|t| t.topic == TOPIC)
+                .map_or((0, 0), |t| (t.mesh_peers, t.topic_peers));
+            if peers >= 1 && peers >= status.ready_peers && mesh >= peers.min(4) {
+                meshes.push(mesh);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} has not formed its mesh for {TOPIC}: {mesh} of {peers} peers");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "      every node subscribed to {TOPIC:?}; each sends messages on to a mesh of {} to {} \
+         peers",
+        meshes.iter().min().copied().unwrap_or(0),
+        meshes.iter().max().copied().unwrap_or(0)
+    );
+
+    let receivers: Vec<_> = nodes.iter().map(|n| n.handle.subscribe()).collect();
+    let authors = [1, nodes.len() - 1];
+    let mut published: Vec<(MessageId, usize)> = Vec::new();
+    for k in 1..=3 {
+        for &author in &authors {
+            let text = format!("hello #{k} from node {author}");
+            let p = nodes[author]
+                .handle
+                .publish(TOPIC, bytes::Bytes::from(text.clone()))
+                .await?;
+            if k == 1 {
+                println!(
+                    "      node {author} signs and publishes {text:?}: sent directly to {} peers",
+                    p.peers
+                );
+            }
+            published.push((p.id, author));
+        }
+    }
+    let mut tasks = JoinSet::new();
+    for (i, events) in receivers.into_iter().enumerate() {
+        let expected: BTreeSet<MessageId> = published
+            .iter()
+            .filter(|(_, author)| *author != i)
+            .map(|(id, _)| *id)
+            .collect();
+        tasks.spawn(async move { (i, expected.clone(), deliveries(events, expected).await) });
+    }
+    let (mut expected_total, mut delivered, mut twice) = (0, 0, 0);
+    let mut missing = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, expected, counts) = done?;
+        expected_total += expected.len();
+        delivered += counts.values().filter(|n| **n >= 1).count();
+        twice += counts.values().filter(|n| **n > 1).count();
+        let lost = expected
+            .iter()
+            .filter(|id| !counts.contains_key(id))
+            .count();
+        if lost > 0 {
+            missing.push(format!("node {i} missed {lost}"));
+        }
+    }
+    let mut duplicates = 0;
+    for node in nodes {
+        duplicates += node.handle.status().await?.pubsub.stats.duplicates;
+    }
+    println!(
+        "      {} messages: {delivered}/{expected_total} deliveries, {twice} delivered twice; \
+         the nodes dropped {duplicates} duplicate copies that reached them by other paths",
+        published.len()
+    );
+    if !missing.is_empty() {
+        bail!("not every message arrived: {}", missing.join(", "));
+    }
+    if twice > 0 {
+        bail!("{twice} messages were delivered more than once");
+    }
+    Ok(PubSubFigures {
+        messages: published.len(),
+        expected: expected_total,
+        delivered,
+        duplicates,
+    })
+}
+
+/// Counts the messages delivered on `events` until all of `expected` have arrived (and a moment
+/// longer, so a duplicate would show) or 10 s have passed.
+async fn deliveries(
+    mut events: broadcast::Receiver<Event>,
+    expected: BTreeSet<MessageId>,
+) -> BTreeMap<MessageId, usize> {
+    let mut counts: BTreeMap<MessageId, usize> = BTreeMap::new();
+    let mut until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut complete = false;
+    loop {
+        if !complete && expected.iter().all(|id| counts.contains_key(id)) {
+            complete = true;
+            until = tokio::time::Instant::now() + Duration::from_millis(300);
+        }
+        match tokio::time::timeout_at(until, events.recv()).await {
+            Ok(Ok(Event::PubSub(pubsub::Event::Message { id, .. }))) => {
+                *counts.entry(id).or_default() += 1;
+            }
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return counts,
+        }
+    }
 }
 
 async fn start_node(difficulty: Difficulty) -> Result<(NodeHandle, spore_net::AppStreams)> {

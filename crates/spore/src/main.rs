@@ -48,6 +48,8 @@ fn main() -> std::process::ExitCode {
                 DhtCommand::Get { key, json } => commands::dht_get(cli.data_dir, key, json).await,
             },
             Command::FindPeer { peer, json } => commands::find_peer(cli.data_dir, peer, json).await,
+            Command::Pub(args) => commands::publish(cli.data_dir, args).await,
+            Command::Sub(args) => commands::subscribe(cli.data_dir, args).await,
             Command::Demo(args) => spore::demo::run(args).await,
             Command::Sim(args) => spore::sim::run(args),
         }

@@ -1,5 +1,6 @@
 //! The `spore` binary as a user runs it: two `spore node` processes on 127.0.0.1, queried with
-//! `spore peers --json` and `spore status --json`, plus the CLI's error paths.
+//! `spore peers --json` and `spore status --json`, talking through `spore pub` and `spore sub`,
+//! plus the CLI's error paths.
 
 #![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
 
@@ -211,6 +212,148 @@ fn two_node_processes_list_each_other() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
+/// Starts node a, and node b joined through it; returns a's id.
+fn two_joined_nodes(a_dir: &Path, b_dir: &Path) -> (String, NodeProcess, NodeProcess) {
+    let a_id = stdout(&spore(a_dir, &["id"])).trim().to_string();
+    let a = start_node(a_dir, &[]);
+    let a_status = wait_json(a_dir, &["status", "--json"], "node a's API", |_| true);
+    let bootstrap = format!("{a_id}@{}", listen_addr(&a_status));
+    let b = start_node(b_dir, &["--bootstrap", &bootstrap]);
+    wait_json(b_dir, &["status", "--json"], "b connects to a", |v| {
+        v["ready_peers"] == 1
+    });
+    (a_id, a, b)
+}
+
+/// Runs `spore sub` on `sub_dir` and `spore pub` on `pub_dir` (again every second, until the
+/// subscriber has its message: a publish can race the subscription's announcement); returns the
+/// subscriber's output and the ids `spore pub --json` reported.
+fn pub_until_received(
+    sub_dir: &Path,
+    sub_args: &[&str],
+    pub_dir: &Path,
+    pub_args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (Output, Vec<String>) {
+    let sub = Command::new(SPORE)
+        .arg("--data-dir")
+        .arg(sub_dir)
+        .args(sub_args)
+        .env_remove("SPORE_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start spore sub");
+    let mut sub = NodeProcess(sub);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ids = Vec::new();
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut publisher = Command::new(SPORE)
+            .arg("--data-dir")
+            .arg(pub_dir)
+            .args(pub_args)
+            .arg("--json")
+            .env_remove("SPORE_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run spore pub");
+        {
+            use std::io::Write;
+            let mut input = publisher.stdin.take().unwrap();
+            input.write_all(stdin.unwrap_or_default()).unwrap();
+        }
+        let out = publisher.wait_with_output().unwrap();
+        last = stderr(&out);
+        if let Ok(answer) = serde_json::from_slice::<Value>(&out.stdout) {
+            ids.push(answer["id"].as_str().unwrap().to_string());
+        }
+        let wait = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < wait {
+            if let Some(status) = sub.0.try_wait().unwrap() {
+                use std::io::Read;
+                let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+                sub.0
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_end(&mut stdout)
+                    .unwrap();
+                sub.0
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_end(&mut stderr)
+                    .unwrap();
+                let out = Output {
+                    status,
+                    stdout,
+                    stderr,
+                };
+                return (out, ids);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("the subscriber got nothing in time; last `spore pub` said: {last}");
+}
+
+#[test]
+fn pub_on_one_node_reaches_sub_on_the_other() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_id, _a, _b) = two_joined_nodes(a_dir.path(), b_dir.path());
+
+    let (out, ids) = pub_until_received(
+        b_dir.path(),
+        &["sub", "news/today", "--count", "1", "--json"],
+        a_dir.path(),
+        &["pub", "news/today", "hello from a"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let m: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(m["topic"], "news/today");
+    assert_eq!(m["data"], "hello from a");
+    assert_eq!(m["encoding"], "utf8");
+    assert_eq!(m["author"], a_id.as_str());
+    assert_eq!(m["from"], a_id.as_str());
+    assert!(m["seq"].is_u64());
+    assert!(
+        ids.contains(&m["id"].as_str().unwrap().to_string()),
+        "{m} not in {ids:?}"
+    );
+
+    // Text lines, and a message read from standard input.
+    let (out, _) = pub_until_received(
+        b_dir.path(),
+        &["sub", "news/today", "-n", "1"],
+        a_dir.path(),
+        &["pub", "news/today", "-"],
+        Some(b"piped in\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let short = &a_id[..10];
+    assert!(
+        line.starts_with(&format!("{short} ")) && line.ends_with(": piped in\n"),
+        "{line:?}"
+    );
+
+    // Publishing where nobody listens fails, saying so.
+    let lonely = spore(a_dir.path(), &["pub", "nobody-here", "hello?"]);
+    assert!(!lonely.status.success());
+    assert!(
+        stderr(&lonely).contains("nobody got"),
+        "{}",
+        stderr(&lonely)
+    );
+}
+
 #[test]
 fn world_readable_key_is_refused_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;
@@ -229,6 +372,11 @@ fn clear_errors_for_bad_input() {
     let out = spore(dir.path(), &["peers"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("spore node"), "{}", stderr(&out));
+    for args in [&["pub", "t", "m"][..], &["sub", "t"][..]] {
+        let out = spore(dir.path(), args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("spore node"), "{}", stderr(&out));
+    }
 
     let out = spore(dir.path(), &["ping", "not-a-peer"]);
     assert!(!out.status.success());
@@ -257,6 +405,8 @@ fn demo_runs_and_reports() {
         "refused during the",
         "still answers pings",
         "reads it: \"hello from node 1\"",
+        "6 messages: 18/18 deliveries, 0 delivered twice",
+        "each exactly once",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
