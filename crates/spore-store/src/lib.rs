@@ -1,8 +1,9 @@
 //! # spore-store
 //!
-//! A spore node's persistent state: its data directory. This first version holds the node's
-//! identity and the files that let local clients reach its HTTP API; records (blobs, DHT
-//! records, documents, the peer book) come later, on redb.
+//! A spore node's persistent state: its data directory. It holds the node's identity, the files
+//! that let local clients reach its HTTP API, DHT records and the peer book ([`records`], on
+//! redb), and content-addressed blobs ([`blobs`]: BLAKE3-verified data with bao-tree outboards,
+//! collections, pins and GC). Documents come later.
 //!
 //! ## Layout
 //!
@@ -43,6 +44,7 @@
 //! ```
 
 mod api;
+pub mod blobs;
 mod error;
 mod fsutil;
 mod identity;
@@ -117,6 +119,11 @@ impl DataDir {
     /// Path of the HTTP API address file.
     pub fn api_addr_path(&self) -> PathBuf {
         self.path.join(API_ADDR_FILE)
+    }
+
+    /// Path of the [blob store](blobs) directory, `blobs/`.
+    pub fn blobs_path(&self) -> PathBuf {
+        self.path.join(blobs::BLOBS_DIR)
     }
 }
 
