@@ -105,6 +105,12 @@ pub enum RequestError {
     /// Pub/sub refused a subscription or a message.
     #[error(transparent)]
     PubSub(#[from] spore_core::pubsub::PubSubError),
+    /// The overlay could not start a search (no neighbors, gossip disabled, bad words).
+    #[error(transparent)]
+    Search(#[from] spore_core::gossip::SearchError),
+    /// A name could not be shared (empty, too long, control characters, index full).
+    #[error(transparent)]
+    Share(#[from] spore_core::gossip::ShareError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,

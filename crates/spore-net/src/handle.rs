@@ -18,6 +18,7 @@ use crate::error::{DialError, RequestError, StartError};
 use crate::runtime::{
     Clock, Command, ConnTable, Input, KadAnswer, KadOp, Runtime, Status, canonical,
 };
+use crate::search::{SearchHit, SearchStream};
 use bytes::Bytes;
 use spore_core::kad::Key;
 use spore_store::records::RedbStore;
@@ -307,8 +308,9 @@ impl NodeHandle {
         &self.listen_addrs
     }
 
-    /// Events from the protocol core (peers ready and gone, pings, closes), and the messages on
-    /// subscribed pub/sub topics ([`Event::PubSub`], see [`subscribe_topic`](Self::subscribe_topic)).
+    /// Events from the protocol core (peers ready and gone, pings, closes, overlay neighbors and
+    /// search hits), and the messages on subscribed pub/sub topics ([`Event::PubSub`], see
+    /// [`subscribe_topic`](Self::subscribe_topic)).
     /// Each receiver holds up to 1024 events: one that falls further behind loses the oldest
     /// and learns how many from [`broadcast::error::RecvError::Lagged`]; the node never waits
     /// for a slow receiver.
@@ -451,6 +453,62 @@ impl NodeHandle {
             .await
             .ok_or(RequestError::Shutdown)?
             .map_err(RequestError::from)
+    }
+
+    /// Shares `name` in this node's search index: searches that reach this node through the
+    /// overlay and whose every word occurs in `name` (case-insensitive) are answered with it,
+    /// `content` (the BLAKE3 hash of the content) and `size` (in bytes). One name per content:
+    /// sharing a content again renames it. Names are 1 to 256 bytes, without control characters;
+    /// the index holds at most `gossip::Config::max_shared` names. Only the name is announced,
+    /// and only to searchers: serving the content is up to the application.
+    pub async fn share_name(
+        &self,
+        name: &str,
+        content: [u8; 32],
+        size: u64,
+    ) -> Result<(), RequestError> {
+        let name = name.to_string();
+        self.request(|reply| Command::Share {
+            name,
+            content,
+            size,
+            reply,
+        })
+        .await
+        .ok_or(RequestError::Shutdown)?
+        .map_err(RequestError::from)
+    }
+
+    /// Removes the name shared for `content` from the search index. `false` if there was none.
+    pub async fn unshare_name(&self, content: [u8; 32]) -> Result<bool, RequestError> {
+        self.request(|reply| Command::Unshare { content, reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Searches the overlay for names containing every one of `words` (case-insensitive; 1 to 8
+    /// words of at most 64 bytes) and returns the hits as they arrive, one responder at a time.
+    /// Fails at once if the node has no overlay neighbor yet ([`SearchError::NoPeers`]) or gossip
+    /// is disabled. See [`SearchStream`] for when the stream ends.
+    ///
+    /// [`SearchError::NoPeers`]: spore_core::gossip::SearchError::NoPeers
+    pub async fn search_stream(&self, words: Vec<String>) -> Result<SearchStream, RequestError> {
+        self.request(|reply| Command::Search { words, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(RequestError::from)
+    }
+
+    /// Searches the overlay like [`search_stream`](Self::search_stream) and collects the hits
+    /// until `timeout` has passed or the search is over (the node's search timeout, 10 s by
+    /// default), whichever comes first; at most `gossip::Config::max_hits_per_query` hits. An
+    /// empty list means nobody answered in time: it is not an error.
+    pub async fn search(
+        &self,
+        words: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<SearchHit>, RequestError> {
+        Ok(self.search_stream(words).await?.collect(timeout).await)
     }
 
     /// For tests: sends `msg` to a connected peer as it is, bypassing the protocol core (a

@@ -6,12 +6,15 @@
 //! outputs. A [`NodeHandle`] is the application's side: dial, ping, DHT lookups, application
 //! streams, and pub/sub topics ([`NodeHandle::subscribe_topic`], [`NodeHandle::publish`], with
 //! messages arriving as [`Event::PubSub`](spore_core::node::Event::PubSub) on
-//! [`NodeHandle::subscribe`], checked first by a [`PubSubValidator`] if the config has one).
+//! [`NodeHandle::subscribe`], checked first by a [`PubSubValidator`] if the config has one),
+//! and keyword search over the gossip overlay ([`NodeHandle::share_name`] feeds this node's
+//! index, [`NodeHandle::search`] asks the others; [`Status::overlay`] shows the neighbors).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use spore_core::{Keypair, pow::Stamp};
 //! use spore_net::NetConfig;
+//! use std::time::Duration;
 //!
 //! let keypair = Keypair::generate(&mut rand_core::OsRng);
 //! let config = NetConfig { listen: vec!["127.0.0.1:0".parse()?], ..NetConfig::default() };
@@ -27,7 +30,13 @@
 //!         event
 //!     {
 //!         println!("news: {}", String::from_utf8_lossy(&data));
+//!         break;
 //!     }
+//! }
+//!
+//! node.share_name("holiday-photos.tar", [7; 32], 1 << 20).await?;
+//! for hit in node.search(vec!["photos".into()], Duration::from_secs(5)).await? {
+//!     println!("{} ({} bytes) at {} {:?}", hit.name, hit.size, hit.responder, hit.addrs);
 //! }
 //! # Ok(()) }
 //! ```
@@ -39,10 +48,14 @@ mod error;
 mod handle;
 pub mod mdns;
 mod runtime;
+mod search;
 pub mod tls;
 
 pub use config::{Limits, NetConfig, PubSubValidator, TransportParams};
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
-pub use runtime::{DhtStatus, KadAnswer, PubSubStatus, RuntimeStats, Status, TopicStatus};
+pub use runtime::{
+    DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, TopicStatus,
+};
+pub use search::{SearchHit, SearchStream};

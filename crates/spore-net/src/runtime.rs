@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use spore_core::gossip::{self, SearchError, ShareError};
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
 use spore_core::pubsub::{self, PubSubError, Published};
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Limits, NetConfig};
 use crate::conn::{self, close_code};
 use crate::error::{DialError, RequestError};
+use crate::search::{SearchStream, Searches};
 
 /// Everything the runtime reacts to.
 pub(crate) enum Input {
@@ -104,6 +106,20 @@ pub(crate) enum Command {
         data: Bytes,
         reply: oneshot::Sender<Result<Published, PubSubError>>,
     },
+    Share {
+        name: String,
+        content: [u8; 32],
+        size: u64,
+        reply: oneshot::Sender<Result<(), ShareError>>,
+    },
+    Unshare {
+        content: [u8; 32],
+        reply: oneshot::Sender<bool>,
+    },
+    Search {
+        words: Vec<String>,
+        reply: oneshot::Sender<Result<SearchStream, SearchError>>,
+    },
     SendRaw {
         peer: PeerId,
         msg: Box<Message>,
@@ -153,6 +169,24 @@ pub struct Status {
     /// Pub/sub: subscriptions, meshes, counters.
     #[serde(default)]
     pub pubsub: PubSubStatus,
+    /// The gossip overlay: neighbors, passive view, counters.
+    #[serde(default)]
+    pub overlay: OverlayStatus,
+}
+
+/// The gossip overlay's part of [`Status`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct OverlayStatus {
+    /// Whether the overlay runs (`gossip::Config::enabled`); when not, the views stay empty and
+    /// searches fail.
+    pub enabled: bool,
+    /// The active view: the neighbors queries travel over, in id order. Symmetric: each of them
+    /// has this node in its own active view.
+    pub active: Vec<PeerId>,
+    /// Records in the passive view: candidates to replace neighbors that fail.
+    pub passive: usize,
+    /// Counters: joins, neighbor requests, shuffles, queries and hits sent, received, dropped.
+    pub stats: gossip::Stats,
 }
 
 /// The pub/sub part of [`Status`].
@@ -304,6 +338,7 @@ pub(crate) struct Runtime {
     dials: BTreeMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
     pings: BTreeMap<(PeerId, u64), oneshot::Sender<Result<Duration, RequestError>>>,
     queries: BTreeMap<QueryId, oneshot::Sender<Result<KadAnswer, RequestError>>>,
+    searches: Searches,
     pub(crate) peer_book: Option<spore_store::records::PeerBook>,
     stats: RuntimeStats,
 }
@@ -335,6 +370,7 @@ impl Runtime {
             dials: BTreeMap::new(),
             pings: BTreeMap::new(),
             queries: BTreeMap::new(),
+            searches: Searches::default(),
             peer_book: None,
             stats: RuntimeStats::default(),
         }
@@ -462,6 +498,25 @@ impl Runtime {
             Command::Publish { topic, data, reply } => {
                 let _ = reply.send(self.node.publish(now, &topic, data));
             }
+            Command::Share {
+                name,
+                content,
+                size,
+                reply,
+            } => {
+                let _ = reply.send(self.node.share_name(name, content, size));
+            }
+            Command::Unshare { content, reply } => {
+                let _ = reply.send(self.node.unshare_name(&content));
+            }
+            Command::Search { words, reply } => {
+                let started = self.node.search(now, &words).map(|query| {
+                    let max_hits = self.node.config().gossip.max_hits_per_query;
+                    self.searches.open(query, max_hits)
+                });
+                // A handle that went away drops the stream; its channel is forgotten later.
+                let _ = reply.send(started);
+            }
             Command::SendRaw { peer, msg, reply } => {
                 let result = if self.conns.contains_key(&peer) {
                     self.transmit(peer, &msg);
@@ -555,6 +610,15 @@ impl Runtime {
                         })
                         .collect(),
                     stats: p.stats(),
+                }
+            },
+            overlay: {
+                let g = self.node.gossip();
+                OverlayStatus {
+                    enabled: g.config().enabled,
+                    active: g.active_view().copied().collect(),
+                    passive: g.passive_view().count(),
+                    stats: g.stats(),
                 }
             },
         }
@@ -876,6 +940,14 @@ impl Runtime {
                 for record in records {
                     self.remember(record.clone());
                 }
+            }
+            Event::Gossip(gossip::Event::SearchHits {
+                query,
+                responder,
+                hits,
+            }) => self.searches.hits(*query, responder, hits),
+            Event::Gossip(gossip::Event::SearchFinished { query, .. }) => {
+                self.searches.finish(*query);
             }
             Event::Ping(ping::Event::Timeout { peer, nonce }) => {
                 if let Some(reply) = self.pings.remove(&(*peer, *nonce)) {

@@ -18,17 +18,28 @@
 //! | DELETE | `/v1/topics/{topic}` | | [`SubscriptionView`], or 404 if not subscribed |
 //! | POST | `/v1/topics/{topic}/messages` | [`PublishRequest`] | [`PublishResponse`] |
 //! | GET | `/v1/topics/{topic}/messages` | | server-sent events: `message` ([`MessageView`]), `lagged` |
+//! | POST | `/v1/search` | [`SearchRequest`] | [`SearchResponse`]: the hits that came in time |
+//! | PUT | `/v1/shared` | [`SharedName`] | [`SharedName`]: the node answers searches with it |
+//! | DELETE | `/v1/shared/{content}` | | [`UnsharedView`], or 404 if nothing is shared for it |
+//! | GET | `/v1/overlay` | | [`spore_net::OverlayStatus`]: neighbors, passive view size, counters |
 //!
 //! Topic names are 1 to 256 bytes, percent-encoded in the path (`/` as `%2F`). Message data is
 //! text in JSON, or base64 with `"encoding": "base64"` for binary data; a message holds at most
 //! 64 KiB. Opening the event stream subscribes the node to the topic, and closing the last one
-//! unsubscribes it unless a `PUT` holds the subscription (see [`topics`]). Errors are JSON
+//! unsubscribes it unless a `PUT` holds the subscription (see [`topics`]).
+//!
+//! A search (`{"query": "holiday photos"}` or `{"words": [...]}`, optional `timeout_ms`,
+//! default 5000, at most 25000) waits for the overlay's answers and returns them together;
+//! no hit is an empty list, and a node without overlay neighbors answers 503. Shared names are
+//! keyed by their content's BLAKE3 hash in hex (see [`search`]). Errors are JSON
 //! `{"error": "..."}` with a 4xx or 5xx status.
 
 pub mod events;
+pub mod search;
 pub mod topics;
 
 pub use events::{EventStream, SseEvent};
+pub use search::{SearchRequest, SearchResponse, SharedName, UnsharedView};
 pub use topics::{
     Encoding, MessageView, PublishRequest, PublishResponse, SubscriptionView, TopicView,
 };
@@ -42,7 +53,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use spore_core::PeerId;
@@ -191,6 +202,8 @@ struct ApiState {
     node: NodeHandle,
     token: String,
     holders: Arc<topics::Holders>,
+    /// Permits for searches running through the API ([`search::MAX_SEARCHES`]).
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 struct ApiError(StatusCode, String);
@@ -211,6 +224,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         node,
         token,
         holders: Arc::default(),
+        searches: Arc::new(tokio::sync::Semaphore::new(search::MAX_SEARCHES)),
     };
     Router::new()
         .route("/v1/status", get(status))
@@ -229,6 +243,10 @@ pub fn router(node: NodeHandle, token: String) -> Router {
             "/v1/topics/{topic}/messages",
             post(topics::publish).get(topics::stream),
         )
+        .route("/v1/search", post(search::search))
+        .route("/v1/shared", put(search::share))
+        .route("/v1/shared/{content}", delete(search::unshare))
+        .route("/v1/overlay", get(search::overlay))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -421,6 +439,16 @@ impl ApiClient {
     /// `PUT path` with no body, decoded from JSON.
     pub async fn put<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
         let request = self.http.put(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// `PUT path` with a JSON body, decoded from JSON.
+    pub async fn put_json<B: Serialize, T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let request = self.http.put(format!("{}{path}", self.base)).json(body);
         self.send(request).await
     }
 

@@ -79,6 +79,16 @@ pub enum Command {
     /// and binary data shown as base64, or one JSON object per line with --json. Stops after
     /// --count messages, or on Ctrl-C.
     Sub(SubArgs),
+    /// Search the network for shared names containing every word (asks the running node).
+    ///
+    /// The query travels a few hops over the node's overlay neighbors; each node sharing a
+    /// matching name (case-insensitive substring match on every word) answers with a signed hit.
+    /// Waits --timeout for answers, then prints them: name, size, content hash and the peer that
+    /// shares it, or one JSON object per line with --json. Finding nothing is not an error.
+    /// Applications share names through the node's HTTP API (`PUT /v1/shared`).
+    ///
+    /// Example: `spore search holiday photos --timeout 3s`
+    Search(SearchArgs),
     /// Connect to a peer and measure round-trip times, like ping(8).
     ///
     /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
@@ -150,6 +160,38 @@ pub struct SubArgs {
     /// Exit after this many messages [default: run until Ctrl-C]
     #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+}
+
+/// Arguments of `spore search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Words every name found must contain (1 to 8, case-insensitive)
+    #[arg(value_name = "WORDS", required = true, num_args = 1..)]
+    pub words: Vec<String>,
+
+    /// How long to wait for answers, e.g. `3s`, `1500ms` (at most 25s; the node stops
+    /// accepting answers after its own search timeout, 10s by default)
+    #[arg(long, short, default_value = "5s", value_parser = parse_search_timeout)]
+    pub timeout: std::time::Duration,
+
+    /// Print one JSON object per hit and line: name, content (hex), size, responder, addrs
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_search_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let max = crate::api::search::MAX_SEARCH_TIMEOUT;
+    if timeout > max {
+        return Err(format!(
+            "at most {} allowed",
+            humantime::format_duration(max)
+        ));
+    }
+    if timeout.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(timeout)
 }
 
 /// `spore dht` subcommands.

@@ -11,7 +11,7 @@ use spore_net::{Limits, NetConfig};
 use spore_store::DataDir;
 
 use crate::api::{self, ApiClient, PeerView};
-use crate::cli::{NodeArgs, PingArgs, PubArgs, SubArgs};
+use crate::cli::{NodeArgs, PingArgs, PubArgs, SearchArgs, SubArgs};
 use crate::settings::{self, FileConfig, PeerAddr};
 
 /// The port `spore node` listens on unless told otherwise.
@@ -298,6 +298,22 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         ps.stats.invalid,
         ps.stats.rejected
     );
+    let ov = &s.overlay;
+    if ov.enabled {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        println!(
+            "overlay      {} (active view), {} in the passive view",
+            plural(ov.active.len(), "neighbor", "neighbors"),
+            plural(ov.passive, "peer", "peers")
+        );
+        println!(
+            "search       {} searches sent, {} queries received, {} answered with hits",
+            ov.stats.queries_sent, ov.stats.queries_received, ov.stats.hits_sent
+        );
+    } else {
+        println!("overlay      disabled (keyword search is off)");
+    }
     println!(
         "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} pub/sub \
          frames shed, {} refused",
@@ -589,4 +605,101 @@ fn message_line(m: &api::MessageView) -> String {
         api::Encoding::Base64 => format!("[base64] {}", m.data),
     };
     format!("{} {}: {text}", m.author.short(), m.seq)
+}
+
+/// `spore search`
+pub async fn search(data_dir: Option<PathBuf>, args: SearchArgs) -> Result<()> {
+    use std::io::Write;
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    let text = args.words.join(" ");
+    let body = api::SearchRequest {
+        words: Some(args.words),
+        timeout_ms: Some(u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX)),
+        ..api::SearchRequest::default()
+    };
+    let waiting = humantime::format_duration(args.timeout);
+    if !args.json {
+        eprintln!("searching for {text:?} (waiting {waiting} for answers)…");
+    }
+    let answer: api::SearchResponse = client.post("/v1/search", &body).await?;
+    let mut out = std::io::stdout().lock();
+    if answer.hits.is_empty() {
+        let msg = format!("no results for {text:?} within {waiting}");
+        if args.json {
+            eprintln!("{msg}");
+        } else {
+            writeln!(out, "{msg}")?;
+        }
+        return Ok(());
+    }
+    if args.json {
+        for hit in &answer.hits {
+            writeln!(out, "{}", serde_json::to_string(hit)?)?;
+        }
+        return Ok(());
+    }
+    let width = answer
+        .hits
+        .iter()
+        .map(|h| h.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 60);
+    writeln!(
+        out,
+        "{:<width$}  {:>10}  {:<12}  RESPONDER",
+        "NAME", "SIZE", "CONTENT"
+    )?;
+    for hit in &answer.hits {
+        let content = hit.content_hex();
+        writeln!(
+            out,
+            "{:<width$}  {:>10}  {:<12}  {}",
+            hit.name,
+            human_size(hit.size),
+            &content[..12],
+            hit.responder.short()
+        )?;
+    }
+    let responders: std::collections::BTreeSet<_> =
+        answer.hits.iter().map(|h| h.responder).collect();
+    let (hits, peers) = (answer.hits.len(), responders.len());
+    writeln!(
+        out,
+        "{hits} {} from {peers} {}",
+        if hits == 1 { "result" } else { "results" },
+        if peers == 1 { "peer" } else { "peers" }
+    )?;
+    Ok(())
+}
+
+/// `bytes` in binary units: `512 B`, `64.0 KiB`, `3.9 GiB`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(65_536), "64.0 KiB");
+        assert_eq!(human_size(3_141_592), "3.0 MiB");
+        assert_eq!(human_size(4_200_000_000), "3.9 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every step really runs over QUIC on the loopback interface: the nodes mint their ids' proof of
 //! work, join through a bootstrap node, verify each other's keys, exchange pings, share a value
-//! through the DHT, publish on a pub/sub topic, and shrug off a dial to the wrong identity and a
+//! through the DHT, publish on a pub/sub topic, find each other's shared names by keyword over
+//! the gossip overlay, and shrug off a dial to the wrong identity and a
 //! burst of garbage datagrams. Nothing leaves the machine.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +34,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("spore demo: {n} nodes on 127.0.0.1 — nothing leaves this machine\n");
 
     println!(
-        "[1/6] starting {n} nodes (each id carries a {}-bit proof of work)",
+        "[1/7] starting {n} nodes (each id carries a {}-bit proof of work)",
         difficulty.0
     );
     let mut nodes = Vec::with_capacity(n);
@@ -45,7 +46,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     println!(
-        "\n[2/6] nodes 1..{} join through node 0, then each dials its ring neighbour",
+        "\n[2/7] nodes 1..{} join through node 0, then each dials its ring neighbour",
         n - 1
     );
     let boot = (nodes[0].handle.peer_id(), nodes[0].addr);
@@ -89,7 +90,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     println!(
-        "\n[3/6] every node pings each of its peers {} times",
+        "\n[3/7] every node pings each of its peers {} times",
         args.pings
     );
     let mut rtts = Vec::new();
@@ -117,13 +118,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
 
-    println!("\n[4/6] the DHT: signed values and peer records, found by key");
+    println!("\n[4/7] the DHT: signed values and peer records, found by key");
     let dht = dht_tour(&nodes).await?;
 
-    println!("\n[5/6] pub/sub: every node subscribes to a topic; two of them publish");
+    println!("\n[5/7] pub/sub: every node subscribes to a topic; two of them publish");
     let ps = pubsub_tour(&nodes).await?;
 
-    println!("\n[6/6] what a hostile network cannot do");
+    println!("\n[6/7] keyword search over the gossip overlay");
+    let search = search_tour(&nodes).await?;
+
+    println!("\n[7/7] what a hostile network cannot do");
     // A newcomer, connected to nobody yet, is told node 1 is at node 2's address.
     let (visitor, _streams) = start_node(difficulty).await?;
     match visitor.dial(nodes[1].handle.peer_id(), nodes[2].addr).await {
@@ -170,6 +174,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "      pub/sub          {} messages, {}/{} deliveries, each exactly once; {} duplicate \
          copies suppressed",
         ps.messages, ps.delivered, ps.expected, ps.duplicates
+    );
+    println!(
+        "      search           {} hits for \"photos\" from {} nodes, first after {}",
+        search.hits,
+        search.responders,
+        fmt_ms(search.first)
     );
     println!(
         "      node 0 counters  {} wire errors, {} violations (the garbage never got past QUIC)",
@@ -372,6 +382,107 @@ async fn pubsub_tour(nodes: &[DemoNode]) -> Result<PubSubFigures> {
         expected: expected_total,
         delivered,
         duplicates,
+    })
+}
+
+struct SearchFigures {
+    hits: usize,
+    responders: usize,
+    first: Option<Duration>,
+}
+
+/// Waits until every node has overlay neighbors, shares names on nodes 0 and 1, and searches
+/// for "photos" from the last node, printing the hits as they come.
+async fn search_tour(nodes: &[DemoNode]) -> Result<SearchFigures> {
+    // Nodes joined the overlay as they connected (Join, ForwardJoin, Neighbor); the last
+    // links may still be settling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut active = Vec::new();
+    let mut passive = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let overlay = node.handle.status().await?.overlay;
+            if !overlay.active.is_empty() {
+                active.push(overlay.active.len());
+                passive.push(overlay.passive);
+                break;
+            }
+            if !overlay.enabled {
+                bail!("node {i} runs without the gossip overlay");
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} has no overlay neighbor");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let range = |v: &[usize]| {
+        let (min, max) = (v.iter().min().copied(), v.iter().max().copied());
+        format!("{} to {}", min.unwrap_or(0), max.unwrap_or(0))
+    };
+    println!(
+        "      every node keeps {} overlay neighbors (its active view) and {} peers in reserve",
+        range(&active),
+        range(&passive)
+    );
+
+    let shared = [
+        (0, "rust-book.pdf", 3_141_592),
+        (0, "holiday-photos-2026.tar", 4_200_000_000),
+        (1, "photos-of-cats.zip", 65_536),
+    ];
+    for (i, name, size) in shared {
+        // A stand-in for the BLAKE3 hash of the file: the demo has no real files.
+        let content = spore_core::kad::Key::hash("spore-demo/content", &[name.as_bytes()]).0;
+        nodes[i].handle.share_name(name, content, size).await?;
+        println!(
+            "      node {i} shares {name:?} ({})",
+            crate::commands::human_size(size)
+        );
+    }
+
+    let searcher = nodes.len() - 1;
+    let index: BTreeMap<spore_core::PeerId, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.handle.peer_id(), i))
+        .collect();
+    println!("      node {searcher} searches for \"photos\":");
+    let asked = Instant::now();
+    let mut stream = nodes[searcher]
+        .handle
+        .search_stream(vec!["photos".into()])
+        .await?;
+    let (mut hits, mut responders, mut first) = (0, BTreeSet::new(), None);
+    // Two nodes share matching names; stop listening once both answered.
+    while responders.len() < 2 {
+        let Ok(Some(batch)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        else {
+            break;
+        };
+        first.get_or_insert(asked.elapsed());
+        for hit in batch {
+            let from = index
+                .get(&hit.responder)
+                .map_or_else(|| hit.responder.short(), |i| format!("node {i}"));
+            println!(
+                "        {:<24} {:>9}  content {}…  from {from} ({:.1} ms)",
+                hit.name,
+                crate::commands::human_size(hit.size),
+                &hit.content_hex()[..12],
+                asked.elapsed().as_secs_f64() * 1e3
+            );
+            hits += 1;
+            responders.insert(hit.responder);
+        }
+    }
+    if hits != 2 {
+        bail!("the search found {hits} of the 2 names containing \"photos\"");
+    }
+    Ok(SearchFigures {
+        hits,
+        responders: responders.len(),
+        first,
     })
 }
 

@@ -50,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::FindPeer { peer, json } => commands::find_peer(cli.data_dir, peer, json).await,
             Command::Pub(args) => commands::publish(cli.data_dir, args).await,
             Command::Sub(args) => commands::subscribe(cli.data_dir, args).await,
+            Command::Search(args) => commands::search(cli.data_dir, args).await,
             Command::Demo(args) => spore::demo::run(args).await,
             Command::Sim(args) => spore::sim::run(args),
         }

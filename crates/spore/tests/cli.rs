@@ -1,6 +1,6 @@
 //! The `spore` binary as a user runs it: two `spore node` processes on 127.0.0.1, queried with
 //! `spore peers --json` and `spore status --json`, talking through `spore pub` and `spore sub`,
-//! plus the CLI's error paths.
+//! finding each other's shared names with `spore search`, plus the CLI's error paths.
 
 #![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
 
@@ -355,6 +355,136 @@ fn pub_on_one_node_reaches_sub_on_the_other() {
 }
 
 #[test]
+fn search_on_one_node_finds_names_shared_through_the_api_of_the_other() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_id, _a, _b) = two_joined_nodes(a_dir.path(), b_dir.path());
+    let is_neighbor = |id: &str| {
+        let id = Value::from(id);
+        move |v: &Value| {
+            v["overlay"]["active"]
+                .as_array()
+                .is_some_and(|a| a.contains(&id))
+        }
+    };
+    let b_status = wait_json(
+        b_dir.path(),
+        &["status", "--json"],
+        "a in b's overlay",
+        is_neighbor(&a_id),
+    );
+    let b_id = b_status["peer_id"].as_str().unwrap().to_string();
+    wait_json(
+        a_dir.path(),
+        &["status", "--json"],
+        "b in a's overlay",
+        is_neighbor(&b_id),
+    );
+    let a_addr = {
+        let a_status = wait_json(a_dir.path(), &["status", "--json"], "a", |_| true);
+        listen_addr(&a_status)
+    };
+
+    // An application shares names on node a through its HTTP API.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a_api = || {
+        let dir = spore::store::DataDir::open(a_dir.path()).unwrap();
+        spore::api::ApiClient::from_data_dir(&dir).unwrap()
+    };
+    let share = |name: &str, content: String, size: u64| spore::api::SharedName {
+        name: name.into(),
+        content,
+        size,
+    };
+    runtime.block_on(async {
+        let api = a_api();
+        let shared: spore::api::SharedName = api
+            .put_json(
+                "/v1/shared",
+                &share("Holiday-Photos-2026.tar", "AB".repeat(32), 4_200_000_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(shared.content, "ab".repeat(32), "normalised to lowercase");
+        let _: spore::api::SharedName = api
+            .put_json("/v1/shared", &share("rust-book.pdf", "cd".repeat(32), 1))
+            .await
+            .unwrap();
+        let bad = api
+            .put_json::<_, Value>("/v1/shared", &share("x", "abc".into(), 1))
+            .await
+            .unwrap_err();
+        assert!(format!("{bad:#}").contains("400"), "{bad:#}");
+        let overlay: Value = api.get("/v1/overlay").await.unwrap();
+        assert_eq!(overlay["active"], serde_json::json!([b_id]), "{overlay}");
+        assert!(overlay["passive"].is_u64() && overlay["enabled"] == true);
+    });
+
+    // `spore search` on node b finds it: a table, then JSON lines.
+    let out = spore(b_dir.path(), &["search", "photos", "--timeout", "2s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for expected in [
+        "NAME",
+        "Holiday-Photos-2026.tar",
+        "3.9 GiB",
+        "abababababab",
+        &a_id[..10],
+        "1 result from 1 peer",
+    ] {
+        assert!(
+            table.contains(expected),
+            "missing {expected:?} in:\n{table}"
+        );
+    }
+    assert!(!table.contains("rust-book"), "{table}");
+
+    let out = spore(
+        b_dir.path(),
+        &["search", "HOLIDAY", "photos", "-t", "1500ms", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let hit: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(hit["name"], "Holiday-Photos-2026.tar");
+    assert_eq!(hit["content"], "ab".repeat(32));
+    assert_eq!(hit["size"], 4_200_000_000u64);
+    assert_eq!(hit["responder"], a_id.as_str());
+    assert_eq!(hit["addrs"], serde_json::json!([a_addr.to_string()]));
+
+    // Nothing found is an answer, not an error; an unshared name is gone.
+    let out = spore(b_dir.path(), &["search", "nomatch", "--timeout", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no results"), "{}", stdout(&out));
+    runtime.block_on(async {
+        let api = a_api();
+        let path = format!("/v1/shared/{}", "cd".repeat(32));
+        let gone: Value = api.delete(&path).await.unwrap();
+        assert_eq!(gone["content"], "cd".repeat(32));
+        let again = api.delete::<Value>(&path).await.unwrap_err();
+        assert!(format!("{again:#}").contains("404"), "{again:#}");
+    });
+    let out = spore(
+        b_dir.path(),
+        &["search", "rust", "--timeout", "1s", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("no results"), "{}", stderr(&out));
+
+    let status = stdout(&spore(b_dir.path(), &["status"]));
+    assert!(
+        status.contains("overlay      1 neighbor (active view)"),
+        "{status}"
+    );
+    assert!(status.contains("4 searches sent"), "{status}");
+}
+
+#[test]
 fn world_readable_key_is_refused_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -372,11 +502,22 @@ fn clear_errors_for_bad_input() {
     let out = spore(dir.path(), &["peers"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("spore node"), "{}", stderr(&out));
-    for args in [&["pub", "t", "m"][..], &["sub", "t"][..]] {
+    for args in [
+        &["pub", "t", "m"][..],
+        &["sub", "t"][..],
+        &["search", "t"][..],
+    ] {
         let out = spore(dir.path(), args);
         assert!(!out.status.success());
         assert!(stderr(&out).contains("spore node"), "{}", stderr(&out));
     }
+
+    let out = spore(dir.path(), &["search", "t", "--timeout", "1m"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("at most 25s"), "{}", stderr(&out));
+    let out = spore(dir.path(), &["search"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("<WORDS>"), "{}", stderr(&out));
 
     let out = spore(dir.path(), &["ping", "not-a-peer"]);
     assert!(!out.status.success());
@@ -407,6 +548,7 @@ fn demo_runs_and_reports() {
         "reads it: \"hello from node 1\"",
         "6 messages: 18/18 deliveries, 0 delivered twice",
         "each exactly once",
+        "2 hits for \"photos\" from 2 nodes",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
