@@ -34,6 +34,7 @@ pub mod change;
 pub mod crdt;
 mod document;
 pub mod reconcile;
+pub mod sync;
 pub mod text;
 
 pub use change::{Access, Change, DocError, DocId, Op, Writer};
