@@ -65,6 +65,7 @@ pub mod ping;
 pub mod pow;
 pub mod pubsub;
 mod random;
+pub mod swarm;
 pub mod time;
 pub mod wire;
 

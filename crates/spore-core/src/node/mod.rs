@@ -48,6 +48,7 @@ use crate::pex::{self, Pex};
 use crate::ping::{self, Ping, PingError};
 use crate::pow::{Difficulty, Stamp};
 use crate::pubsub::{self, PubSub, PubSubError, Published};
+use crate::swarm::{self, BlobAccess, Swarm, SwarmError};
 use crate::time::Instant;
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
@@ -104,6 +105,8 @@ pub struct Config {
     pub gossip: gossip::Config,
     /// Pub/sub settings.
     pub pubsub: pubsub::Config,
+    /// Swarming settings (blob downloads and serving).
+    pub swarm: swarm::Config,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for Config {
             keep: keep::Config::default(),
             gossip: gossip::Config::default(),
             pubsub: pubsub::Config::default(),
+            swarm: swarm::Config::default(),
         }
     }
 }
@@ -209,6 +213,8 @@ pub enum Event {
     Gossip(gossip::Event),
     /// A pub/sub message.
     PubSub(pubsub::Event),
+    /// Blob download progress, completion, failure and bad peers.
+    Swarm(swarm::Event),
 }
 
 impl From<kad::Event> for Event {
@@ -232,6 +238,12 @@ impl From<gossip::Event> for Event {
 impl From<pubsub::Event> for Event {
     fn from(e: pubsub::Event) -> Self {
         Event::PubSub(e)
+    }
+}
+
+impl From<swarm::Event> for Event {
+    fn from(e: swarm::Event) -> Self {
+        Event::Swarm(e)
     }
 }
 
@@ -329,6 +341,7 @@ pub struct Node {
     pex: Pex,
     gossip: Gossip,
     pubsub: PubSub,
+    swarm: Swarm,
     keeper: Keeper,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
@@ -398,6 +411,7 @@ impl Node {
             config.difficulty,
             config.pubsub.clone(),
         );
+        let swarm = Swarm::new(keypair.peer_id(), config.difficulty, config.swarm.clone());
         let mut own = OwnRecord::new(keypair.clone(), stamp, config.pex.record_ttl);
         own.set_addrs(config.listen_addrs.clone());
         let out = Outputs::new(
@@ -422,6 +436,7 @@ impl Node {
             pex,
             gossip,
             pubsub,
+            swarm,
             keeper: Keeper::new(config.keep.clone()),
             next_prune: None,
             config,
@@ -603,6 +618,14 @@ impl Node {
                     out: &mut self.out,
                 };
                 self.pubsub.handle_message(&mut cx, from, m);
+            }
+            Message::Swarm(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                self.swarm.handle_message(&mut cx, from, m);
             }
         }
     }
@@ -869,6 +892,40 @@ impl Node {
         self.with_pubsub(now, |p, cx| p.publish(cx, topic, data))
     }
 
+    /// Swarming's state: swarms, their peers, byte counts per peer, counters.
+    pub fn swarm(&self) -> &Swarm {
+        &self.swarm
+    }
+
+    /// Plugs in the blob storage the swarm reads and writes (the runtime passes an adapter
+    /// over its on-disk store; a new node has an empty [`swarm::MemoryBlobs`]).
+    pub fn set_blob_access(&mut self, blobs: Box<dyn BlobAccess>) {
+        self.swarm.set_blobs(blobs);
+    }
+
+    /// Command: download blob `hash` from `providers` (from a ticket or DHT provider
+    /// records; peer exchange inside the swarm finds more), or add providers to a download in
+    /// progress. Progress, completion and failure arrive as [`Event::Swarm`]; the blob is then
+    /// served to others (seeding) until [`cancel_blob`](Self::cancel_blob).
+    pub fn fetch(
+        &mut self,
+        now: Instant,
+        hash: swarm::Hash,
+        providers: Vec<(PeerId, Vec<SocketAddr>)>,
+    ) -> Result<(), SwarmError> {
+        self.with_swarm(now, |s, cx| s.fetch(cx, hash, providers))
+    }
+
+    /// Command: serve blob `hash`, complete in the blob storage, to peers that ask.
+    pub fn serve(&mut self, now: Instant, hash: swarm::Hash) -> Result<(), SwarmError> {
+        self.with_swarm(now, |s, cx| s.serve(cx, hash))
+    }
+
+    /// Command: stop downloading or serving `hash`. False if it had no swarm.
+    pub fn cancel_blob(&mut self, now: Instant, hash: &swarm::Hash) -> bool {
+        self.with_swarm(now, |s, cx| s.cancel(cx, hash))
+    }
+
     /// Output: the next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.out.transmits.pop_front()?;
@@ -1010,15 +1067,31 @@ impl Node {
         f(&mut self.pubsub, &mut cx)
     }
 
+    /// Runs a swarm command with a context.
+    fn with_swarm<R>(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut Swarm, &mut Context<'_>) -> R,
+    ) -> R {
+        self.advance(now);
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        f(&mut self.swarm, &mut cx)
+    }
+
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 6] {
+    fn protocols(&self) -> [&dyn AnyProtocol; 7] {
         [
             &self.ping,
             &self.kad,
             &self.pex,
             &self.gossip,
             &self.pubsub,
+            &self.swarm,
             &self.keeper,
         ]
     }
@@ -1035,6 +1108,7 @@ impl Node {
         f(&mut self.pex, &mut cx);
         f(&mut self.gossip, &mut cx);
         f(&mut self.pubsub, &mut cx);
+        f(&mut self.swarm, &mut cx);
         f(&mut self.keeper, &mut cx);
     }
 }

@@ -19,7 +19,7 @@ pub use hello::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, MAX_VERSIO
 
 use serde::{Deserialize, Serialize};
 
-use crate::{gossip, kad, pex, ping, pubsub};
+use crate::{gossip, kad, pex, ping, pubsub, swarm};
 
 /// The frame format version this implementation speaks.
 pub const WIRE_VERSION: u8 = 1;
@@ -48,6 +48,8 @@ pub enum Message {
     Gossip(gossip::Message),
     /// Topic publish/subscribe.
     PubSub(pubsub::Message),
+    /// Swarming of verified blobs.
+    Swarm(swarm::Message),
 }
 
 impl Message {
@@ -60,6 +62,7 @@ impl Message {
             Message::Pex(m) => m.validate(),
             Message::Gossip(m) => m.validate(),
             Message::PubSub(m) => m.validate(),
+            Message::Swarm(m) => m.validate(),
         }
     }
 
@@ -74,6 +77,7 @@ impl Message {
             Message::Pex(pex::Message::Records(_)) => "pex-records",
             Message::Gossip(m) => m.kind(),
             Message::PubSub(m) => m.kind(),
+            Message::Swarm(m) => m.kind(),
         }
     }
 }
@@ -105,6 +109,12 @@ impl From<gossip::Message> for Message {
 impl From<pubsub::Message> for Message {
     fn from(m: pubsub::Message) -> Self {
         Message::PubSub(m)
+    }
+}
+
+impl From<swarm::Message> for Message {
+    fn from(m: swarm::Message) -> Self {
+        Message::Swarm(m)
     }
 }
 
