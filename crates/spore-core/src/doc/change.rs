@@ -9,6 +9,9 @@ use super::reconcile::Id;
 use super::text::TextOp;
 use crate::identity::{Keypair, PeerId, Signature};
 
+/// Prefix of the pub/sub topics of documents (followed by the [`DocId`]).
+pub const DOC_TOPIC_PREFIX: &str = "spore/doc/";
+
 /// Most writers a document admits.
 pub const MAX_WRITERS: usize = 256;
 /// Most operations in one change.
@@ -36,7 +39,7 @@ impl DocId {
 
     /// The pub/sub topic on which live changes of the document travel.
     pub fn topic(&self) -> String {
-        format!("spore/doc/{self}")
+        format!("{DOC_TOPIC_PREFIX}{self}")
     }
 }
 

@@ -37,7 +37,7 @@ pub mod reconcile;
 pub mod sync;
 pub mod text;
 
-pub use change::{Access, Change, DocError, DocId, Op, Writer};
+pub use change::{Access, Change, DOC_TOPIC_PREFIX, DocError, DocId, Op, Writer};
 pub use crdt::{Actor, Value};
 pub use document::{Applied, Document, Edit, Kind, Limits};
 

@@ -39,6 +39,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+use crate::doc::{self, Access, Change, DocId, Edit, sync::DocSync, sync::SyncError};
 use crate::gossip::{self, Gossip, SearchError, ShareError};
 use crate::identity::{Keypair, PeerId};
 use crate::kad::record::OwnRecord;
@@ -107,6 +108,8 @@ pub struct Config {
     pub pubsub: pubsub::Config,
     /// Swarming settings (blob downloads and serving).
     pub swarm: swarm::Config,
+    /// Document replication settings.
+    pub docs: doc::sync::Config,
 }
 
 impl Default for Config {
@@ -132,6 +135,7 @@ impl Default for Config {
             gossip: gossip::Config::default(),
             pubsub: pubsub::Config::default(),
             swarm: swarm::Config::default(),
+            docs: doc::sync::Config::default(),
         }
     }
 }
@@ -215,6 +219,8 @@ pub enum Event {
     PubSub(pubsub::Event),
     /// Blob download progress, completion, failure and bad peers.
     Swarm(swarm::Event),
+    /// Document replication: remote changes applied, syncs finished, misbehaving peers.
+    Doc(doc::sync::Event),
 }
 
 impl From<kad::Event> for Event {
@@ -238,6 +244,12 @@ impl From<gossip::Event> for Event {
 impl From<pubsub::Event> for Event {
     fn from(e: pubsub::Event) -> Self {
         Event::PubSub(e)
+    }
+}
+
+impl From<doc::sync::Event> for Event {
+    fn from(e: doc::sync::Event) -> Self {
+        Event::Doc(e)
     }
 }
 
@@ -342,6 +354,7 @@ pub struct Node {
     gossip: Gossip,
     pubsub: PubSub,
     swarm: Swarm,
+    docs: DocSync,
     keeper: Keeper,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
@@ -405,6 +418,7 @@ impl Node {
         );
         pex.set_listen_addrs(config.listen_addrs.clone());
         let gossip = Gossip::new(keypair.clone(), config.difficulty, config.gossip.clone());
+        let docs = DocSync::new(keypair.peer_id(), config.docs.clone());
         let pubsub = PubSub::new(
             keypair.clone(),
             stamp,
@@ -437,6 +451,7 @@ impl Node {
             gossip,
             pubsub,
             swarm,
+            docs,
             keeper: Keeper::new(config.keep.clone()),
             next_prune: None,
             config,
@@ -618,6 +633,7 @@ impl Node {
                     out: &mut self.out,
                 };
                 self.pubsub.handle_message(&mut cx, from, m);
+                self.take_live_doc_changes();
             }
             Message::Swarm(m) => {
                 let mut cx = Context {
@@ -626,6 +642,14 @@ impl Node {
                     out: &mut self.out,
                 };
                 self.swarm.handle_message(&mut cx, from, m);
+            }
+            Message::Doc(m) => {
+                let mut cx = Context {
+                    now: self.now,
+                    rng: &mut self.rng,
+                    out: &mut self.out,
+                };
+                Protocol::handle_message(&mut self.docs, &mut cx, from, m);
             }
         }
     }
@@ -892,6 +916,116 @@ impl Node {
         self.with_pubsub(now, |p, cx| p.publish(cx, topic, data))
     }
 
+    /// Document replication's state: the replicated documents, sessions, counters.
+    pub fn docs(&self) -> &DocSync {
+        &self.docs
+    }
+
+    /// Command: create a document owned by this node (`nonce` makes its id unique among this
+    /// node's documents) and follow its live changes.
+    pub fn doc_create(&mut self, now: Instant, nonce: u64) -> Result<DocId, SyncError> {
+        self.advance(now);
+        let id = self.docs.create(&self.keypair, nonce)?;
+        self.follow_doc(id);
+        Ok(id)
+    }
+
+    /// Command: replicate the document `access` describes (from a ticket), syncing with
+    /// `peers`, and follow its live changes.
+    pub fn doc_open(
+        &mut self,
+        now: Instant,
+        access: Access,
+        peers: &[PeerId],
+    ) -> Result<DocId, SyncError> {
+        self.advance(now);
+        let id = self.docs.open(self.now, access, peers)?;
+        self.follow_doc(id);
+        self.drain_docs();
+        Ok(id)
+    }
+
+    /// Command: edit a document as this node (a writer); the change is applied, persisted and
+    /// published live on the document's topic. Replicas that miss it get it by sync.
+    pub fn doc_edit(
+        &mut self,
+        now: Instant,
+        doc: &DocId,
+        edits: Vec<Edit>,
+    ) -> Result<Change, SyncError> {
+        self.advance(now);
+        let change = self.docs.edit(&self.keypair, doc, edits)?;
+        // Live delivery is best effort: with no topic peer yet, sync brings the change.
+        let _ = self.publish(self.now, &doc.topic(), change.encode().into());
+        self.drain_docs();
+        Ok(change)
+    }
+
+    /// Command: as the owner of `doc`, admit `peer` as a writer.
+    pub fn doc_add_writer(
+        &mut self,
+        now: Instant,
+        doc: &DocId,
+        peer: PeerId,
+    ) -> Result<Access, SyncError> {
+        self.advance(now);
+        let access = self.docs.add_writer(self.now, &self.keypair, doc, peer)?;
+        self.drain_docs();
+        Ok(access)
+    }
+
+    /// Command: reconcile `doc` with `peer` now.
+    pub fn doc_sync(&mut self, now: Instant, peer: PeerId, doc: DocId) -> Result<(), SyncError> {
+        self.advance(now);
+        self.docs.sync_with(self.now, peer, doc)?;
+        self.drain_docs();
+        Ok(())
+    }
+
+    /// Subscribes to a document's live topic (at most [`pubsub::MAX_TOPICS`] topics: beyond,
+    /// the document is kept current by sync alone).
+    fn follow_doc(&mut self, doc: DocId) {
+        let _ = self.subscribe(self.now, &doc.topic());
+    }
+
+    fn drain_docs(&mut self) {
+        let mut cx = Context {
+            now: self.now,
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
+        self.docs.drain(&mut cx);
+    }
+
+    /// Pub/sub messages on document topics are changes for the document layer, not the
+    /// application: take them out of the events and apply them.
+    fn take_live_doc_changes(&mut self) {
+        let is_doc = |e: &Event| {
+            matches!(e, Event::PubSub(pubsub::Event::Message { topic, .. })
+                if topic.starts_with(doc::DOC_TOPIC_PREFIX))
+        };
+        if !self.out.events.iter().any(is_doc) {
+            return;
+        }
+        let events = std::mem::take(&mut self.out.events);
+        for e in events {
+            match e {
+                Event::PubSub(pubsub::Event::Message {
+                    topic, data, from, ..
+                }) if topic.starts_with(doc::DOC_TOPIC_PREFIX) => {
+                    let id = topic[doc::DOC_TOPIC_PREFIX.len()..].parse::<DocId>();
+                    let change = postcard::from_bytes::<Change>(&data);
+                    if let (Ok(id), Ok(change)) = (id, change) {
+                        // An invalid change is refused by the document; sync repairs gaps.
+                        let _ = self.docs.live(self.now, from, id, change);
+                    }
+                }
+                other => self.out.events.push_back(other),
+            }
+        }
+        self.drain_docs();
+    }
+
     /// Swarming's state: swarms, their peers, byte counts per peer, counters.
     pub fn swarm(&self) -> &Swarm {
         &self.swarm
@@ -1084,7 +1218,7 @@ impl Node {
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 7] {
+    fn protocols(&self) -> [&dyn AnyProtocol; 8] {
         [
             &self.ping,
             &self.kad,
@@ -1092,6 +1226,7 @@ impl Node {
             &self.gossip,
             &self.pubsub,
             &self.swarm,
+            &self.docs,
             &self.keeper,
         ]
     }
@@ -1109,6 +1244,7 @@ impl Node {
         f(&mut self.gossip, &mut cx);
         f(&mut self.pubsub, &mut cx);
         f(&mut self.swarm, &mut cx);
+        f(&mut self.docs, &mut cx);
         f(&mut self.keeper, &mut cx);
     }
 }

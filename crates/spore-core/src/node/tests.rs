@@ -214,3 +214,44 @@ fn a_pubsub_mesh_member_is_not_closed_as_idle_to_make_room() {
     );
     assert!(pair.a.peer(&b).is_some());
 }
+
+#[test]
+fn two_nodes_replicate_a_document_by_sync_and_live_changes() {
+    use crate::doc::{Edit, Value};
+    let mut pair = Pair::new(Duration::from_millis(5));
+    pair.handshake();
+    let (a_id, b_id) = (pair.a.peer_id(), pair.b.peer_id());
+    let now = pair.now;
+    let doc = pair.a.doc_create(now, 1).unwrap();
+    pair.a
+        .doc_edit(
+            now,
+            &doc,
+            vec![Edit::Set("title".into(), Value::Str("hi".into()))],
+        )
+        .unwrap();
+    pair.a.doc_add_writer(now, &doc, b_id).unwrap();
+    let access = pair.a.docs().doc(&doc).unwrap().access().clone();
+    // The joiner opens the document from its access list and syncs with the owner.
+    pair.b.doc_open(now, access, &[a_id]).unwrap();
+    pair.run_for(Duration::from_secs(3));
+    let b_doc = pair.b.docs().doc(&doc).unwrap();
+    assert_eq!(b_doc.get("title"), Some(&Value::Str("hi".into())));
+    // Edits on either side now reach the other (live over pub/sub, or by sync).
+    let now = pair.now;
+    pair.b
+        .doc_edit(now, &doc, vec![Edit::Increment("n".into(), 2)])
+        .unwrap();
+    pair.a
+        .doc_edit(now, &doc, vec![Edit::Increment("n".into(), 3)])
+        .unwrap();
+    pair.run_for(Duration::from_secs(3));
+    let (ra, rb) = (
+        pair.a.docs().doc(&doc).unwrap().render(),
+        pair.b.docs().doc(&doc).unwrap().render(),
+    );
+    assert_eq!(ra, rb);
+    assert_eq!(pair.a.docs().doc(&doc).unwrap().counter("n"), 5);
+    // Document changes are not handed to the application as pub/sub messages.
+    assert!(!pair.b_events.iter().any(|e| matches!(e, Event::PubSub(_))));
+}

@@ -50,6 +50,8 @@ pub enum Message {
     PubSub(pubsub::Message),
     /// Swarming of verified blobs.
     Swarm(swarm::Message),
+    /// Document sync: reconciliation and changes.
+    Doc(crate::doc::sync::Message),
 }
 
 impl Message {
@@ -63,6 +65,7 @@ impl Message {
             Message::Gossip(m) => m.validate(),
             Message::PubSub(m) => m.validate(),
             Message::Swarm(m) => m.validate(),
+            Message::Doc(m) => m.validate(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Message {
             Message::Gossip(m) => m.kind(),
             Message::PubSub(m) => m.kind(),
             Message::Swarm(m) => m.kind(),
+            Message::Doc(m) => m.kind(),
         }
     }
 }
@@ -109,6 +113,12 @@ impl From<gossip::Message> for Message {
 impl From<pubsub::Message> for Message {
     fn from(m: pubsub::Message) -> Self {
         Message::PubSub(m)
+    }
+}
+
+impl From<crate::doc::sync::Message> for Message {
+    fn from(m: crate::doc::sync::Message) -> Self {
+        Message::Doc(m)
     }
 }
 

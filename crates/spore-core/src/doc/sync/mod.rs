@@ -1290,3 +1290,48 @@ fn jittered(interval: Duration, rng: &mut impl RngCore) -> Duration {
     }
     Duration::from_micros(us / 2 + rng.next_u64() % us)
 }
+
+impl crate::node::Protocol for DocSync {
+    type Message = Message;
+
+    fn handle_message(&mut self, cx: &mut crate::node::Context<'_>, from: PeerId, msg: Message) {
+        DocSync::handle_message(self, cx.now, from, msg);
+        self.drain(cx);
+    }
+
+    fn handle_peer_event(
+        &mut self,
+        cx: &mut crate::node::Context<'_>,
+        event: &crate::node::PeerEvent,
+    ) {
+        use crate::node::PeerEvent;
+        match event {
+            PeerEvent::Ready(info) => self.peer_ready(cx.now, info.peer),
+            PeerEvent::Gone { peer } | PeerEvent::Unreachable { peer } => {
+                self.peer_gone(cx.now, *peer)
+            }
+        }
+        self.drain(cx);
+    }
+
+    fn handle_timeout(&mut self, cx: &mut crate::node::Context<'_>) {
+        DocSync::handle_timeout(self, cx.now, cx.rng);
+        self.drain(cx);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        DocSync::poll_timeout(self)
+    }
+}
+
+impl DocSync {
+    /// Moves the queued messages and events into the node's outputs.
+    pub(crate) fn drain(&mut self, cx: &mut crate::node::Context<'_>) {
+        while let Some((to, m)) = self.poll_transmit() {
+            cx.send(to, m);
+        }
+        while let Some(e) = self.poll_event() {
+            cx.emit(crate::node::Event::Doc(e));
+        }
+    }
+}
