@@ -29,6 +29,10 @@ pub struct SimConfig {
     /// Whether to keep every finished DHT query for [`Sim::take_query_results`]
     /// (crate::Sim::take_query_results); the caller must take them regularly.
     pub collect_queries: bool,
+    /// Whether to keep what pub/sub does for [`Sim::take_pubsub`](crate::Sim::take_pubsub):
+    /// every message delivered to a node's application and every publish frame that arrives at
+    /// a node. The caller must take them regularly.
+    pub collect_pubsub: bool,
 }
 
 impl SimConfig {
@@ -48,6 +52,7 @@ impl Default for SimConfig {
             network: NetworkConfig::default(),
             event_log: 0,
             collect_queries: false,
+            collect_pubsub: false,
         }
     }
 }

@@ -81,7 +81,7 @@ mod trace;
 pub use config::{Bandwidth, Latency, NatType, NetworkConfig, NodeSpec, SimConfig};
 pub use metrics::{EventCounts, EventLog, Metrics};
 pub use network::{SIM_PORT, node_addr};
-pub use sim::{MAX_NODES, NodeIndex, QueryOutcome, Sim, SimError, Tamper};
+pub use sim::{MAX_NODES, NodeIndex, PubSubObservation, QueryOutcome, Sim, SimError, Tamper};
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub messages_unroutable: u64,
     /// Encoded frame bytes handed to the network.
     pub bytes_sent: u64,
+    /// Encoded bytes of pub/sub frames (subscriptions, messages, control) handed to the network.
+    pub pubsub_bytes_sent: u64,
+    /// Pub/sub publish frames (messages, forwarded or first sent) handed to the network.
+    pub pubsub_publish_frames_sent: u64,
+    /// Their encoded bytes.
+    pub pubsub_publish_bytes_sent: u64,
     /// Encoded frame bytes delivered.
     pub bytes_delivered: u64,
     /// Messages that failed to encode or decode (a bug in the wire code; the connection is

@@ -11,6 +11,7 @@ use spore_core::identity::{Keypair, PeerId};
 use spore_core::kad;
 use spore_core::node::{ConnectionEvent, Direction, Event, Node, Transmit};
 use spore_core::pow::{Stamp, StampError};
+use spore_core::pubsub::{self, MessageId, SignedMessage};
 use spore_core::time::Instant;
 use spore_core::wire::{Message, encode_frame};
 
@@ -140,6 +141,38 @@ pub struct Sim {
     scratch_transmits: Vec<Transmit>,
     scratch_events: Vec<Event>,
     query_results: Vec<QueryOutcome>,
+    pubsub: Vec<PubSubObservation>,
+}
+
+/// What pub/sub did at one node, kept when [`SimConfig::collect_pubsub`] is set.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PubSubObservation {
+    /// A publish frame arrived at `node` (before any check: duplicates, forgeries and frames the
+    /// node will drop included).
+    Frame {
+        /// The receiving node.
+        node: NodeIndex,
+        /// The sending node.
+        from: NodeIndex,
+        /// When it arrived.
+        at: Instant,
+        /// The message as it arrived.
+        message: SignedMessage,
+    },
+    /// `node`'s application got a message ([`pubsub::Event::Message`]).
+    Delivered {
+        /// The node.
+        node: NodeIndex,
+        /// When.
+        at: Instant,
+        /// The message's id.
+        id: MessageId,
+        /// The peer it arrived from.
+        from: PeerId,
+        /// Its payload.
+        data: bytes::Bytes,
+    },
 }
 
 /// A DHT query that finished, kept when [`SimConfig::collect_queries`] is set.
@@ -197,6 +230,7 @@ impl Sim {
             scratch_transmits: Vec::new(),
             scratch_events: Vec::new(),
             query_results: Vec::new(),
+            pubsub: Vec::new(),
             config,
         };
         for _ in 0..sim.config.nodes {
@@ -376,6 +410,12 @@ impl Sim {
         std::mem::take(&mut self.query_results)
     }
 
+    /// What pub/sub did since the last call, in order (empty unless
+    /// [`SimConfig::collect_pubsub`] is set).
+    pub fn take_pubsub(&mut self) -> Vec<PubSubObservation> {
+        std::mem::take(&mut self.pubsub)
+    }
+
     /// Network-wide counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -430,6 +470,27 @@ impl Sim {
     /// If there is no node `i`.
     pub fn set_tamper(&mut self, i: NodeIndex, tamper: Tamper) {
         self.slots[i.index()].tamper = Some(tamper);
+    }
+
+    /// Makes node `from` send `message` to `to` over their connection, as if its own code had
+    /// sent it: for adversaries that send what the protocol never would (forged or unwanted
+    /// messages). The node's [tamper](Self::set_tamper) does not see it. Returns false if the two
+    /// have no established connection or `from` is offline. Part of the trace, like a command.
+    ///
+    /// # Panics
+    /// If there is no node `from` or `to`.
+    pub fn inject(&mut self, from: NodeIndex, to: NodeIndex, message: Message) -> bool {
+        if !self.is_online(from) || !self.is_connected(from, to) {
+            return false;
+        }
+        self.trace
+            .record(Tag::Command, self.now, from, Some(to), &[]);
+        let t = Transmit {
+            to: self.peer_id(to),
+            message,
+        };
+        self.transmit(from, t);
+        true
     }
 
     /// Opens a connection from `dialer` to `listener`, as the runtime does when told to dial.
@@ -718,6 +779,16 @@ impl Sim {
                 self.trace.record(Tag::Deliver, now, to, Some(from), &frame);
                 match decode(&frame) {
                     Some(msg) => {
+                        if self.config.collect_pubsub
+                            && let Message::PubSub(pubsub::Message::Publish(m)) = &msg
+                        {
+                            self.pubsub.push(PubSubObservation::Frame {
+                                node: to,
+                                from,
+                                at: now,
+                                message: m.clone(),
+                            });
+                        }
                         let from_id = self.peer_id(from);
                         self.input(to, false, |n| n.handle_message(now, from_id, msg));
                     }
@@ -812,18 +883,31 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeIndex, mut t: Transmit) {
-        self.metrics.messages_sent += 1;
         if let Some(tamper) = &mut self.slots[from.index()].tamper
             && !tamper(t.to, &mut t.message)
         {
+            self.metrics.messages_sent += 1;
             self.metrics.messages_dropped_by_adversary += 1;
             return;
         }
+        self.transmit(from, t);
+    }
+
+    /// Encodes `t` and hands it to the network model.
+    fn transmit(&mut self, from: NodeIndex, t: Transmit) {
+        self.metrics.messages_sent += 1;
         let Ok(frame) = encode_frame(&t.message) else {
             self.metrics.codec_errors += 1;
             return;
         };
         self.metrics.bytes_sent += frame.len() as u64;
+        if let Message::PubSub(m) = &t.message {
+            self.metrics.pubsub_bytes_sent += frame.len() as u64;
+            if matches!(m, pubsub::Message::Publish(_)) {
+                self.metrics.pubsub_publish_frames_sent += 1;
+                self.metrics.pubsub_publish_bytes_sent += frame.len() as u64;
+            }
+        }
         let to = match self.index_of(&t.to) {
             Some(to) if self.is_connected(from, to) => to,
             _ => {
@@ -891,6 +975,17 @@ impl Sim {
                     id: *id,
                     result: result.clone(),
                     stats: *stats,
+                });
+            }
+            Event::PubSub(pubsub::Event::Message { id, from, data, .. })
+                if self.config.collect_pubsub =>
+            {
+                self.pubsub.push(PubSubObservation::Delivered {
+                    node: i,
+                    at: self.now,
+                    id: *id,
+                    from: *from,
+                    data: data.clone(),
                 });
             }
             _ => {}

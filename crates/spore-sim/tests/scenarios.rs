@@ -185,6 +185,8 @@ fn every_shipped_scenario_parses() {
             "dht-churn",
             "eclipse",
             "partition-merge",
+            "pubsub-10k",
+            "pubsub-1k",
             "scale"
         ]
     );

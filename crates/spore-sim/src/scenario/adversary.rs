@@ -1,10 +1,12 @@
 //! Adversarial behaviour: filters on what an adversarial node sends. The node itself runs the
 //! real protocol code; only its outgoing messages are rewritten or dropped.
 
+use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use spore_core::kad::record::ValueRecord;
 use spore_core::kad::{self, Contact, Response};
+use spore_core::pubsub::{self, SignedMessage};
 use spore_core::wire::Message;
 
 use crate::Tamper;
@@ -94,6 +96,30 @@ pub(crate) fn free_rider() -> Tamper {
     })
 }
 
+/// A gossip dropper: subscribes, grafts and prunes like an honest node, so it stays in meshes,
+/// but sends no message — neither forwarded nor in answer to IWANT — and no IHAVE.
+pub(crate) fn gossip_dropper() -> Tamper {
+    Box::new(|_, msg| match msg {
+        Message::PubSub(pubsub::Message::Publish(_)) => false,
+        Message::PubSub(pubsub::Message::Control(c)) => {
+            c.ihave.clear();
+            !(c.iwant.is_empty()
+                && c.graft.is_empty()
+                && c.prune.is_empty()
+                && c.idontwant.is_empty())
+        }
+        _ => true,
+    })
+}
+
+/// `message` with `marker` put in front of its data: a message its author never signed.
+pub(crate) fn forge(message: &SignedMessage, marker: &[u8]) -> SignedMessage {
+    let mut data = Vec::with_capacity(marker.len() + message.data().len());
+    data.extend_from_slice(marker);
+    data.extend_from_slice(message.data());
+    message.clone().with_data(Bytes::from(data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +145,36 @@ mod tests {
         let bad = forged(&record).unwrap();
         assert_ne!(bad.value(), record.value());
         assert!(bad.verify(now, &limits).is_err());
+    }
+
+    #[test]
+    fn forged_messages_fail_verification() {
+        use spore_core::pow::{Difficulty, Stamp};
+        let key = Keypair::from_secret_bytes([9; 32]);
+        let stamp = Stamp::mint(&key.peer_id(), Difficulty(4));
+        let m = SignedMessage::new(&key, stamp, "t".into(), 7, Bytes::from_static(b"hello"));
+        m.verify(Difficulty(4)).unwrap();
+        let bad = forge(&m, b"SPAM");
+        assert_eq!(bad.id(), m.id());
+        assert_eq!(&bad.data()[..], b"SPAMhello");
+        assert!(bad.verify(Difficulty(4)).is_err());
+    }
+
+    #[test]
+    fn gossip_dropper_keeps_mesh_control_only() {
+        let mut tamper = gossip_dropper();
+        let peer = Keypair::from_secret_bytes([1; 32]).peer_id();
+        let mut control = pubsub::Control::default();
+        control.ihave.push(("t".into(), Vec::new()));
+        let mut msg = Message::PubSub(pubsub::Message::Control(control.clone()));
+        assert!(!tamper(peer, &mut msg), "an IHAVE alone is dropped");
+        control.graft.push("t".into());
+        let mut msg = Message::PubSub(pubsub::Message::Control(control));
+        assert!(tamper(peer, &mut msg));
+        let Message::PubSub(pubsub::Message::Control(c)) = msg else {
+            unreachable!()
+        };
+        assert!(c.ihave.is_empty());
+        assert_eq!(c.graft, ["t"]);
     }
 }

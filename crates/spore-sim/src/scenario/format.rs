@@ -142,6 +142,8 @@ pub struct Scenario {
     pub partition: Option<PartitionSpec>,
     /// Adversaries.
     pub adversary: Option<AdversarySpec>,
+    /// Topic publish/subscribe.
+    pub pubsub: Option<PubSubSpec>,
     /// Further runs with other node settings.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -270,6 +272,8 @@ pub struct NodeSettings {
     pub ping: Option<bool>,
     /// Peer exchange.
     pub pex: Option<bool>,
+    /// The gossip overlay (HyParView membership and keyword search).
+    pub gossip: Option<bool>,
     /// Kademlia bucket size and replication factor.
     pub k: Option<usize>,
     /// Lookup parallelism.
@@ -292,6 +296,22 @@ pub struct NodeSettings {
     pub record_ttl: Option<Dur>,
     /// Per-request timeout of lookups.
     pub request_timeout: Option<Dur>,
+    /// Pub/sub: target mesh degree `d`.
+    pub pubsub_d: Option<usize>,
+    /// Pub/sub: fewest mesh members before grafting more (`d_lo`).
+    pub pubsub_d_lo: Option<usize>,
+    /// Pub/sub: most mesh members before pruning (`d_hi`).
+    pub pubsub_d_hi: Option<usize>,
+    /// Pub/sub: peers sent IHAVE gossip per heartbeat (`d_lazy`).
+    pub pubsub_d_lazy: Option<usize>,
+    /// Pub/sub: whether authors send to every topic peer rather than their mesh.
+    pub pubsub_flood_publish: Option<bool>,
+    /// Pub/sub: mesh maintenance and gossip period.
+    pub pubsub_heartbeat: Option<Dur>,
+    /// Pub/sub: publish frames accepted per second from one peer.
+    pub pubsub_rate_limit: Option<u32>,
+    /// Pub/sub: peer exchange in PRUNE.
+    pub pubsub_peer_exchange: Option<bool>,
 }
 
 impl NodeSettings {
@@ -304,6 +324,7 @@ impl NodeSettings {
             difficulty,
             ping,
             pex,
+            gossip,
             k,
             alpha,
             disjoint_paths,
@@ -314,7 +335,15 @@ impl NodeSettings {
             refresh_interval,
             republish_interval,
             record_ttl,
-            request_timeout
+            request_timeout,
+            pubsub_d,
+            pubsub_d_lo,
+            pubsub_d_hi,
+            pubsub_d_lazy,
+            pubsub_flood_publish,
+            pubsub_heartbeat,
+            pubsub_rate_limit,
+            pubsub_peer_exchange
         )
     }
 
@@ -329,6 +358,9 @@ impl NodeSettings {
         }
         if let Some(pex) = self.pex {
             c.pex.enabled = pex;
+        }
+        if let Some(on) = self.gossip {
+            c.gossip.enabled = on;
         }
         if let Some(k) = self.k {
             c.kad.k = k;
@@ -364,8 +396,51 @@ impl NodeSettings {
         if let Some(Dur(d)) = self.request_timeout {
             c.kad.request_timeout = d;
         }
+        let p = &mut c.pubsub;
+        if let Some(d) = self.pubsub_d {
+            p.d = d;
+        }
+        if let Some(d) = self.pubsub_d_lo {
+            p.d_lo = d;
+        }
+        if let Some(d) = self.pubsub_d_hi {
+            p.d_hi = d;
+        }
+        if let Some(d) = self.pubsub_d_lazy {
+            p.d_lazy = d;
+        }
+        if let Some(on) = self.pubsub_flood_publish {
+            p.flood_publish = on;
+        }
+        if let Some(Dur(d)) = self.pubsub_heartbeat {
+            p.heartbeat = d;
+        }
+        if let Some(n) = self.pubsub_rate_limit {
+            p.max_messages_per_sec = n;
+        }
+        if let Some(on) = self.pubsub_peer_exchange {
+            p.peer_exchange = on;
+        }
         c.kad.mode = Mode::Server;
         c
+    }
+
+    /// Checks what the node configuration cannot hold.
+    fn check(&self) -> Result<(), String> {
+        let p = self.node_config().pubsub;
+        if !(1 <= p.d_lo && p.d_lo <= p.d && p.d <= p.d_hi) {
+            return Err(format!(
+                "pub/sub mesh degrees need 1 <= pubsub_d_lo <= pubsub_d <= pubsub_d_hi, not {} <= {} <= {}",
+                p.d_lo, p.d, p.d_hi
+            ));
+        }
+        if p.heartbeat < Duration::from_millis(10) {
+            return Err("pubsub_heartbeat must be at least 10ms".into());
+        }
+        if p.max_messages_per_sec == 0 {
+            return Err("pubsub_rate_limit must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -499,6 +574,36 @@ pub enum AdversaryRole {
     Dropper,
     /// Use the network but answer no request.
     FreeRider,
+    /// Pub/sub: subscribe and stay in meshes, but forward nothing — no message, no IHAVE, no
+    /// answer to IWANT.
+    GossipDropper,
+    /// Pub/sub: forward normally, and also send `spam_rate` messages a second to every topic
+    /// peer: forged (a real message with its data changed, so its signature breaks) and/or
+    /// validly signed ones the honest nodes' validator rejects (`spam`).
+    GossipSpammer,
+}
+
+impl AdversaryRole {
+    /// Whether the role attacks pub/sub (and needs a `[pubsub]` section).
+    pub fn is_pubsub(self) -> bool {
+        matches!(
+            self,
+            AdversaryRole::GossipDropper | AdversaryRole::GossipSpammer
+        )
+    }
+}
+
+/// What a gossip spammer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpamKind {
+    /// Messages whose signature does not match their data.
+    Forged,
+    /// Validly signed messages the application's validator rejects.
+    Invalid,
+    /// Both, alternately.
+    #[default]
+    Both,
 }
 
 /// Adversarial nodes, added after the honest ones.
@@ -508,7 +613,10 @@ pub struct AdversarySpec {
     /// What they do.
     pub role: AdversaryRole,
     /// How many (part of `nodes`).
+    #[serde(default)]
     pub count: usize,
+    /// Instead of `count`: this share of the network (rounded), at whatever size it runs.
+    pub fraction: Option<f64>,
     /// Eclipse: the /16 all Sybils' addresses come from.
     #[serde(default = "default_subnet")]
     pub subnet: Ipv4Addr,
@@ -523,6 +631,86 @@ pub struct AdversarySpec {
     /// Dropper: share of messages dropped.
     #[serde(default = "default_drop_rate")]
     pub drop_rate: f64,
+    /// Gossip spammer: what it sends.
+    #[serde(default)]
+    pub spam: SpamKind,
+    /// Gossip spammer: messages a second each spammer sends (each to all its topic peers),
+    /// while messages are being published.
+    #[serde(default = "default_spam_rate")]
+    pub spam_rate: f64,
+}
+
+impl AdversarySpec {
+    /// How many adversaries a network of `size` nodes has.
+    pub fn count_for(&self, size: usize) -> usize {
+        match self.fraction {
+            Some(f) => (f * size as f64).round() as usize,
+            None => self.count,
+        }
+    }
+}
+
+fn default_spam_rate() -> f64 {
+    1.0
+}
+
+/// Topic publish/subscribe: honest nodes subscribe to one topic when they join, and random
+/// subscribers publish `messages` messages at `rate` from `start` into the measured phase.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubSubSpec {
+    /// The topic.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Share of honest nodes (bootstrap nodes aside) that subscribe; adversaries with a pub/sub
+    /// role always do.
+    #[serde(default = "default_subscribers")]
+    pub subscribers: f64,
+    /// Messages published, each by a random online honest subscriber.
+    pub messages: usize,
+    /// Messages per second, over the whole network.
+    pub rate: f64,
+    /// Bytes of data per message.
+    #[serde(default = "default_message_size")]
+    pub size: usize,
+    /// When publishing starts, from the start of the measured phase.
+    #[serde(default)]
+    pub start: Dur,
+    /// How long after its publication a message is expected at every honest subscriber: a
+    /// subscriber counts as an expected receiver only if it is online for all of it.
+    #[serde(default = "default_lifetime")]
+    pub lifetime: Dur,
+    /// Random online nodes each joining node dials, besides its bootstrap peers (0: none).
+    #[serde(default)]
+    pub dial_random: usize,
+    /// A share of the honest nodes crashing at once.
+    pub crash: Option<CrashSpec>,
+}
+
+/// Honest nodes (bootstrap nodes aside) that crash at one moment and do not come back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashSpec {
+    /// Share of them, chosen at random.
+    pub fraction: f64,
+    /// When, from the start of publishing.
+    pub at: Dur,
+}
+
+fn default_topic() -> String {
+    "sim".into()
+}
+
+fn default_subscribers() -> f64 {
+    1.0
+}
+
+fn default_message_size() -> usize {
+    256
+}
+
+fn default_lifetime() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn default_subnet() -> Ipv4Addr {
@@ -541,7 +729,8 @@ fn default_drop_rate() -> f64 {
     1.0
 }
 
-/// Another run of the scenario with some node settings changed.
+/// Another run of the scenario with some node settings changed, or other adversaries, or a
+/// pub/sub crash.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
@@ -550,6 +739,10 @@ pub struct Variant {
     /// Settings that differ.
     #[serde(default)]
     pub node: NodeSettings,
+    /// Adversaries for this run, in place of the scenario's `[adversary]`.
+    pub adversary: Option<AdversarySpec>,
+    /// A crash for this run, in place of the scenario's `[pubsub]` `crash`.
+    pub crash: Option<CrashSpec>,
 }
 
 /// A bound on a result: `metric` of the run `variant` (the first run if absent) is at least
@@ -565,6 +758,49 @@ pub struct Expect {
     pub min: Option<f64>,
     /// Upper bound.
     pub max: Option<f64>,
+}
+
+impl PubSubSpec {
+    fn check(&self, duration: Duration) -> Result<(), String> {
+        if self.topic.is_empty() || self.topic.len() > spore_core::pubsub::MAX_TOPIC_LEN {
+            return Err(format!(
+                "pubsub.topic must be 1 to {} bytes",
+                spore_core::pubsub::MAX_TOPIC_LEN
+            ));
+        }
+        if !(self.subscribers > 0.0 && self.subscribers <= 1.0) {
+            return Err("pubsub.subscribers must be in (0, 1]".into());
+        }
+        if self.messages == 0 {
+            return Err("pubsub.messages must be at least 1".into());
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return Err("pubsub.rate must be a positive number of messages a second".into());
+        }
+        let max = spore_core::pubsub::Config::default().max_message_size;
+        if !(16..=max).contains(&self.size) {
+            return Err(format!("pubsub.size must be 16 to {max} bytes"));
+        }
+        let publishing = Duration::from_secs_f64(self.messages as f64 / self.rate);
+        if self.start.0 + publishing > duration {
+            return Err(format!(
+                "publishing {} messages at {}/s from {:?} does not end within the measured phase (duration)",
+                self.messages, self.rate, self.start.0
+            ));
+        }
+        if self.lifetime.0 < Duration::from_secs(1) {
+            return Err("pubsub.lifetime must be at least 1s".into());
+        }
+        if let Some(c) = &self.crash {
+            if !(0.0..1.0).contains(&c.fraction) {
+                return Err("pubsub.crash.fraction must be in [0, 1)".into());
+            }
+            if self.start.0 + c.at.0 >= duration {
+                return Err("pubsub.crash.at must fall within the measured phase".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Scenario {
@@ -594,6 +830,24 @@ impl Scenario {
         } else {
             self.sizes.clone()
         }
+    }
+
+    /// The scenario one run executes: the base one (`None`) or `variant`'s — node settings
+    /// overlaid, adversaries and crash replaced — with no variants and no bounds of its own.
+    pub fn for_run(&self, variant: Option<&Variant>) -> Scenario {
+        let mut s = self.clone();
+        s.variants.clear();
+        s.expect.clear();
+        if let Some(v) = variant {
+            s.node = self.node.overlay(&v.node);
+            if let Some(a) = &v.adversary {
+                s.adversary = Some(a.clone());
+            }
+            if let (Some(c), Some(p)) = (&v.crash, s.pubsub.as_mut()) {
+                p.crash = Some(c.clone());
+            }
+        }
+        s
     }
 
     /// The labels of the runs: one per variant (the base settings first), times one per size.
@@ -632,8 +886,8 @@ impl Scenario {
                 self.name
             ));
         }
-        let adversaries = self.adversary.as_ref().map_or(0, |a| a.count);
         for size in self.run_sizes() {
+            let adversaries = self.adversary.as_ref().map_or(0, |a| a.count_for(size));
             if size > crate::MAX_NODES {
                 return Err(format!("{size} nodes is more than the simulator holds"));
             }
@@ -703,6 +957,9 @@ impl Scenario {
             }
         }
         if let Some(a) = &self.adversary {
+            if a.fraction.is_some_and(|f| !(0.0..1.0).contains(&f)) {
+                return Err("adversary.fraction must be in [0, 1)".into());
+            }
             if a.prefix_bits > 20 {
                 return Err("adversary.prefix_bits above 20 would take too long to grind".into());
             }
@@ -716,11 +973,32 @@ impl Scenario {
                 ));
             }
         }
+        if let Some(p) = &self.pubsub {
+            p.check(self.duration.0)?;
+        }
+        if self.variants.iter().any(|v| v.crash.is_some()) && self.pubsub.is_none() {
+            return Err("a variant's crash needs a [pubsub] section".into());
+        }
+        if let Some(a) = &self.adversary {
+            if a.role.is_pubsub() && self.pubsub.is_none() {
+                return Err(format!(
+                    "adversary role {:?} needs a [pubsub] section",
+                    a.role
+                ));
+            }
+            if !(a.spam_rate > 0.0 && a.spam_rate <= 1000.0) {
+                return Err("adversary.spam_rate must be in (0, 1000] messages a second".into());
+            }
+        }
+        self.node.check()?;
         let labels = self.run_labels();
         for v in &self.variants {
             if v.name.is_empty() || v.name == "base" {
                 return Err("a variant needs a name other than \"base\"".into());
             }
+            self.for_run(Some(v))
+                .check()
+                .map_err(|e| format!("variant {:?}: {e}", v.name))?;
         }
         for e in &self.expect {
             if let Some(v) = &e.variant

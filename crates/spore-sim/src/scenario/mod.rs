@@ -12,8 +12,12 @@
 //!   downtimes; it rejoins with its stored records and remembered peers.
 //! - `[partition]`: a split into two groups at `at` for `duration`, then a merge; probes across
 //!   the split measure when the halves find each other again.
+//! - `[pubsub]`: honest nodes subscribe to a topic as they join; random subscribers publish
+//!   messages at a steady rate, optionally while a share of the network crashes; every
+//!   delivery is traced to its hop count and latency.
 //! - `[adversary]`: an eclipse attack by Sybils from one /16, record poisoners, message
-//!   droppers or free riders, each running the real node code behind a rewriting filter.
+//!   droppers or free riders, and for pub/sub gossip droppers and spammers, each running the
+//!   real node code behind a rewriting filter.
 //! - `[[variants]]` run the same scenario again with other node settings (e.g. defences off);
 //!   `sizes` runs it at several network sizes.
 //! - `[[expect]]` states bounds on the results; [`Report::checks`] says which hold.
@@ -24,14 +28,15 @@
 
 mod adversary;
 mod format;
+mod pubsub;
 mod report;
 mod run;
 mod truth;
 
 pub use format::{
-    AdversaryRole, AdversarySpec, ChurnSpec, Dur, Expect, JoinSpec, LatencySpec, LookupSpec,
-    NatMix, NetworkSpec, NodeSettings, PartitionSpec, Rate, Scenario, ScenarioError, ValueSpec,
-    Variant,
+    AdversaryRole, AdversarySpec, ChurnSpec, CrashSpec, Dur, Expect, JoinSpec, LatencySpec,
+    LookupSpec, NatMix, NetworkSpec, NodeSettings, PartitionSpec, PubSubSpec, Rate, Scenario,
+    ScenarioError, SpamKind, ValueSpec, Variant,
 };
 pub use report::{Check, Report, RunReport, Sample};
 pub use run::{Progress, run};

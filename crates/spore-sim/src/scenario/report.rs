@@ -51,6 +51,11 @@ pub struct RunReport {
     pub hops_histogram: Vec<(u32, u64)>,
     /// Lookup latency percentiles in milliseconds: `(percent, latency)` for 0, 5, ..., 100.
     pub latency_cdf_ms: Vec<(f64, f64)>,
+    /// Pub/sub deliveries to honest subscribers by hop count: `(hops, deliveries)`.
+    pub pubsub_hops_histogram: Vec<(u32, u64)>,
+    /// Pub/sub delivery latency percentiles in milliseconds, publication to delivery:
+    /// `(percent, latency)` for 0, 1, ..., 100.
+    pub pubsub_latency_cdf_ms: Vec<(f64, f64)>,
     /// The simulator's counters at the end.
     pub counters: BTreeMap<String, u64>,
 }
@@ -76,6 +81,10 @@ pub struct Sample {
     pub probe_success: Option<f64>,
     /// Messages delivered per second in the interval.
     pub messages_per_sec: f64,
+    /// Pub/sub messages published in the interval.
+    pub pubsub_published: u64,
+    /// Share of their expected honest receivers they reached (by the end of the run).
+    pub pubsub_delivery: Option<f64>,
 }
 
 /// One bound of the scenario, checked.
@@ -286,6 +295,38 @@ impl Report {
             "milliseconds",
             ChartKind::Line,
             per_run(&|r| r.latency_cdf_ms.clone()),
+            None,
+        );
+        add(
+            "pubsub-delivery.svg",
+            "pub/sub delivery by time of publication",
+            "minutes",
+            "honest subscribers reached",
+            ChartKind::Line,
+            over_time(|s| s.pubsub_delivery),
+            unit,
+        );
+        add(
+            "pubsub-latency.svg",
+            "pub/sub delivery latency (CDF)",
+            "percentile",
+            "milliseconds",
+            ChartKind::Line,
+            per_run(&|r| r.pubsub_latency_cdf_ms.clone()),
+            None,
+        );
+        add(
+            "pubsub-hops.svg",
+            "pub/sub delivery hops",
+            "hops",
+            "deliveries",
+            ChartKind::Bars,
+            per_run(&|r| {
+                r.pubsub_hops_histogram
+                    .iter()
+                    .map(|(h, n)| (f64::from(*h), *n as f64))
+                    .collect()
+            }),
             None,
         );
         if self

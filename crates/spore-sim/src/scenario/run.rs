@@ -14,6 +14,7 @@ use spore_core::time::Instant;
 
 use super::adversary;
 use super::format::{AdversaryRole, NodeSettings, Scenario};
+use super::pubsub::{self, PubSubRun, Spammer};
 use super::report::{Report, RunReport, Sample};
 use super::truth::KeyIndex;
 use crate::config::{NatType, NodeSpec, SimConfig};
@@ -51,19 +52,14 @@ pub fn run(
 ) -> Result<Report, SimError> {
     let labels = scenario.run_labels();
     let mut runs = Vec::new();
-    let settings: Vec<NodeSettings> = std::iter::once(scenario.node.clone())
-        .chain(
-            scenario
-                .variants
-                .iter()
-                .map(|v| scenario.node.overlay(&v.node)),
-        )
+    let each: Vec<Scenario> = std::iter::once(scenario.for_run(None))
+        .chain(scenario.variants.iter().map(|v| scenario.for_run(Some(v))))
         .collect();
     let mut index = 0;
     for size in scenario.run_sizes() {
-        for s in &settings {
+        for s in &each {
             let label = &labels[index];
-            let mut runner = Runner::new(scenario, label, index, labels.len(), size, s)?;
+            let mut runner = Runner::new(s, label, index, labels.len(), size, &s.node)?;
             runs.push(runner.run(progress)?);
             index += 1;
         }
@@ -92,6 +88,10 @@ enum Action {
     Merge,
     Stop(NodeIndex),
     Restart(NodeIndex),
+    Publish(usize),
+    Crash,
+    Spam,
+    MeshSnapshot,
 }
 
 /// What a running query was for.
@@ -169,6 +169,7 @@ struct Runner<'a> {
     merge_at: Option<Instant>,
     last_delivered: u64,
     last_sample: Instant,
+    pubsub: Option<PubSubRun>,
 }
 
 impl<'a> Runner<'a> {
@@ -190,6 +191,7 @@ impl<'a> Runner<'a> {
             network,
             event_log: 0,
             collect_queries: true,
+            collect_pubsub: scenario.pubsub.is_some(),
         })?;
         let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
         rng.set_stream(SCENARIO_STREAM);
@@ -223,6 +225,7 @@ impl<'a> Runner<'a> {
             merge_at: None,
             last_delivered: 0,
             last_sample: Instant::ZERO,
+            pubsub: scenario.pubsub.clone().map(PubSubRun::new),
         })
     }
 
@@ -301,7 +304,7 @@ impl<'a> Runner<'a> {
             }
         }
         self.sim.run_for(Duration::from_secs(1));
-        let adversaries = s.adversary.as_ref().map_or(0, |a| a.count);
+        let adversaries = s.adversary.as_ref().map_or(0, |a| a.count_for(self.size));
         let honest = self.size - b - adversaries;
         let interval = Duration::from_secs_f64(1.0 / s.join.rate);
         let sybils = self.sybil_contacts(adversaries);
@@ -326,6 +329,7 @@ impl<'a> Runner<'a> {
             for j in self.bootstrap.clone() {
                 self.sim.keep(i, j)?;
             }
+            self.join_pubsub(i, n < honest);
             self.sim.run_for(interval);
             if n % 64 == 0 {
                 self.tell(progress, "joining");
@@ -340,6 +344,40 @@ impl<'a> Runner<'a> {
             .collect();
         self.index = KeyIndex::new(keys);
         Ok(())
+    }
+
+    /// Pub/sub for a node that just joined: its validator, its subscription (honest nodes by
+    /// the `subscribers` share, pub/sub adversaries always) and its random dials.
+    fn join_pubsub(&mut self, i: NodeIndex, honest: bool) {
+        let Some(spec) = self.scenario.pubsub.as_ref() else {
+            return;
+        };
+        let dials = spec.dial_random;
+        let subscribe = if honest {
+            // Drawn even when every node subscribes, so the share changes nothing else.
+            self.uniform() < spec.subscribers
+        } else {
+            self.scenario
+                .adversary
+                .as_ref()
+                .is_some_and(|a| a.role.is_pubsub())
+        };
+        if let Some(p) = self.pubsub.as_mut() {
+            p.joined(&mut self.sim, i, subscribe, honest);
+        }
+        // A stand-in for overlay membership: a few random earlier nodes besides the bootstrap
+        // nodes. Refusals (NAT) and repeats are simply skipped.
+        let first = self.bootstrap.len() as u64;
+        let before = u64::from(i.0);
+        if before <= first {
+            return;
+        }
+        for _ in 0..dials {
+            let j = NodeIndex((first + self.rng.next_u64() % (before - first)) as u32);
+            if self.sim.is_online(j) {
+                let _ = self.sim.connect(i, j);
+            }
+        }
     }
 
     fn mark(&mut self, i: NodeIndex, adversary: bool, server: bool) {
@@ -426,6 +464,22 @@ impl<'a> Runner<'a> {
                 keypair: Some(key.clone()),
                 ..NodeSpec::default()
             })?,
+            None if role == AdversaryRole::GossipSpammer => {
+                // Its key is the runner's, so the runner can sign its spam.
+                let mut secret = [0u8; 32];
+                self.rng.fill_bytes(&mut secret);
+                let key = Keypair::from_secret_bytes(secret);
+                let i = self.sim.add_node_with(NodeSpec {
+                    keypair: Some(key.clone()),
+                    ..NodeSpec::default()
+                })?;
+                let stamp = Stamp::mint(&key.peer_id(), self.sim.config().node.difficulty);
+                let seq = self.rng.next_u64() >> 2;
+                if let Some(p) = self.pubsub.as_mut() {
+                    p.spammers.push(Spammer::new(i, key, stamp, seq));
+                }
+                i
+            }
             None => self.sim.add_node()?,
         };
         self.mark(i, true, true);
@@ -440,6 +494,9 @@ impl<'a> Runner<'a> {
             AdversaryRole::Poisoner => adversary::poisoner(),
             AdversaryRole::Dropper => adversary::dropper(drop_rate, self.rng.next_u64()),
             AdversaryRole::FreeRider => adversary::free_rider(),
+            AdversaryRole::GossipDropper => adversary::gossip_dropper(),
+            // Forwards as an honest node does; its spam is sent beside that.
+            AdversaryRole::GossipSpammer => return Ok(i),
         };
         self.sim.set_tamper(i, tamper);
         Ok(i)
@@ -504,6 +561,30 @@ impl<'a> Runner<'a> {
                 self.schedule(at, Action::Stop(i));
             }
         }
+        if let Some(p) = &s.pubsub {
+            let first = start + p.start.0;
+            self.schedule(first, Action::MeshSnapshot);
+            for n in 0..p.messages {
+                let at = first + Duration::from_secs_f64(n as f64 / p.rate);
+                self.schedule(at, Action::Publish(n));
+            }
+            if let Some(c) = &p.crash {
+                self.schedule(first + c.at.0, Action::Crash);
+            }
+            if let Some(a) = s
+                .adversary
+                .as_ref()
+                .filter(|a| a.role == AdversaryRole::GossipSpammer)
+            {
+                let every = Duration::from_secs_f64(1.0 / a.spam_rate);
+                let stop = first + pubsub::publishing(p);
+                let mut t = first;
+                while t < stop {
+                    self.schedule(t, Action::Spam);
+                    t = t + every;
+                }
+            }
+        }
         let mut told = 0u64;
         while let Some(Reverse((at, _, action))) = self.agenda.pop() {
             if at > end {
@@ -519,6 +600,9 @@ impl<'a> Runner<'a> {
         }
         self.sim.run_until(end);
         self.collect();
+        if let Some(p) = self.pubsub.as_mut() {
+            p.snapshot(&self.sim, true);
+        }
         // Let lookups started near the end finish; nothing new starts.
         self.sim.run_for(GRACE);
         self.collect();
@@ -622,6 +706,9 @@ impl<'a> Runner<'a> {
                 };
                 let crash = self.uniform() < c.crash_fraction;
                 self.sim.stop(i, crash);
+                if let Some(p) = self.pubsub.as_mut() {
+                    p.stopped(i, now);
+                }
                 let before = self.pending.len();
                 self.pending.retain(|(n, _), _| *n != i);
                 self.totals.abandoned += (before - self.pending.len()) as u64;
@@ -633,9 +720,55 @@ impl<'a> Runner<'a> {
                     return Ok(());
                 };
                 // The simulator re-keeps the bootstrap peers and dials remembered ones.
+                if let Some(p) = self.pubsub.as_mut() {
+                    p.restarting(&self.sim, i);
+                }
                 self.sim.restart(i)?;
+                if let Some(p) = self.pubsub.as_mut() {
+                    p.restarted(&mut self.sim, i);
+                }
                 let at = now + self.exponential(c.session_median.0);
                 self.schedule(at, Action::Stop(i));
+            }
+            Action::Publish(n) => {
+                let Some(mut p) = self.pubsub.take() else {
+                    return Ok(());
+                };
+                let rng = &mut self.rng;
+                if let Some(author) =
+                    p.publisher(&self.sim, |len| (rng.next_u64() % len as u64) as usize)
+                {
+                    p.publish(&mut self.sim, author, n);
+                }
+                self.pubsub = Some(p);
+            }
+            Action::Crash => {
+                let (Some(mut p), Some(fraction)) = (
+                    self.pubsub.take(),
+                    self.scenario
+                        .pubsub
+                        .as_ref()
+                        .and_then(|s| s.crash.as_ref())
+                        .map(|c| c.fraction),
+                ) else {
+                    return Ok(());
+                };
+                let rng = &mut self.rng;
+                p.crash(&mut self.sim, &self.honest, fraction, |len| {
+                    (rng.next_u64() % len as u64) as usize
+                });
+                self.pubsub = Some(p);
+            }
+            Action::Spam => {
+                let kind = self.scenario.adversary.as_ref().map(|a| a.spam);
+                if let (Some(p), Some(kind)) = (self.pubsub.as_mut(), kind) {
+                    p.spam(&mut self.sim, kind);
+                }
+            }
+            Action::MeshSnapshot => {
+                if let Some(p) = self.pubsub.as_mut() {
+                    p.snapshot(&self.sim, false);
+                }
             }
         }
         Ok(())
@@ -686,8 +819,11 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Takes finished queries from the simulator and scores them.
+    /// Takes finished queries and pub/sub observations from the simulator and scores them.
     fn collect(&mut self) {
+        if let Some(p) = self.pubsub.as_mut() {
+            p.collect(&mut self.sim, &self.is_adversary);
+        }
         for outcome in self.sim.take_query_results() {
             let Some(purpose) = self.pending.remove(&(outcome.node, outcome.id)) else {
                 continue; // the node's own bootstrap and refresh lookups
@@ -790,6 +926,7 @@ impl<'a> Runner<'a> {
             probes: w.probes,
             probe_success: rate(w.probes_ok, w.probes),
             messages_per_sec: (delivered - self.last_delivered) as f64 / secs,
+            ..Sample::default()
         });
         self.last_delivered = delivered;
         self.last_sample = now;
@@ -908,6 +1045,31 @@ impl<'a> Runner<'a> {
             put("target_success", ratio(t.target_ok, t.target_lookups));
         }
         put("unfinished_queries", t.unfinished as f64);
+        let pubsub = self
+            .pubsub
+            .as_ref()
+            .map(|p| p.results(&self.sim))
+            .unwrap_or_default();
+        for (k, v) in &pubsub.summary {
+            put(k, *v);
+        }
+        if self.scenario.pubsub.is_some() {
+            // Delivery of the messages published in each sample interval.
+            let every = self.scenario.sample_every.0.as_secs_f64();
+            for s in &mut self.series {
+                let (mut n, mut expected, mut reached) = (0, 0, 0);
+                for (at, e, r) in &pubsub.per_message {
+                    let t = (*at - self.start).as_secs_f64();
+                    if t <= s.t_secs && t > s.t_secs - every {
+                        n += 1;
+                        expected += e;
+                        reached += r;
+                    }
+                }
+                s.pubsub_published = n;
+                s.pubsub_delivery = (expected > 0).then(|| reached as f64 / expected as f64);
+            }
+        }
         let m = self.sim.metrics();
         put(
             "messages_per_node_per_sec",
@@ -929,7 +1091,7 @@ impl<'a> Runner<'a> {
                 })
                 .collect()
         };
-        let counters = BTreeMap::from([
+        let mut counters = BTreeMap::from([
             ("messages_sent".to_string(), m.messages_sent),
             ("messages_delivered".to_string(), m.messages_delivered),
             ("messages_lost".to_string(), m.messages_lost),
@@ -950,6 +1112,7 @@ impl<'a> Runner<'a> {
             ("timers_fired".to_string(), m.timers_fired),
             ("codec_errors".to_string(), m.codec_errors),
         ]);
+        counters.extend(pubsub.counters);
         Ok(RunReport {
             label: self.label.to_string(),
             nodes: self.size,
@@ -967,6 +1130,8 @@ impl<'a> Runner<'a> {
             series: std::mem::take(&mut self.series),
             hops_histogram: hops.into_iter().collect(),
             latency_cdf_ms,
+            pubsub_hops_histogram: pubsub.hops_histogram,
+            pubsub_latency_cdf_ms: pubsub.latency_cdf_ms,
             counters,
         })
     }
