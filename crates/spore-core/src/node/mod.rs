@@ -56,6 +56,18 @@ use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message}
 use keep::Keeper;
 use protocol::{Link, OutputLimits, Outputs};
 
+/// The [`Context`] protocols get, borrowing the node's clock, RNG and outputs (a macro, so the
+/// node's other fields stay borrowable alongside).
+macro_rules! context {
+    ($node:ident) => {
+        Context {
+            now: $node.now,
+            rng: &mut $node.rng,
+            out: &mut $node.out,
+        }
+    };
+}
+
 /// The application protocol version carried in `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -595,60 +607,32 @@ impl Node {
                 self.violation(from, &what);
             }
             Message::Ping(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.ping.handle_message(&mut cx, from, m);
             }
             Message::Kad(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.kad.handle_message(&mut cx, from, m);
             }
             Message::Pex(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.pex.handle_message(&mut cx, from, m);
             }
             Message::Gossip(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.gossip.handle_message(&mut cx, from, m);
             }
             Message::PubSub(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.pubsub.handle_message(&mut cx, from, m);
                 self.take_live_doc_changes();
             }
             Message::Swarm(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 self.swarm.handle_message(&mut cx, from, m);
             }
             Message::Doc(m) => {
-                let mut cx = Context {
-                    now: self.now,
-                    rng: &mut self.rng,
-                    out: &mut self.out,
-                };
+                let mut cx = context!(self);
                 Protocol::handle_message(&mut self.docs, &mut cx, from, m);
             }
         }
@@ -753,11 +737,7 @@ impl Node {
     /// Command: ping `peer` now. The answer arrives as [`Event::Ping`].
     pub fn ping(&mut self, now: Instant, peer: PeerId) -> Result<u64, PingError> {
         self.advance(now);
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         self.ping.ping(&mut cx, peer)
     }
 
@@ -774,11 +754,7 @@ impl Node {
         if peer == self.peer_id() {
             return Err(KeepError::SelfPeer);
         }
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         self.keeper.keep(&mut cx, peer, addrs)
     }
 
@@ -862,11 +838,7 @@ impl Node {
     /// hits arrive as [`Event::Gossip`] until the query's timeout.
     pub fn search(&mut self, now: Instant, words: &[String]) -> Result<u64, SearchError> {
         self.advance(now);
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         self.gossip.search(&mut cx, words)
     }
 
@@ -989,11 +961,7 @@ impl Node {
     }
 
     fn drain_docs(&mut self) {
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         self.docs.drain(&mut cx);
     }
 
@@ -1178,11 +1146,7 @@ impl Node {
     /// Runs a Kademlia command with a context.
     fn with_kad<R>(&mut self, now: Instant, f: impl FnOnce(&mut Kad, &mut Context<'_>) -> R) -> R {
         self.advance(now);
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         f(&mut self.kad, &mut cx)
     }
 
@@ -1193,11 +1157,7 @@ impl Node {
         f: impl FnOnce(&mut PubSub, &mut Context<'_>) -> R,
     ) -> R {
         self.advance(now);
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         f(&mut self.pubsub, &mut cx)
     }
 
@@ -1208,11 +1168,7 @@ impl Node {
         f: impl FnOnce(&mut Swarm, &mut Context<'_>) -> R,
     ) -> R {
         self.advance(now);
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         f(&mut self.swarm, &mut cx)
     }
 
@@ -1233,11 +1189,7 @@ impl Node {
 
     /// Runs `f` on every sub-protocol, in the order of [`protocols`](Self::protocols).
     fn for_each_protocol(&mut self, mut f: impl FnMut(&mut dyn AnyProtocol, &mut Context<'_>)) {
-        let mut cx = Context {
-            now: self.now,
-            rng: &mut self.rng,
-            out: &mut self.out,
-        };
+        let mut cx = context!(self);
         f(&mut self.ping, &mut cx);
         f(&mut self.kad, &mut cx);
         f(&mut self.pex, &mut cx);
