@@ -18,8 +18,8 @@
 //! - `[adversary]`: an eclipse attack by Sybils from one /16, record poisoners, message
 //!   droppers or free riders, and for pub/sub gossip droppers and spammers, each running the
 //!   real node code behind a rewriting filter.
-//! - `[[variants]]` run the same scenario again with other node settings (e.g. defences off);
-//!   `sizes` runs it at several network sizes.
+//! - `[[variants]]` run the same scenario again with other node settings (e.g. defences off),
+//!   other adversaries or a pub/sub crash; `sizes` runs it at several network sizes.
 //! - `[[expect]]` states bounds on the results; [`Report::checks`] says which hold.
 //!
 //! Every random choice comes from `seed`, so a scenario file and a seed give one run and one
