@@ -166,6 +166,16 @@ pub enum PeerIdError {
     NotAKey,
 }
 
+/// The message a signature covers: `postcard((context, fields))`, the context naming what is
+/// signed so that a signature over one kind of object never verifies as another. Every signed
+/// object in spore (records, pub/sub messages, search hits, document changes) uses it.
+pub(crate) fn signed_message<T: Serialize>(context: &'static str, fields: &T) -> Vec<u8> {
+    // Encoding plain data (integers, byte arrays, strings, Vecs) into a Vec cannot fail; if it
+    // ever did, the fallback is a message no real signature covers, so nothing verifies,
+    // rather than a panic.
+    postcard::to_allocvec(&(context, fields)).unwrap_or_else(|_| context.as_bytes().to_vec())
+}
+
 /// An Ed25519 signature (64 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature(#[serde(with = "sig_bytes")] pub [u8; 64]);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::crdt::{Actor, Tag, Value};
 use super::reconcile::Id;
 use super::text::TextOp;
-use crate::identity::{Keypair, PeerId, Signature};
+use crate::identity::{Keypair, PeerId, Signature, signed_message};
 
 /// Prefix of the pub/sub topics of documents (followed by the [`DocId`]).
 pub const DOC_TOPIC_PREFIX: &str = "spore/doc/";
@@ -104,14 +104,8 @@ impl Access {
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
-        let fields = (
-            "spore-doc-access-v1",
-            &self.owner,
-            self.nonce,
-            self.version,
-            &self.writers,
-        );
-        postcard::to_allocvec(&fields).unwrap_or_default()
+        let fields = (&self.owner, self.nonce, self.version, &self.writers);
+        signed_message("spore-doc-access-v1", &fields)
     }
 
     /// Checks the bounds, that the owner is writer 0, and the owner's signature.
@@ -298,7 +292,6 @@ impl Change {
 
     fn signed_bytes(&self) -> Vec<u8> {
         let fields = (
-            "spore-doc-change-v1",
             &self.doc,
             self.author,
             self.seq,
@@ -306,7 +299,7 @@ impl Change {
             &self.deps,
             &self.ops,
         );
-        postcard::to_allocvec(&fields).unwrap_or_default()
+        signed_message("spore-doc-change-v1", &fields)
     }
 
     /// The change's id: BLAKE3 of its encoding.

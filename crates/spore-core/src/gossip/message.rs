@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Keypair, PeerId, Signature};
+use crate::identity::{Keypair, PeerId, Signature, signed_message};
 use crate::kad::record::{MAX_RECORD_ADDRS, MAX_RECORD_RELAYS, PeerRecord};
 use crate::wire::{WireError, check_bound};
 
@@ -182,10 +182,7 @@ fn check_records(records: &[PeerRecord]) -> Result<(), WireError> {
 /// The message the signature of [`Message::Hits`] covers:
 /// `postcard(("spore-search-hits-v1", id, hits))`.
 fn hits_message(id: u64, hits: &[Hit]) -> Vec<u8> {
-    // Encoding plain data into a Vec cannot fail; if it ever did, the fallback is a message no
-    // real signature covers, so nothing verifies, rather than a panic (as in `kad::record`).
-    postcard::to_allocvec(&(HITS_CONTEXT, id, hits))
-        .unwrap_or_else(|_| HITS_CONTEXT.as_bytes().to_vec())
+    signed_message(HITS_CONTEXT, &(id, hits))
 }
 
 /// Signs `hits` for query `id` with `keypair`.

@@ -46,7 +46,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{Contact, Key, MAX_CONTACT_ADDRS};
-use crate::identity::{Keypair, PeerId, Signature};
+use crate::identity::{Keypair, PeerId, Signature, signed_message};
 use crate::pow::{Difficulty, Stamp, StampError};
 use crate::time::Instant;
 
@@ -163,14 +163,6 @@ fn check_name(name: &str) -> Result<(), RecordError> {
         });
     }
     Ok(())
-}
-
-/// The message a record's signature covers: `postcard((context, fields))`.
-fn signed_message<T: Serialize>(context: &'static str, fields: &T) -> Vec<u8> {
-    // Encoding plain data (integers, byte arrays, strings, Vecs) into a Vec cannot fail; if it
-    // ever did, the fallback is a message no real record's signature covers, so nothing
-    // verifies, rather than a panic.
-    postcard::to_allocvec(&(context, fields)).unwrap_or_else(|_| context.as_bytes().to_vec())
 }
 
 fn verify_signature(

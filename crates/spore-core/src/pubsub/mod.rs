@@ -55,7 +55,7 @@ use bytes::Bytes;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Keypair, PeerId, Signature};
+use crate::identity::{Keypair, PeerId, Signature, signed_message};
 use crate::kad::record::{MAX_RECORD_ADDRS, MAX_RECORD_RELAYS, PeerRecord, RecordLimits};
 use crate::node::{Context, PeerEvent, Protocol};
 use crate::pow::{Difficulty, Stamp};
@@ -139,15 +139,13 @@ impl SignedMessage {
 
     fn signed_bytes(&self) -> Vec<u8> {
         let fields = (
-            "spore-pubsub-message-v1",
             &self.topic,
             &self.author,
             &self.stamp,
             self.seq,
             &self.data[..],
         );
-        // Encoding plain data cannot fail; if it did, nothing would verify.
-        postcard::to_allocvec(&fields).unwrap_or_default()
+        signed_message("spore-pubsub-message-v1", &fields)
     }
 
     /// Checks the author's proof of work against `difficulty` and the signature.
