@@ -221,6 +221,8 @@ impl BlobStore {
             verified,
             size_verified,
             complete,
+            pending: Vec::new(),
+            commit_batch: 0,
             _lease: lease,
             #[cfg(test)]
             crash_before_commit: false,
@@ -238,9 +240,14 @@ pub struct Download {
     tree: BaoTree,
     data: File,
     outboard: PostOrderOutboard<File>,
+    /// Groups verified: recorded ones and `pending` ones.
     verified: Bitfield,
     size_verified: bool,
     complete: bool,
+    /// Groups verified and written but not yet synced and recorded.
+    pending: Vec<u64>,
+    /// Bytes of pending groups that trigger a commit (0: commit every write).
+    commit_batch: u64,
     _lease: Lease,
     /// Test hook: write and sync the data, then stop before the metadata commit, as a crash
     /// there would.
@@ -260,6 +267,8 @@ impl std::fmt::Debug for Download {
 
 impl Drop for Download {
     fn drop(&mut self) {
+        // Best effort: a failure here only means those groups are fetched again.
+        let _ = self.flush();
         self.inner.state().downloads.remove(&self.hash);
     }
 }
@@ -280,9 +289,83 @@ impl Download {
         self.size_verified
     }
 
-    /// The chunk groups verified and recorded so far.
+    /// The chunk groups verified so far: recorded, or written and waiting for the next
+    /// commit (see [`set_commit_batch`](Self::set_commit_batch)).
     pub fn verified_groups(&self) -> &Bitfield {
         &self.verified
+    }
+
+    /// Batches commits: from now on, verified groups are written at once but synced and
+    /// recorded only when `bytes` of them are pending, at [`flush`](Self::flush),
+    /// [`finish`](Self::finish), or when the download is dropped. Each commit costs a few
+    /// disk syncs (milliseconds), so committing every response caps a download at tens of
+    /// MB/s; batching trades that for refetching at most `bytes` after a crash. Pending groups
+    /// are already servable through [`encode_ranges`](Self::encode_ranges). 0 (the default)
+    /// commits every write.
+    pub fn set_commit_batch(&mut self, bytes: u64) {
+        self.commit_batch = bytes;
+    }
+
+    /// Bytes of groups verified and written but not yet recorded.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending.iter().map(|&g| group_len(self.size, g)).sum()
+    }
+
+    /// Syncs and records the pending groups (nothing to do if none are pending).
+    pub fn flush(&mut self) -> Result<(), BlobError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable();
+        let result = self.commit(&pending);
+        if result.is_err() {
+            self.pending = pending;
+        }
+        result
+    }
+
+    /// Encodes `groups` this download has verified (recorded or pending), like
+    /// [`BlobStore::encode_ranges`], so a downloader serves what it holds at once. Groups
+    /// not verified here are left out of the response ([`Encoded::groups`] says which are in).
+    pub fn encode_ranges(&self, groups: &[Range<u64>]) -> Result<Encoded, BlobError> {
+        let hash = self.hash;
+        let inner = &self.inner;
+        let max = inner.limits.max_request_ranges;
+        if groups.len() > max {
+            return Err(BlobError::Malformed {
+                hash,
+                reason: format!("{} ranges, more than the limit of {max}", groups.len()),
+            });
+        }
+        let requested = normalize(groups, group_count(self.size));
+        let served: Vec<u64> = requested
+            .iter()
+            .flat_map(|r| r.clone())
+            .filter(|&g| self.verified.get(g))
+            .collect();
+        let served = Bitfield::from_groups(self.verified.len(), &served).ranges();
+        let limit = inner.limits.max_encode_bytes;
+        let data: u64 = served
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|g| group_len(self.size, g))
+            .sum();
+        if data > limit as u64 {
+            return Err(BlobError::ResponseTooLarge { hash, limit });
+        }
+        let mut out = Tracked {
+            w: Vec::new(),
+            limit: limit as u64,
+            written: 0,
+            error: None,
+            overflow: false,
+        };
+        inner.encode_into(&hash, self.size, &served, &mut out)?;
+        Ok(Encoded {
+            groups: served,
+            bytes: out.w,
+        })
     }
 
     /// The chunk groups still to fetch, as sorted ranges.
@@ -309,7 +392,8 @@ impl Download {
     /// Decodes `encoded`, a response holding chunk groups `groups` (as
     /// [`Encoded::groups`] says; clipped to the blob), verifies every proof node and every
     /// chunk group against the hash before writing it, writes the groups not verified before,
-    /// syncs, and then records them in one transaction.
+    /// syncs, and then records them in one transaction (or, with a
+    /// [commit batch](Self::set_commit_batch), once enough are pending).
     ///
     /// On bad data the first bad group is reported ([`BlobError::Verification`]): nothing from
     /// it on is written or recorded, and the groups before it in the response are kept
@@ -385,7 +469,14 @@ impl Download {
             });
         }
         if !new_groups.is_empty() {
-            self.commit(&new_groups)?;
+            for &g in &new_groups {
+                self.verified.set(g);
+            }
+            self.pending.extend_from_slice(&new_groups);
+            let bad = failure.is_some();
+            if bad || self.verified.is_full() || self.pending_bytes() >= self.commit_batch {
+                self.flush()?;
+            }
         }
         match failure {
             Some(e) => Err(e),
@@ -413,10 +504,7 @@ impl Download {
         if self.crash_before_commit {
             return Ok(());
         }
-        let mut bits = self.verified.clone();
-        for &g in new_groups {
-            bits.set(g);
-        }
+        let bits = self.verified.clone();
         let last = bits.len().saturating_sub(1);
         let size_verified = self.size_verified || bits.get(last);
         let write = || -> Result<bool, DbError> {
@@ -451,8 +539,6 @@ impl Download {
         if complete {
             self.complete = true;
             self.verified = Bitfield::full(self.verified.len());
-        } else {
-            self.verified = bits;
         }
         self.size_verified |= size_verified;
         Ok(())
@@ -461,7 +547,8 @@ impl Download {
     /// Marks the blob complete. Every chunk group must be verified
     /// ([`BlobError::Incomplete`] otherwise); the data and outboard were synced as the groups
     /// were recorded.
-    pub fn finish(self) -> Result<(), BlobError> {
+    pub fn finish(mut self) -> Result<(), BlobError> {
+        self.flush()?;
         let hash = self.hash;
         let inner = &self.inner;
         let _catalog = inner.catalog();

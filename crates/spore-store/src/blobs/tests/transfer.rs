@@ -442,3 +442,48 @@ proptest! {
         prop_assert_eq!(read_export(&b, &hash), data);
     }
 }
+
+#[test]
+fn batched_commits_serve_at_once_and_record_on_flush_or_drop() {
+    let (_ta, a) = temp_store();
+    let (tb, b) = temp_store();
+    let data = random_bytes(40, 40 * G + 7);
+    let size = data.len() as u64;
+    let hash = a.import_bytes(&data).unwrap().hash;
+    let n = group_count(size);
+    let mut d = b.begin_download(hash, size).unwrap();
+    d.set_commit_batch(8 * GROUP_BYTES);
+    // The last group (it proves the size), then four more: 5 groups pending, under the batch.
+    transfer(&a, &mut d, &[n - 1..n]).unwrap();
+    transfer(&a, &mut d, &[0..4]).unwrap();
+    assert_eq!(d.pending_bytes(), 4 * GROUP_BYTES + 7);
+    assert_eq!(d.verified_groups().count_ones(), 5);
+    assert!(d.size_verified() || d.verified_groups().get(n - 1));
+    // Not recorded yet: the store alone serves nothing of it...
+    assert_eq!(b.encode_ranges(&hash, &[0..4]).unwrap().groups, vec![]);
+    // ...but the download serves what it verified, and it checks against the hash.
+    let served = d.encode_ranges(&[0..6]).unwrap();
+    assert_eq!(served.groups, vec![0..4]);
+    let (_tc, c) = temp_store();
+    let mut dc = c.begin_download(hash, size).unwrap();
+    dc.write_encoded(&served.groups, &served.bytes).unwrap();
+    assert_eq!(dc.verified_groups().count_ones(), 4);
+    // Crossing the batch commits everything pending.
+    transfer(&a, &mut d, &[4..8]).unwrap();
+    assert_eq!(d.pending_bytes(), 0);
+    assert_eq!(groups_of(b.have(&hash).unwrap()), vec![0..8, n - 1..n]);
+    // Pending groups are recorded when the download is dropped.
+    transfer(&a, &mut d, &[8..10]).unwrap();
+    assert_eq!(d.pending_bytes(), 2 * GROUP_BYTES);
+    drop(d);
+    drop(b);
+    let b = open(&tb.path().join("blobs"));
+    assert_eq!(groups_of(b.have(&hash).unwrap()), vec![0..10, n - 1..n]);
+    // And a resumed download finishes: finish flushes what is pending.
+    let mut d = b.begin_download(hash, size).unwrap();
+    d.set_commit_batch(u64::MAX);
+    transfer(&a, &mut d, &[10..n - 1]).unwrap();
+    d.finish().unwrap();
+    assert_eq!(b.have(&hash).unwrap(), BlobStatus::Complete { size });
+    assert_eq!(read_export(&b, &hash), data);
+}
