@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use spore_core::PeerId;
 use spore_core::pubsub;
+use spore_core::swarm::BlobAccess;
 
 /// Settings of a running node.
 #[derive(Debug, Clone)]
@@ -37,6 +38,12 @@ pub struct NetConfig {
     /// The application's check of pub/sub messages, installed in the node before it starts, so
     /// no message escapes it. `None` accepts every message with a valid signature.
     pub pubsub_validator: Option<PubSubValidator>,
+    /// The blob store the node swarms from and into (`<data-dir>/blobs`). `None` keeps blobs
+    /// in memory (nothing survives a restart).
+    pub blobs: Option<spore_store::blobs::BlobStore>,
+    /// Replaces the swarm's storage with the application's own [`BlobAccess`] (which must
+    /// verify what it stores and serves). `None` uses [`blobs`](Self::blobs).
+    pub blob_access: Option<BlobAccessMaker>,
 }
 
 impl Default for NetConfig {
@@ -53,7 +60,31 @@ impl Default for NetConfig {
             mdns: None,
             mdns_max_dials: 8,
             pubsub_validator: None,
+            blobs: None,
+            blob_access: None,
         }
+    }
+}
+
+/// Makes the swarm's blob storage of each node started from a [`NetConfig`] (a config can
+/// start several nodes).
+#[derive(Clone)]
+pub struct BlobAccessMaker(Arc<dyn Fn() -> Box<dyn BlobAccess> + Send + Sync>);
+
+impl BlobAccessMaker {
+    /// A maker calling `make` once per node.
+    pub fn new(make: impl Fn() -> Box<dyn BlobAccess> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    pub(crate) fn make(&self) -> Box<dyn BlobAccess> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for BlobAccessMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobAccessMaker(..)")
     }
 }
 
@@ -122,6 +153,11 @@ pub struct Limits {
     /// dropped, keeping the last quarter for everything else (DHT, pings, subscriptions, GRAFT
     /// and PRUNE). Lost pub/sub frames are repaired by gossip from other peers.
     pub max_queued_frames: usize,
+    /// Most queued swarm data frames (up to ~130 KiB each: chunk groups with their proof) per
+    /// connection, on the connection's bulk stream; further ones are dropped and re-requested
+    /// by the downloader after its request timeout. The swarm itself bounds what it queues per
+    /// peer (16 requests per swarm), so this is only reached by many swarms at once.
+    pub max_queued_bulk_frames: usize,
     /// Most unidirectional streams a peer may have open towards us at once.
     pub max_uni_streams: u32,
     /// Most application streams waiting for the application to accept them.
@@ -137,6 +173,7 @@ impl Default for Limits {
             max_per_ip: 8,
             max_pending_handshakes: 64,
             max_queued_frames: 1024,
+            max_queued_bulk_frames: 128,
             max_uni_streams: 16,
             max_pending_app_streams: 64,
         }

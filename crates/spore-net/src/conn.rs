@@ -21,6 +21,10 @@ pub enum StreamKind {
     Control = 0x00,
     /// An application byte stream, handed to the embedding program.
     App = 0x01,
+    /// Frames of bulk messages (swarm data); at most one per direction per connection, opened
+    /// when the first is sent. Decoded like the control stream, so that a large data frame
+    /// never waits in front of a ping or a DHT answer.
+    Bulk = 0x02,
 }
 
 impl StreamKind {
@@ -28,6 +32,7 @@ impl StreamKind {
         match b {
             0x00 => Some(Self::Control),
             0x01 => Some(Self::App),
+            0x02 => Some(Self::Bulk),
             _ => None,
         }
     }
@@ -50,21 +55,38 @@ pub mod close_code {
 /// Error code for stopping an application stream nobody is accepting.
 const STREAM_REFUSED: u32 = 1;
 
-/// Writes queued frames to the control stream until the queue closes or the stream fails.
-pub(crate) async fn write_control(conn: quinn::Connection, mut frames: mpsc::Receiver<Bytes>) {
+/// Writes queued frames to a stream of `kind` (control or bulk) until the queue closes or the
+/// stream fails. The control stream is opened at once; the bulk stream with its first frame.
+pub(crate) async fn write_frames(
+    conn: quinn::Connection,
+    kind: StreamKind,
+    mut frames: mpsc::Receiver<Bytes>,
+) {
+    let mut first = None;
+    if kind == StreamKind::Bulk {
+        match frames.recv().await {
+            Some(frame) => first = Some(frame),
+            None => return,
+        }
+    }
     let mut send = match conn.open_uni().await {
         Ok(s) => s,
         Err(e) => {
-            debug!(error = %e, "cannot open control stream");
+            debug!(error = %e, ?kind, "cannot open stream");
             return;
         }
     };
-    if send.write_all(&[StreamKind::Control as u8]).await.is_err() {
+    if send.write_all(&[kind as u8]).await.is_err() {
+        return;
+    }
+    if let Some(frame) = first
+        && send.write_chunk(frame).await.is_err()
+    {
         return;
     }
     while let Some(frame) = frames.recv().await {
         if let Err(e) = send.write_chunk(frame).await {
-            debug!(error = %e, "control stream write failed");
+            debug!(error = %e, ?kind, "stream write failed");
             return;
         }
     }
@@ -80,6 +102,7 @@ pub(crate) async fn accept_streams(
 ) {
     let conn_id = conn.stable_id();
     let mut have_control = false;
+    let mut have_bulk = false;
     loop {
         let mut recv = match conn.accept_uni().await {
             Ok(r) => r,
@@ -92,10 +115,14 @@ pub(crate) async fn accept_streams(
         match StreamKind::from_byte(kind[0]) {
             Some(StreamKind::Control) if !have_control => {
                 have_control = true;
-                tokio::spawn(read_control(recv, peer, conn_id, inputs.clone()));
+                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone()));
             }
-            Some(StreamKind::Control) => {
-                let err = WireError::Malformed("second control stream".into());
+            Some(StreamKind::Bulk) if !have_bulk => {
+                have_bulk = true;
+                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone()));
+            }
+            Some(kind @ (StreamKind::Control | StreamKind::Bulk)) => {
+                let err = WireError::Malformed(format!("second {kind:?} stream"));
                 let _ = inputs
                     .send(Input::WireError {
                         peer,
@@ -128,10 +155,10 @@ pub(crate) async fn accept_streams(
     }
 }
 
-/// Decodes frames from the peer's control stream. The bounded `inputs` channel is the
+/// Decodes frames from the peer's control or bulk stream. The bounded `inputs` channel is the
 /// backpressure: while the runtime is busy this task stops reading, and QUIC flow control stops
 /// the peer.
-async fn read_control(
+async fn read_frames(
     mut recv: quinn::RecvStream,
     peer: PeerId,
     conn_id: usize,

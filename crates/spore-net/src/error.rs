@@ -111,6 +111,9 @@ pub enum RequestError {
     /// A name could not be shared (empty, too long, control characters, index full).
     #[error(transparent)]
     Share(#[from] spore_core::gossip::ShareError),
+    /// The swarm refused a blob command (disabled, too many swarms, blob not complete).
+    #[error(transparent)]
+    Swarm(#[from] spore_core::swarm::SwarmError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,

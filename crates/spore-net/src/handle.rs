@@ -7,6 +7,7 @@ use std::time::Duration;
 use spore_core::node::{Event, PeerInfo};
 use spore_core::pow::Stamp;
 use spore_core::pubsub::Published;
+use spore_core::swarm::{PeerView, SwarmInfo};
 use spore_core::wire::Message;
 use spore_core::{Keypair, Node, PeerId};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -106,6 +107,11 @@ pub async fn start(
 
     if let Some(validator) = &config.pubsub_validator {
         node.set_pubsub_validator(validator.make());
+    }
+    if let Some(maker) = &config.blob_access {
+        node.set_blob_access(maker.make());
+    } else if let Some(store) = &config.blobs {
+        node.set_blob_access(Box::new(crate::blobs::StoreBlobs::new(store.clone())));
     }
     let (inputs, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -423,6 +429,55 @@ impl NodeHandle {
     /// Finds providers of the content with BLAKE3 hash `content`.
     pub async fn find_providers(&self, content: [u8; 32]) -> Result<KadAnswer, RequestError> {
         self.kad(KadOp::FindProviders(content)).await
+    }
+
+    /// Downloads blob `hash` from `providers` (a ticket's peer, DHT provider records) and
+    /// whoever they lead to, into the node's blob store, or adds providers to a download in
+    /// progress. Every chunk group is verified before it is stored; groups verified earlier
+    /// (also before a crash) are not fetched again. Progress, completion and failure arrive as
+    /// [`Event::Swarm`] on [`subscribe`](Self::subscribe) ([`swarm_info`](Self::swarm_info)
+    /// polls the same); as soon as it holds verified data the node serves it and announces
+    /// itself in the DHT as a provider. A blob already complete reports completion at once.
+    pub async fn fetch_blob(
+        &self,
+        hash: [u8; 32],
+        providers: Vec<(PeerId, Vec<SocketAddr>)>,
+    ) -> Result<(), RequestError> {
+        self.request(|reply| Command::FetchBlob {
+            hash,
+            providers,
+            reply,
+        })
+        .await
+        .ok_or(RequestError::Shutdown)?
+        .map_err(RequestError::from)
+    }
+
+    /// Serves blob `hash`, complete in the blob store, to every peer that asks (seeding), and
+    /// announces this node in the DHT as its provider.
+    pub async fn serve_blob(&self, hash: [u8; 32]) -> Result<(), RequestError> {
+        self.request(|reply| Command::ServeBlob { hash, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(RequestError::from)
+    }
+
+    /// Stops downloading or serving `hash` (what was verified stays in the store). `false` if
+    /// it had no swarm.
+    pub async fn cancel_blob(&self, hash: [u8; 32]) -> Result<bool, RequestError> {
+        self.request(|reply| Command::CancelBlob { hash, reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// The swarm of `hash` and its peers, or `None` if it has none.
+    pub async fn swarm_info(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<(SwarmInfo, Vec<PeerView>)>, RequestError> {
+        self.request(|reply| Command::SwarmInfo { hash, reply })
+            .await
+            .ok_or(RequestError::Shutdown)
     }
 
     /// Subscribes to a pub/sub topic (1 to 256 bytes of name, at most 64 topics): tells the

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blobs;
 mod config;
 mod conn;
 mod dial;
@@ -51,11 +52,13 @@ mod runtime;
 mod search;
 pub mod tls;
 
-pub use config::{Limits, NetConfig, PubSubValidator, TransportParams};
+pub use blobs::StoreBlobs;
+pub use config::{BlobAccessMaker, Limits, NetConfig, PubSubValidator, TransportParams};
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
 pub use runtime::{
-    DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, TopicStatus,
+    DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,
+    SwarmSummary, TopicStatus,
 };
 pub use search::{SearchHit, SearchStream};

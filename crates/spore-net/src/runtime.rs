@@ -21,6 +21,7 @@ use spore_core::gossip::{self, SearchError, ShareError};
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
 use spore_core::pubsub::{self, PubSubError, Published};
+use spore_core::swarm::{self, PeerView, SwarmError, SwarmInfo};
 use spore_core::time::Instant;
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
@@ -120,6 +121,23 @@ pub(crate) enum Command {
         words: Vec<String>,
         reply: oneshot::Sender<Result<SearchStream, SearchError>>,
     },
+    FetchBlob {
+        hash: swarm::Hash,
+        providers: Vec<(PeerId, Vec<SocketAddr>)>,
+        reply: oneshot::Sender<Result<(), SwarmError>>,
+    },
+    ServeBlob {
+        hash: swarm::Hash,
+        reply: oneshot::Sender<Result<(), SwarmError>>,
+    },
+    CancelBlob {
+        hash: swarm::Hash,
+        reply: oneshot::Sender<bool>,
+    },
+    SwarmInfo {
+        hash: swarm::Hash,
+        reply: oneshot::Sender<Option<(SwarmInfo, Vec<PeerView>)>>,
+    },
     SendRaw {
         peer: PeerId,
         msg: Box<Message>,
@@ -172,6 +190,35 @@ pub struct Status {
     /// The gossip overlay: neighbors, passive view, counters.
     #[serde(default)]
     pub overlay: OverlayStatus,
+    /// Blob swarms: downloads and blobs served, counters.
+    #[serde(default)]
+    pub swarm: SwarmStatus,
+}
+
+/// The blob swarms' part of [`Status`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SwarmStatus {
+    /// Every swarm: downloads in progress and blobs served.
+    pub swarms: Vec<SwarmSummary>,
+    /// Counters: bytes up and down, requests, bad data, ….
+    pub stats: swarm::Stats,
+}
+
+/// One swarm in [`SwarmStatus`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SwarmSummary {
+    /// The blob's hash, hex.
+    pub hash: String,
+    /// Its size, once proven.
+    pub size: Option<u64>,
+    /// Bytes verified here.
+    pub verified_bytes: u64,
+    /// Still downloading (false: serving only).
+    pub fetching: bool,
+    /// Peers in the swarm.
+    pub peers: usize,
+    /// Peers dropped for bad data.
+    pub bad_peers: usize,
 }
 
 /// The gossip overlay's part of [`Status`].
@@ -287,6 +334,8 @@ struct Entry {
     conn: quinn::Connection,
     direction: Direction,
     frames: mpsc::Sender<Bytes>,
+    /// Swarm data, on its own stream so that bulk bytes never hold up control messages.
+    bulk: mpsc::Sender<Bytes>,
 }
 
 /// Maps the runtime's clock to spore-core's [`Instant`]: microseconds since the UNIX epoch, read
@@ -339,6 +388,8 @@ pub(crate) struct Runtime {
     pings: BTreeMap<(PeerId, u64), oneshot::Sender<Result<Duration, RequestError>>>,
     queries: BTreeMap<QueryId, oneshot::Sender<Result<KadAnswer, RequestError>>>,
     searches: Searches,
+    /// Blobs this node has announced itself as a provider of (swarms hold verified data).
+    provided: std::collections::BTreeSet<swarm::Hash>,
     pub(crate) peer_book: Option<spore_store::records::PeerBook>,
     stats: RuntimeStats,
 }
@@ -371,6 +422,7 @@ impl Runtime {
             pings: BTreeMap::new(),
             queries: BTreeMap::new(),
             searches: Searches::default(),
+            provided: Default::default(),
             peer_book: None,
             stats: RuntimeStats::default(),
         }
@@ -517,6 +569,28 @@ impl Runtime {
                 // A handle that went away drops the stream; its channel is forgotten later.
                 let _ = reply.send(started);
             }
+            Command::FetchBlob {
+                hash,
+                providers,
+                reply,
+            } => {
+                let _ = reply.send(self.node.fetch(now, hash, providers));
+            }
+            Command::ServeBlob { hash, reply } => {
+                let served = self.node.serve(now, hash);
+                if served.is_ok() {
+                    self.announce(hash);
+                }
+                let _ = reply.send(served);
+            }
+            Command::CancelBlob { hash, reply } => {
+                self.provided.remove(&hash);
+                let _ = reply.send(self.node.cancel_blob(now, &hash));
+            }
+            Command::SwarmInfo { hash, reply } => {
+                let s = self.node.swarm();
+                let _ = reply.send(s.info(&hash).map(|i| (i, s.peers(&hash))));
+            }
             Command::SendRaw { peer, msg, reply } => {
                 let result = if self.conns.contains_key(&peer) {
                     self.transmit(peer, &msg);
@@ -610,6 +684,24 @@ impl Runtime {
                         })
                         .collect(),
                     stats: p.stats(),
+                }
+            },
+            swarm: {
+                let s = self.node.swarm();
+                SwarmStatus {
+                    swarms: s
+                        .hashes()
+                        .filter_map(|h| s.info(h))
+                        .map(|i| SwarmSummary {
+                            hash: i.hash.iter().map(|b| format!("{b:02x}")).collect(),
+                            size: i.size,
+                            verified_bytes: i.verified_bytes,
+                            fetching: i.fetching,
+                            peers: i.peers,
+                            bad_peers: i.bad_peers,
+                        })
+                        .collect(),
+                    stats: s.stats(),
                 }
             },
             overlay: {
@@ -764,7 +856,17 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .add(addr.ip());
         let (frames, frames_rx) = mpsc::channel(self.config.limits.max_queued_frames);
-        tokio::spawn(conn::write_control(conn.clone(), frames_rx));
+        tokio::spawn(conn::write_frames(
+            conn.clone(),
+            conn::StreamKind::Control,
+            frames_rx,
+        ));
+        let (bulk, bulk_rx) = mpsc::channel(self.config.limits.max_queued_bulk_frames);
+        tokio::spawn(conn::write_frames(
+            conn.clone(),
+            conn::StreamKind::Bulk,
+            bulk_rx,
+        ));
         tokio::spawn(conn::accept_streams(
             conn.clone(),
             peer,
@@ -797,6 +899,7 @@ impl Runtime {
                 conn,
                 direction,
                 frames,
+                bulk,
             },
         );
         let now = self.clock.now();
@@ -856,6 +959,17 @@ impl Runtime {
         }
     }
 
+    /// Announces this node in the DHT as a provider of `hash`, once per swarm (the DHT
+    /// republishes the record while the node runs).
+    fn announce(&mut self, hash: swarm::Hash) {
+        if self.node.swarm().info(&hash).is_none() || !self.provided.insert(hash) {
+            return;
+        }
+        if let Err(e) = self.node.provide(self.clock.now(), hash) {
+            debug!(error = %e, "cannot announce a blob in the DHT");
+        }
+    }
+
     /// Carries out the node's outputs. Called after every input.
     fn drain(&mut self) {
         loop {
@@ -893,7 +1007,12 @@ impl Runtime {
                 return;
             }
         };
-        if entry.frames.try_send(frame).is_err() {
+        let queue = if matches!(msg, Message::Swarm(swarm::Message::Data { .. })) {
+            &entry.bulk
+        } else {
+            &entry.frames
+        };
+        if queue.try_send(frame).is_err() {
             // The peer is not reading fast enough: drop, as the network would. Protocols
             // tolerate loss; holding frames without bound would not be tolerable.
             self.stats.frames_dropped += 1;
@@ -936,6 +1055,13 @@ impl Runtime {
                 }
             }
             Event::Kad(kad::Event::PeerRecord { record }) => self.remember(record.clone()),
+            // Downloaders announce themselves as soon as they hold verified data.
+            Event::Swarm(swarm::Event::Progress {
+                hash,
+                verified_bytes,
+                ..
+            }) if *verified_bytes > 0 => self.announce(*hash),
+            Event::Swarm(swarm::Event::Complete { hash, .. }) => self.announce(*hash),
             Event::Pex(pex::Event::Discovered { records, .. }) => {
                 for record in records {
                     self.remember(record.clone());
