@@ -89,6 +89,34 @@ pub enum Command {
     ///
     /// Example: `spore search holiday photos --timeout 3s`
     Search(SearchArgs),
+    /// Share a file or a directory: import it, serve it, print a ticket.
+    ///
+    /// Imports PATH into the node's blob store (BLAKE3-verified; a directory becomes a
+    /// collection), pins it, runs a node that serves it and announces it in the DHT, and prints
+    /// a ticket: the content's root hash plus this node's id and addresses. Anyone with the
+    /// ticket runs `spore get TICKET`. Serves until Ctrl-C; `spore node` on the same data
+    /// directory keeps serving every pinned blob.
+    ///
+    /// Example: `spore share ./holiday-photos`
+    Share(ShareArgs),
+    /// Download what a ticket names, from every peer that has it.
+    ///
+    /// Joins the network through the ticket's peer, finds more providers in the DHT and through
+    /// peer exchange, and downloads from all of them at once, BitTorrent-style. Every chunk group
+    /// is verified against the ticket's root hash before it is stored, and a peer that sends bad
+    /// data is dropped. Shows rate, peers and ETA. The output is written only once all of it has
+    /// verified. Interrupted? Run the same command again: verified data is not fetched twice.
+    ///
+    /// Example: `spore get blobaeaq… -o photos`
+    Get(GetArgs),
+    /// List, remove and garbage-collect the blobs in this data directory's store.
+    ///
+    /// Works on the store directly, so no node may be running on the data directory.
+    Blobs {
+        /// What to do.
+        #[command(subcommand)]
+        command: BlobsCommand,
+    },
     /// Connect to a peer and measure round-trip times, like ping(8).
     ///
     /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
@@ -130,6 +158,67 @@ pub struct SimArgs {
     /// No progress bar
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// Arguments of `spore share`.
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// The file or directory to share
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// Print the ticket as one JSON object (no progress bar)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Node settings, as for `spore node`
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Arguments of `spore get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The ticket `spore share` printed
+    #[arg(value_name = "TICKET")]
+    pub ticket: String,
+
+    /// Where to write the file (or directory) [default: the shared name, in the current
+    /// directory]; must not exist yet
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Keep serving the content to others after the download, until Ctrl-C
+    #[arg(long)]
+    pub seed: bool,
+
+    /// Print one JSON object when done (no progress bar): hash, size, path, bytes downloaded
+    /// by this run, seconds
+    #[arg(long)]
+    pub json: bool,
+
+    /// Node settings, as for `spore node` [default listen port: any free port]
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// `spore blobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BlobsCommand {
+    /// List the blobs: hash, size, complete or partial, collection, pinned.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpin a blob and remove it (with everything else unpinned: this runs `gc`).
+    Rm {
+        /// The blob's hash, 64 hex digits (as `spore blobs list` shows it)
+        #[arg(value_name = "HASH")]
+        hash: String,
+    },
+    /// Remove every blob that is not pinned (and not in a pinned collection).
+    Gc,
 }
 
 /// Arguments of `spore pub`.
@@ -270,6 +359,40 @@ pub struct NodeArgs {
     /// Config file [default: <data-dir>/config.toml, if present]
     #[arg(long, env = "SPORE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Upload limit for serving blobs, bytes per second, e.g. `500K` or `2M` (binary units)
+    /// [default: none]
+    #[arg(long, env = "SPORE_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
+    pub upload_limit: Option<u64>,
+}
+
+/// Reads a rate like `1048576`, `512K`, `2M`, `1G` or `2MiB/s` as bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use K, M or G)")),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate such as 512K or 2M"))?;
+    match n.checked_shl(shift) {
+        Some(rate) if rate > 0 && rate >> shift == n => Ok(rate),
+        _ => Err(format!("{s:?} is not a rate above zero that fits")),
+    }
 }
 
 /// Arguments of `spore ping`.

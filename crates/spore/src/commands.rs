@@ -9,6 +9,7 @@ use spore_core::Keypair;
 use spore_core::pow::{Difficulty, Stamp};
 use spore_net::{Limits, NetConfig};
 use spore_store::DataDir;
+use spore_store::blobs::{BlobLimits, BlobStore};
 
 use crate::api::{self, ApiClient, PeerView};
 use crate::cli::{NodeArgs, PingArgs, PubArgs, SearchArgs, SubArgs};
@@ -16,8 +17,10 @@ use crate::settings::{self, FileConfig, PeerAddr};
 
 /// The port `spore node` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7070;
+/// Most blobs a node downloads or serves at once (one swarm each; an idle swarm costs little).
+pub const MAX_SWARMS: usize = 1024;
 
-fn open_data_dir(flag: Option<PathBuf>) -> Result<DataDir> {
+pub(crate) fn open_data_dir(flag: Option<PathBuf>) -> Result<DataDir> {
     let path = settings::data_dir(flag)?;
     DataDir::open(&path).with_context(|| format!("cannot open data directory {}", path.display()))
 }
@@ -51,9 +54,81 @@ fn ipv6_available() -> bool {
     UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
 }
 
+/// A node started from the data directory and flags, with its HTTP API: what `spore node`,
+/// `spore share` and `spore get` run.
+pub(crate) struct Launched {
+    pub(crate) node: spore_net::NodeHandle,
+    pub(crate) store: BlobStore,
+    pub(crate) dir: DataDir,
+    pub(crate) api_addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Launched {
+    /// Stops the API and the node (which commits what downloads verified).
+    pub(crate) async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.node.shutdown().await;
+        let _ = self.server.await;
+        self.dir.remove_api_addr()?;
+        Ok(())
+    }
+}
+
 /// `spore node`
 pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
     let dir = open_data_dir(data_dir)?;
+    let launched = launch(dir, args, DEFAULT_PORT).await?;
+    let node = &launched.node;
+    let id = node.peer_id();
+    println!("spore node {id}");
+    for addr in node.listen_addrs() {
+        println!(
+            "  listening on {addr}  (others join with --bootstrap {id}@{})",
+            dialable(*addr)
+        );
+    }
+    println!(
+        "  HTTP API on http://{} (token in {})",
+        launched.api_addr,
+        launched.dir.path().join("api.token").display()
+    );
+    let served = serve_pinned(&launched).await;
+    if served > 0 {
+        println!("  serving {served} pinned blob(s)");
+    }
+    println!("  press Ctrl-C to stop");
+    shutdown_signal().await;
+    eprintln!("stopping…");
+    launched.stop().await
+}
+
+/// Serves every complete pinned blob (and every file of a pinned collection); returns how many.
+pub(crate) async fn serve_pinned(launched: &Launched) -> usize {
+    let mut hashes = Vec::new();
+    for (_, hash) in launched.store.pins().unwrap_or_default() {
+        hashes.push(hash);
+        if let Ok(c) = launched.store.collection(&hash) {
+            hashes.extend(c.entries().iter().map(|e| e.hash));
+        }
+    }
+    hashes.sort();
+    hashes.dedup();
+    let mut served = 0;
+    for hash in hashes {
+        match launched.node.serve_blob(*hash.as_bytes()).await {
+            Ok(()) => served += 1,
+            Err(spore_net::RequestError::Swarm(spore_core::swarm::SwarmError::NotComplete)) => {}
+            Err(e) => tracing::warn!(blob = %hash, error = %e, "cannot serve a pinned blob"),
+        }
+    }
+    served
+}
+
+/// Starts a node from `dir`, its config file and `args`, with its blob store and HTTP API;
+/// `default_port` is the UDP port used when neither flags nor the file name one (0: any).
+pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> Result<Launched> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path, true)?,
         None => FileConfig::load(&dir.path().join("config.toml"), false)?,
@@ -68,9 +143,9 @@ pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
     } else if let Some(listen) = file.listen {
         listen
     } else {
-        let mut listen = vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))];
+        let mut listen = vec![SocketAddr::from(([0, 0, 0, 0], default_port))];
         if ipv6_available() {
-            listen.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)));
+            listen.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, default_port)));
         }
         listen
     };
@@ -107,6 +182,13 @@ pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
     };
 
     let identity = dir.load_or_create_identity(difficulty)?;
+    let store = BlobStore::open(dir.blobs_path(), BlobLimits::default()).with_context(|| {
+        format!(
+            "cannot open the blob store in {} (is another spore process using this data \
+             directory? use --data-dir to run a second one)",
+            dir.blobs_path().display()
+        )
+    })?;
     let mdns = args.mdns || file.mdns.unwrap_or(false);
     let mut config = NetConfig {
         listen,
@@ -114,12 +196,16 @@ pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
         limits,
         records: Some(dir.path().join(spore_store::records::RECORDS_FILE)),
         mdns: mdns.then(spore_net::mdns::MdnsConfig::default),
+        blobs: Some(store.clone()),
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
     if let Some(mode) = args.dht_mode.or(file.dht_mode) {
         config.node.kad.mode = mode.into();
     }
+    config.node.swarm.upload_rate = args.upload_limit;
+    // One swarm per blob: a shared directory serves each of its files.
+    config.node.swarm.max_swarms = MAX_SWARMS;
     let (node, _streams) = spore_net::start(identity.keypair, identity.stamp, config).await?;
 
     let listener = tokio::net::TcpListener::bind(api_listen)
@@ -128,36 +214,22 @@ pub async fn node(data_dir: Option<PathBuf>, args: NodeArgs) -> Result<()> {
     let api_addr = listener.local_addr()?;
     dir.write_api_addr(api_addr)?;
     let token = dir.api_token()?;
-
-    let id = node.peer_id();
-    println!("spore node {id}");
-    for addr in node.listen_addrs() {
-        println!(
-            "  listening on {addr}  (others join with --bootstrap {id}@{})",
-            dialable(*addr)
-        );
-    }
-    println!(
-        "  HTTP API on http://{api_addr} (token in {})",
-        dir.path().join("api.token").display()
-    );
-    println!("  press Ctrl-C to stop");
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(listener, node.clone(), token, async {
         let _ = stop_rx.await;
     }));
-    shutdown_signal().await;
-    eprintln!("stopping…");
-    let _ = stop_tx.send(());
-    node.shutdown().await;
-    let _ = server.await;
-    dir.remove_api_addr()?;
-    Ok(())
+    Ok(Launched {
+        node,
+        store,
+        dir,
+        api_addr,
+        stop,
+        server,
+    })
 }
 
 /// A wildcard bind address shown with a loopback IP so it can be copied into a command.
-fn dialable(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn dialable(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => {
             SocketAddr::from(([127, 0, 0, 1], a.port()))
@@ -169,7 +241,7 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -39,4 +39,6 @@ pub mod cli;
 pub mod commands;
 pub mod demo;
 pub mod settings;
+pub mod share;
 pub mod sim;
+pub mod ticket;

@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default = if matches!(cli.command, Command::Node(_)) {
+    let default = if matches!(cli.command, Command::Node(_) | Command::Share(_)) {
         "info"
     } else {
         "warn"
@@ -51,6 +51,9 @@ fn main() -> std::process::ExitCode {
             Command::Pub(args) => commands::publish(cli.data_dir, args).await,
             Command::Sub(args) => commands::subscribe(cli.data_dir, args).await,
             Command::Search(args) => commands::search(cli.data_dir, args).await,
+            Command::Share(args) => spore::share::share(cli.data_dir, args).await,
+            Command::Get(args) => spore::share::get(cli.data_dir, args).await,
+            Command::Blobs { command } => spore::share::blobs(cli.data_dir, command),
             Command::Demo(args) => spore::demo::run(args).await,
             Command::Sim(args) => spore::sim::run(args),
         }
