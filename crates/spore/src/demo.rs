@@ -3,12 +3,15 @@
 //! Every step really runs over QUIC on the loopback interface: the nodes mint their ids' proof of
 //! work, join through a bootstrap node, verify each other's keys, exchange pings, share a value
 //! through the DHT, publish on a pub/sub topic, find each other's shared names by keyword over
-//! the gossip overlay, and shrug off a dial to the wrong identity and a
-//! burst of garbage datagrams. Nothing leaves the machine.
+//! the gossip overlay, swarm a file from one node to all the others (each with its own on-disk
+//! blob store in a temporary directory, removed at the end), and shrug off a dial to the wrong
+//! identity and a burst of garbage datagrams. Nothing leaves the machine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use spore_core::Keypair;
@@ -16,6 +19,7 @@ use spore_core::node::Event;
 use spore_core::pow::{Difficulty, Stamp};
 use spore_core::pubsub::{self, MessageId};
 use spore_net::{DialError, NetConfig, NodeHandle};
+use spore_store::blobs::{self, BlobLimits, BlobStore};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
@@ -24,6 +28,16 @@ use crate::cli::DemoArgs;
 struct DemoNode {
     handle: NodeHandle,
     addr: SocketAddr,
+    store: BlobStore,
+}
+
+/// The demo's blob stores, one per node, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs the demo and prints its report.
@@ -34,19 +48,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("spore demo: {n} nodes on 127.0.0.1 — nothing leaves this machine\n");
 
     println!(
-        "[1/7] starting {n} nodes (each id carries a {}-bit proof of work)",
+        "[1/8] starting {n} nodes (each id carries a {}-bit proof of work)",
         difficulty.0
     );
+    let tmp = TempDir(std::env::temp_dir().join(format!("spore-demo-{}", std::process::id())));
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
-        let (handle, _streams) = start_node(difficulty).await?;
+        let store = BlobStore::open(tmp.0.join(format!("node{i}")), BlobLimits::default())
+            .context("opening a demo blob store")?;
+        let (handle, _streams) = start_node(difficulty, Some(store.clone())).await?;
         let addr = handle.listen_addrs()[0];
         println!("      node {i}: {}  udp {addr}", handle.peer_id());
-        nodes.push(DemoNode { handle, addr });
+        nodes.push(DemoNode {
+            handle,
+            addr,
+            store,
+        });
     }
 
     println!(
-        "\n[2/7] nodes 1..{} join through node 0, then each dials its ring neighbour",
+        "\n[2/8] nodes 1..{} join through node 0, then each dials its ring neighbour",
         n - 1
     );
     let boot = (nodes[0].handle.peer_id(), nodes[0].addr);
@@ -90,7 +111,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
 
     println!(
-        "\n[3/7] every node pings each of its peers {} times",
+        "\n[3/8] every node pings each of its peers {} times",
         args.pings
     );
     let mut rtts = Vec::new();
@@ -118,18 +139,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(pct(0.99))
     );
 
-    println!("\n[4/7] the DHT: signed values and peer records, found by key");
+    println!("\n[4/8] the DHT: signed values and peer records, found by key");
     let dht = dht_tour(&nodes).await?;
 
-    println!("\n[5/7] pub/sub: every node subscribes to a topic; two of them publish");
+    println!("\n[5/8] pub/sub: every node subscribes to a topic; two of them publish");
     let ps = pubsub_tour(&nodes).await?;
 
-    println!("\n[6/7] keyword search over the gossip overlay");
+    println!("\n[6/8] keyword search over the gossip overlay");
     let search = search_tour(&nodes).await?;
 
-    println!("\n[7/7] what a hostile network cannot do");
+    println!("\n[7/8] a file swarmed from node 0 to every other node, BitTorrent-style");
+    let swarm = swarm_tour(&nodes).await?;
+
+    println!("\n[8/8] what a hostile network cannot do");
     // A newcomer, connected to nobody yet, is told node 1 is at node 2's address.
-    let (visitor, _streams) = start_node(difficulty).await?;
+    let (visitor, _streams) = start_node(difficulty, None).await?;
     match visitor.dial(nodes[1].handle.peer_id(), nodes[2].addr).await {
         Err(DialError::PeerIdMismatch {
             expected, actual, ..
@@ -182,6 +206,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         fmt_ms(search.first)
     );
     println!(
+        "      swarm            {} to {} nodes in {:.2} s, every chunk verified; the seeder \
+         uploaded {:.2}x the file",
+        crate::commands::human_size(swarm.size),
+        swarm.leechers,
+        swarm.elapsed.as_secs_f64(),
+        swarm.seeder_upload
+    );
+    println!(
         "      node 0 counters  {} wire errors, {} violations (the garbage never got past QUIC)",
         status.runtime.wire_errors, status.core.violations
     );
@@ -193,6 +225,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for node in &nodes {
         node.handle.shutdown().await;
     }
+    drop(nodes);
+    drop(tmp);
     if rtts.len() != sent {
         bail!("{} of {sent} pings went unanswered", sent - rtts.len());
     }
@@ -510,11 +544,93 @@ async fn deliveries(
     }
 }
 
-async fn start_node(difficulty: Difficulty) -> Result<(NodeHandle, spore_net::AppStreams)> {
+struct SwarmFigures {
+    size: u64,
+    leechers: usize,
+    elapsed: Duration,
+    seeder_upload: f64,
+}
+
+/// Node 0 shares a file of random bytes; every other node fetches it, told only of node 0.
+/// Leechers find each other inside the swarm and trade verified pieces.
+async fn swarm_tour(nodes: &[DemoNode]) -> Result<SwarmFigures> {
+    const SIZE: usize = 16 << 20;
+    let mut data = vec![0u8; SIZE];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut data);
+    let seeder = &nodes[0];
+    let imported = seeder.store.import_bytes(&data)?;
+    let hash = imported.hash;
+    seeder.store.pin("demo", hash)?;
+    drop(imported.lease);
+    seeder.handle.serve_blob(*hash.as_bytes()).await?;
+    println!(
+        "      node 0 shares {} of random bytes, BLAKE3 {}…",
+        crate::commands::human_size(SIZE as u64),
+        &hash.to_hex()[..16]
+    );
+    let provider = (seeder.handle.peer_id(), vec![seeder.addr]);
+    let started = Instant::now();
+    for node in &nodes[1..] {
+        node.handle
+            .fetch_blob(*hash.as_bytes(), vec![provider.clone()])
+            .await?;
+    }
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let done = nodes[1..]
+            .iter()
+            .filter(|n| matches!(n.store.have(&hash), Ok(blobs::BlobStatus::Complete { .. })))
+            .count();
+        if done == nodes.len() - 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {done} of {} nodes got the file in 60 s",
+                nodes.len() - 1
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let mut uploads = Vec::new();
+    for node in nodes {
+        let status = node.handle.status().await?;
+        uploads.push(status.swarm.stats.bytes_uploaded);
+    }
+    let seeder_upload = uploads[0] as f64 / SIZE as f64;
+    let served_by_leechers = uploads[1..].iter().filter(|&&u| u > 0).count();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        if !node.store.verify(&hash)?.is_ok() {
+            bail!("node {i}'s copy does not verify");
+        }
+    }
+    println!(
+        "      all {} nodes hold it in {:.2} s; node 0 uploaded {:.2}x the file, {} of the \
+         downloaders\n      served pieces to each other (peer exchange inside the swarm); every \
+         copy re-verifies against the root",
+        nodes.len() - 1,
+        elapsed.as_secs_f64(),
+        seeder_upload,
+        served_by_leechers
+    );
+    Ok(SwarmFigures {
+        size: SIZE as u64,
+        leechers: nodes.len() - 1,
+        elapsed,
+        seeder_upload,
+    })
+}
+
+async fn start_node(
+    difficulty: Difficulty,
+    blobs: Option<BlobStore>,
+) -> Result<(NodeHandle, spore_net::AppStreams)> {
     let keypair = Keypair::generate(&mut rand_core::OsRng);
     let stamp = Stamp::mint(&keypair.peer_id(), difficulty);
     let mut config = NetConfig {
         listen: vec!["127.0.0.1:0".parse()?],
+        blobs,
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;

@@ -549,6 +549,8 @@ fn demo_runs_and_reports() {
         "6 messages: 18/18 deliveries, 0 delivered twice",
         "each exactly once",
         "2 hits for \"photos\" from 2 nodes",
+        "all 3 nodes hold it",
+        "every copy re-verifies against the root",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
