@@ -33,6 +33,10 @@ pub struct SimConfig {
     /// every message delivered to a node's application and every publish frame that arrives at
     /// a node. The caller must take them regularly.
     pub collect_pubsub: bool,
+    /// Whether to keep what the nodes' swarms report for [`Sim::take_swarm`]
+    /// (crate::Sim::take_swarm): progress, completions, failures and bad peers. The caller
+    /// must take them regularly.
+    pub collect_swarm: bool,
 }
 
 impl SimConfig {
@@ -53,6 +57,7 @@ impl Default for SimConfig {
             event_log: 0,
             collect_queries: false,
             collect_pubsub: false,
+            collect_swarm: false,
         }
     }
 }

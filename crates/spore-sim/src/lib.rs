@@ -69,6 +69,7 @@
 //! decision, the address a peer is observed at, and commands issued between calls to
 //! [`Sim::run_until`].
 
+pub mod blobs;
 mod config;
 mod metrics;
 mod network;
@@ -81,7 +82,9 @@ mod trace;
 pub use config::{Bandwidth, Latency, NatType, NetworkConfig, NodeSpec, SimConfig};
 pub use metrics::{EventCounts, EventLog, Metrics};
 pub use network::{SIM_PORT, node_addr};
-pub use sim::{MAX_NODES, NodeIndex, PubSubObservation, QueryOutcome, Sim, SimError, Tamper};
+pub use sim::{
+    MAX_NODES, NodeIndex, PubSubObservation, QueryOutcome, Sim, SimError, SwarmObservation, Tamper,
+};
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,13 @@ pub struct Metrics {
     pub pubsub_publish_frames_sent: u64,
     /// Their encoded bytes.
     pub pubsub_publish_bytes_sent: u64,
+    /// Encoded bytes of swarm frames (handshakes, announcements, requests, data) handed to the
+    /// network.
+    pub swarm_bytes_sent: u64,
+    /// Swarm `Data` frames (answers to requests) handed to the network.
+    pub swarm_data_frames_sent: u64,
+    /// Their encoded bytes.
+    pub swarm_data_bytes_sent: u64,
     /// Encoded frame bytes delivered.
     pub bytes_delivered: u64,
     /// Messages that failed to encode or decode (a bug in the wire code; the connection is

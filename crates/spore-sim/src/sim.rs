@@ -12,6 +12,7 @@ use spore_core::kad;
 use spore_core::node::{ConnectionEvent, Direction, Event, Node, Transmit};
 use spore_core::pow::{Stamp, StampError};
 use spore_core::pubsub::{self, MessageId, SignedMessage};
+use spore_core::swarm;
 use spore_core::time::Instant;
 use spore_core::wire::{Message, encode_frame};
 
@@ -142,6 +143,19 @@ pub struct Sim {
     scratch_events: Vec<Event>,
     query_results: Vec<QueryOutcome>,
     pubsub: Vec<PubSubObservation>,
+    swarm: Vec<SwarmObservation>,
+}
+
+/// Something a node's swarm reported, kept when [`SimConfig::collect_swarm`] is set (progress
+/// comes at most once per swarm tick, a second by default).
+#[derive(Debug, Clone)]
+pub struct SwarmObservation {
+    /// The node.
+    pub node: NodeIndex,
+    /// When.
+    pub at: Instant,
+    /// What.
+    pub event: swarm::Event,
 }
 
 /// What pub/sub did at one node, kept when [`SimConfig::collect_pubsub`] is set.
@@ -231,6 +245,7 @@ impl Sim {
             scratch_events: Vec::new(),
             query_results: Vec::new(),
             pubsub: Vec::new(),
+            swarm: Vec::new(),
             config,
         };
         for _ in 0..sim.config.nodes {
@@ -414,6 +429,12 @@ impl Sim {
     /// [`SimConfig::collect_pubsub`] is set).
     pub fn take_pubsub(&mut self) -> Vec<PubSubObservation> {
         std::mem::take(&mut self.pubsub)
+    }
+
+    /// What the nodes' swarms reported since the last call, in order (empty unless
+    /// [`SimConfig::collect_swarm`] is set).
+    pub fn take_swarm(&mut self) -> Vec<SwarmObservation> {
+        std::mem::take(&mut self.swarm)
     }
 
     /// Network-wide counters.
@@ -908,6 +929,13 @@ impl Sim {
                 self.metrics.pubsub_publish_bytes_sent += frame.len() as u64;
             }
         }
+        if let Message::Swarm(m) = &t.message {
+            self.metrics.swarm_bytes_sent += frame.len() as u64;
+            if matches!(m, swarm::Message::Data { .. }) {
+                self.metrics.swarm_data_frames_sent += 1;
+                self.metrics.swarm_data_bytes_sent += frame.len() as u64;
+            }
+        }
         let to = match self.index_of(&t.to) {
             Some(to) if self.is_connected(from, to) => to,
             _ => {
@@ -986,6 +1014,13 @@ impl Sim {
                     id: *id,
                     from: *from,
                     data: data.clone(),
+                });
+            }
+            Event::Swarm(e) if self.config.collect_swarm => {
+                self.swarm.push(SwarmObservation {
+                    node: i,
+                    at: self.now,
+                    event: e.clone(),
                 });
             }
             _ => {}

@@ -187,7 +187,8 @@ fn every_shipped_scenario_parses() {
             "partition-merge",
             "pubsub-10k",
             "pubsub-1k",
-            "scale"
+            "scale",
+            "swarm-500"
         ]
     );
 }

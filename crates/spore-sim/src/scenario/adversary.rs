@@ -1,12 +1,16 @@
 //! Adversarial behaviour: filters on what an adversarial node sends. The node itself runs the
 //! real protocol code; only its outgoing messages are rewritten or dropped.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use spore_core::kad::record::ValueRecord;
 use spore_core::kad::{self, Contact, Response};
 use spore_core::pubsub::{self, SignedMessage};
+use spore_core::swarm;
 use spore_core::wire::Message;
 
 use crate::Tamper;
@@ -112,6 +116,36 @@ pub(crate) fn gossip_dropper() -> Tamper {
     })
 }
 
+/// What swarm free riders' filters dropped, summed over all of them.
+#[derive(Debug, Default)]
+pub(crate) struct FreeRiding {
+    /// `Unchoke` messages dropped.
+    pub(crate) unchokes: AtomicU64,
+    /// `Data` messages dropped.
+    pub(crate) data: AtomicU64,
+}
+
+/// A swarm free rider, as BitTorrent's are: it takes part in the swarm like any leecher — the
+/// handshake with its bitfield, announcements of what it verified (so peers want its pieces and
+/// count it as a partner), interest, requests, peer exchange — but never uploads. It never
+/// unchokes anyone (the `Unchoke` its choker decides on is dropped, so peers believe they are
+/// choked and do not ask), and should a request reach it all the same, the `Data` it would
+/// answer with is dropped too. Its peers see a member that has pieces and keeps them choked;
+/// what it downloads it gets from optimistic unchokes and from seeds.
+pub(crate) fn swarm_free_rider(counts: Arc<FreeRiding>) -> Tamper {
+    Box::new(move |_, msg| match msg {
+        Message::Swarm(swarm::Message::Unchoke { .. }) => {
+            counts.unchokes.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Message::Swarm(swarm::Message::Data { .. }) => {
+            counts.data.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        _ => true,
+    })
+}
+
 /// `message` with `marker` put in front of its data: a message its author never signed.
 pub(crate) fn forge(message: &SignedMessage, marker: &[u8]) -> SignedMessage {
     let mut data = Vec::with_capacity(marker.len() + message.data().len());
@@ -158,6 +192,42 @@ mod tests {
         assert_eq!(bad.id(), m.id());
         assert_eq!(&bad.data()[..], b"SPAMhello");
         assert!(bad.verify(Difficulty(4)).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a one-range announcement is meant
+    fn swarm_free_rider_never_uploads() {
+        let counts = Arc::new(FreeRiding::default());
+        let mut tamper = swarm_free_rider(counts.clone());
+        let peer = Keypair::from_secret_bytes([1; 32]).peer_id();
+        let hash = [7; 32];
+        let mut keep = [
+            swarm::Message::Interested { hash },
+            swarm::Message::HaveUpdate {
+                hash,
+                ranges: vec![0..4],
+            },
+            swarm::Message::Request { hash, groups: 0..4 },
+            swarm::Message::Choke { hash },
+        ];
+        for m in &mut keep {
+            let mut msg = Message::Swarm(m.clone());
+            assert!(tamper(peer, &mut msg), "{m:?}");
+        }
+        let mut drop = [
+            swarm::Message::Unchoke { hash },
+            swarm::Message::Data {
+                hash,
+                groups: 0..1,
+                encoded: Bytes::from_static(b"x"),
+            },
+        ];
+        for m in &mut drop {
+            let mut msg = Message::Swarm(m.clone());
+            assert!(!tamper(peer, &mut msg), "{m:?}");
+        }
+        assert_eq!(counts.unchokes.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.data.load(Ordering::Relaxed), 1);
     }
 
     #[test]

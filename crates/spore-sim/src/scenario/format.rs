@@ -101,6 +101,61 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// A number of bytes: `16777216`, `"16MiB"`, `"64 MB"`, `"512KiB"`, `"1GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("bad size {text:?}: expected a number and a unit"))?;
+        let unit_bytes = match unit.trim() {
+            "" | "B" => 1.0,
+            "kB" | "KB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            other => {
+                return Err(format!(
+                    "bad size {text:?}: unknown unit {other:?} (use B, kB, MB, GB, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        let bytes = number * unit_bytes;
+        if !(0.0..1e15).contains(&bytes) || bytes.fract() != 0.0 {
+            return Err(format!(
+                "size {text:?} is not a whole number of bytes in range"
+            ));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(ByteSize(n)),
+            Either::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A scenario, as written in a file. See the [module docs](super).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +199,8 @@ pub struct Scenario {
     pub adversary: Option<AdversarySpec>,
     /// Topic publish/subscribe.
     pub pubsub: Option<PubSubSpec>,
+    /// A swarm download of one blob.
+    pub swarm: Option<SwarmSpec>,
     /// Further runs with other node settings.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -312,6 +369,14 @@ pub struct NodeSettings {
     pub pubsub_rate_limit: Option<u32>,
     /// Pub/sub: peer exchange in PRUNE.
     pub pubsub_peer_exchange: Option<bool>,
+    /// Swarm: most peers per swarm.
+    pub swarm_max_peers: Option<usize>,
+    /// Swarm: regular (tit-for-tat) unchoke slots.
+    pub swarm_regular_slots: Option<usize>,
+    /// Swarm: optimistic unchoke slots (0 or 1).
+    pub swarm_optimistic_slots: Option<usize>,
+    /// Swarm: whether a completed download keeps serving (seeding).
+    pub swarm_seed: Option<bool>,
 }
 
 impl NodeSettings {
@@ -343,7 +408,11 @@ impl NodeSettings {
             pubsub_flood_publish,
             pubsub_heartbeat,
             pubsub_rate_limit,
-            pubsub_peer_exchange
+            pubsub_peer_exchange,
+            swarm_max_peers,
+            swarm_regular_slots,
+            swarm_optimistic_slots,
+            swarm_seed
         )
     }
 
@@ -421,6 +490,19 @@ impl NodeSettings {
         if let Some(on) = self.pubsub_peer_exchange {
             p.peer_exchange = on;
         }
+        let w = &mut c.swarm;
+        if let Some(n) = self.swarm_max_peers {
+            w.max_peers = n;
+        }
+        if let Some(n) = self.swarm_regular_slots {
+            w.regular_slots = n;
+        }
+        if let Some(n) = self.swarm_optimistic_slots {
+            w.optimistic_slots = n;
+        }
+        if let Some(on) = self.swarm_seed {
+            w.seed_after_complete = on;
+        }
         c.kad.mode = Mode::Server;
         c
     }
@@ -439,6 +521,18 @@ impl NodeSettings {
         }
         if p.max_messages_per_sec == 0 {
             return Err("pubsub_rate_limit must be positive".into());
+        }
+        let w = self.node_config().swarm;
+        if w.max_peers == 0 {
+            return Err("swarm_max_peers must be at least 1".into());
+        }
+        if w.optimistic_slots > 1 {
+            return Err("swarm_optimistic_slots must be 0 or 1".into());
+        }
+        if w.regular_slots + w.optimistic_slots == 0 {
+            return Err(
+                "swarm_regular_slots and swarm_optimistic_slots leave no unchoke slot".into(),
+            );
         }
         Ok(())
     }
@@ -729,6 +823,144 @@ fn default_drop_rate() -> f64 {
     1.0
 }
 
+/// A swarm: `seeders` nodes serve one blob of `size` random bytes and `leechers` fetch it,
+/// starting from `start` into the measured phase, spread evenly over `spread` (all at once if
+/// zero). A share `free_riders` of the leechers download but never upload. Leechers get their
+/// bandwidth from `classes` (each class keeps its share of free riders), the seeders theirs from
+/// `seeder_upload` and `seeder_download`. The runner plays the tracker: a leecher starts with
+/// `tracker_peers` random members of the swarm (seeders included) and is given as many again
+/// every `announce_every` until it completes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmSpec {
+    /// Bytes of the blob.
+    pub size: ByteSize,
+    /// Nodes that hold the blob from the start (public, created first).
+    #[serde(default = "default_seeders")]
+    pub seeders: usize,
+    /// Nodes that fetch it; by default every honest node but the bootstrap nodes and the
+    /// seeders.
+    pub leechers: Option<usize>,
+    /// When the first leecher starts, from the start of the measured phase.
+    #[serde(default)]
+    pub start: Dur,
+    /// Leechers start evenly spread over this time (all at once if zero).
+    #[serde(default)]
+    pub spread: Dur,
+    /// Share of the leechers that never upload.
+    #[serde(default)]
+    pub free_riders: f64,
+    /// Bandwidth classes of the leechers (by default, one class with the network's bandwidth).
+    #[serde(default)]
+    pub classes: Vec<BandwidthClass>,
+    /// The seeders' upload rate (the network's if absent).
+    pub seeder_upload: Option<Rate>,
+    /// The seeders' download rate (the network's if absent).
+    pub seeder_download: Option<Rate>,
+    /// Each node's swarm upload limit, as a share of its uplink: the client's pacing, which
+    /// leaves room for its other traffic.
+    #[serde(default = "default_upload_limit")]
+    pub upload_limit: f64,
+    /// Swarm members the tracker hands a leecher at each announce.
+    #[serde(default = "default_tracker_peers")]
+    pub tracker_peers: usize,
+    /// How often a leecher that has not completed announces again.
+    #[serde(default = "default_announce_every")]
+    pub announce_every: Dur,
+}
+
+/// Leechers with one bandwidth.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthClass {
+    /// Its name in the metrics (letters, digits, `-` and `_`).
+    pub name: String,
+    /// Relative share of the leechers in it.
+    pub share: f64,
+    /// Their upload rate.
+    pub upload: Rate,
+    /// Their download rate (the network's if absent).
+    pub download: Option<Rate>,
+}
+
+fn default_seeders() -> usize {
+    1
+}
+
+fn default_upload_limit() -> f64 {
+    0.9
+}
+
+fn default_tracker_peers() -> usize {
+    50
+}
+
+fn default_announce_every() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl SwarmSpec {
+    /// Seeders and leechers among `honest` honest nodes (bootstrap nodes aside).
+    pub fn members(&self, honest: usize) -> (usize, usize) {
+        let leechers = self
+            .leechers
+            .unwrap_or_else(|| honest.saturating_sub(self.seeders));
+        (self.seeders, leechers)
+    }
+
+    fn check(&self, duration: Duration) -> Result<(), String> {
+        if !(1..=1 << 30).contains(&self.size.0) {
+            return Err("swarm.size must be 1 byte to 1 GiB".into());
+        }
+        if self.seeders == 0 {
+            return Err("swarm.seeders must be at least 1".into());
+        }
+        if self.leechers == Some(0) {
+            return Err("swarm.leechers must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.free_riders) {
+            return Err("swarm.free_riders must be in [0, 1)".into());
+        }
+        if self.start.0 + self.spread.0 >= duration {
+            return Err(
+                "swarm.start + swarm.spread must fall within the measured phase (duration)".into(),
+            );
+        }
+        if !(self.upload_limit > 0.0 && self.upload_limit <= 1.0) {
+            return Err("swarm.upload_limit must be in (0, 1]".into());
+        }
+        if self.tracker_peers == 0 {
+            return Err("swarm.tracker_peers must be at least 1".into());
+        }
+        if self.announce_every.0 < Duration::from_secs(1) {
+            return Err("swarm.announce_every must be at least 1s".into());
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(format!(
+                    "swarm.classes: name {:?} must be non-empty letters, digits, '-' or '_'",
+                    c.name
+                ));
+            }
+            if self.classes[..i].iter().any(|o| o.name == c.name) {
+                return Err(format!("swarm.classes: {:?} is named twice", c.name));
+            }
+            if !(c.share > 0.0 && c.share.is_finite()) {
+                return Err(format!(
+                    "swarm.classes: the share of {:?} must be positive",
+                    c.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Another run of the scenario with some node settings changed, or other adversaries, or a
 /// pub/sub crash.
 #[derive(Debug, Clone, Deserialize)]
@@ -976,6 +1208,29 @@ impl Scenario {
         if let Some(p) = &self.pubsub {
             p.check(self.duration.0)?;
         }
+        if let Some(w) = &self.swarm {
+            w.check(self.duration.0)?;
+            for size in self.run_sizes() {
+                let adversaries = self.adversary.as_ref().map_or(0, |a| a.count_for(size));
+                let honest = size.saturating_sub(self.join.bootstrap + adversaries);
+                let (seeders, leechers) = w.members(honest);
+                if leechers == 0 || seeders + leechers > honest {
+                    return Err(format!(
+                        "{size} nodes have {honest} honest nodes besides the bootstrap nodes and adversaries: too few for {seeders} seeders and {} leechers",
+                        leechers.max(1)
+                    ));
+                }
+            }
+            if self.churn.is_some() {
+                return Err(
+                    "[swarm] cannot be combined with [churn]: a restarted node would start its download afresh"
+                        .into(),
+                );
+            }
+            if self.pubsub.as_ref().is_some_and(|p| p.crash.is_some()) {
+                return Err("[swarm] cannot be combined with a pub/sub crash".into());
+            }
+        }
         if self.variants.iter().any(|v| v.crash.is_some()) && self.pubsub.is_none() {
             return Err("a variant's crash needs a [pubsub] section".into());
         }
@@ -1116,6 +1371,65 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
             assert!(err.starts_with("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn swarm_sections_parse_and_errors_name_the_problem() {
+        let base = "name = \"x\"\nnodes = 20\nduration = \"5m\"\n[join]\nbootstrap = 3\n[swarm]\n";
+        let s = parse(&format!(
+            "{base}size = \"2MiB\"\nfree_riders = 0.2\nclasses = [{{ name = \"dsl\", share = 1, upload = \"1Mbit\" }}]\n"
+        ))
+        .unwrap();
+        let w = s.swarm.unwrap();
+        assert_eq!(w.size, ByteSize(2 << 20));
+        assert_eq!(w.seeders, 1);
+        // Every honest node but the bootstrap nodes and the seeder leeches by default.
+        assert_eq!(w.members(17), (1, 16));
+        assert_eq!(w.classes[0].upload, Rate(125_000));
+        assert_eq!("64 MB".parse::<ByteSize>().unwrap(), ByteSize(64_000_000));
+        assert_eq!("512KiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 10));
+        assert!("1.5B".parse::<ByteSize>().is_err());
+        assert!("2 parsecs".parse::<ByteSize>().is_err());
+        let cases = [
+            ("size = 0\n", "swarm.size"),
+            ("size = \"2GiB\"\n", "swarm.size"),
+            (
+                "size = 1000\nleechers = 17\n",
+                "too few for 1 seeders and 17 leechers",
+            ),
+            ("size = 1000\nseeders = 0\n", "swarm.seeders"),
+            ("size = 1000\nfree_riders = 1.0\n", "swarm.free_riders"),
+            (
+                "size = 1000\nspread = \"5m\"\n",
+                "within the measured phase",
+            ),
+            ("size = 1000\nupload_limit = 0\n", "swarm.upload_limit"),
+            (
+                "size = 1000\nclasses = [{ name = \"a\", share = 1, upload = \"1Mbit\" }, { name = \"a\", share = 1, upload = \"2Mbit\" }]\n",
+                "named twice",
+            ),
+            (
+                "size = 1000\nclasses = [{ name = \"a b\", share = 1, upload = \"1Mbit\" }]\n",
+                "swarm.classes",
+            ),
+            (
+                "size = 1000\nclasses = [{ name = \"a\", share = 0, upload = \"1Mbit\" }]\n",
+                "must be positive",
+            ),
+            ("size = 1000\nbogus = 1\n", "unknown field"),
+            (
+                "size = 1000\n[churn]\nsession_median = \"1m\"\ndowntime_median = \"1m\"\n",
+                "[churn]",
+            ),
+            (
+                "size = 1000\n[node]\nswarm_optimistic_slots = 2\n",
+                "0 or 1",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
     }
 

@@ -15,6 +15,9 @@
 //! - `[pubsub]`: honest nodes subscribe to a topic as they join; random subscribers publish
 //!   messages at a steady rate, optionally while a share of the network crashes; every
 //!   delivery is traced to its hop count and latency.
+//! - `[swarm]`: seeders serve one blob and leechers of several bandwidth classes fetch it,
+//!   some of them free riders that never upload; each leecher's completion time is measured,
+//!   contributors against free riders.
 //! - `[adversary]`: an eclipse attack by Sybils from one /16, record poisoners, message
 //!   droppers or free riders, and for pub/sub gossip droppers and spammers, each running the
 //!   real node code behind a rewriting filter.
@@ -31,12 +34,13 @@ mod format;
 mod pubsub;
 mod report;
 mod run;
+mod swarm;
 mod truth;
 
 pub use format::{
-    AdversaryRole, AdversarySpec, ChurnSpec, CrashSpec, Dur, Expect, JoinSpec, LatencySpec,
-    LookupSpec, NatMix, NetworkSpec, NodeSettings, PartitionSpec, PubSubSpec, Rate, Scenario,
-    ScenarioError, SpamKind, ValueSpec, Variant,
+    AdversaryRole, AdversarySpec, BandwidthClass, ByteSize, ChurnSpec, CrashSpec, Dur, Expect,
+    JoinSpec, LatencySpec, LookupSpec, NatMix, NetworkSpec, NodeSettings, PartitionSpec,
+    PubSubSpec, Rate, Scenario, ScenarioError, SpamKind, SwarmSpec, ValueSpec, Variant,
 };
-pub use report::{Check, Report, RunReport, Sample};
+pub use report::{Check, LeecherResult, Report, RunReport, Sample};
 pub use run::{Progress, run};

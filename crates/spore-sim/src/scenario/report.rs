@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::format::Expect;
+pub use super::swarm::LeecherResult;
 use crate::plot::{Chart, ChartKind, Series};
 
 /// The results of every run of a scenario.
@@ -56,6 +57,9 @@ pub struct RunReport {
     /// Pub/sub delivery latency percentiles in milliseconds, publication to delivery:
     /// `(percent, latency)` for 0, 1, ..., 100.
     pub pubsub_latency_cdf_ms: Vec<(f64, f64)>,
+    /// The swarm's leechers, one by one (empty without a `[swarm]` section).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub swarm_leechers: Vec<LeecherResult>,
     /// The simulator's counters at the end.
     pub counters: BTreeMap<String, u64>,
 }
@@ -85,6 +89,18 @@ pub struct Sample {
     pub pubsub_published: u64,
     /// Share of their expected honest receivers they reached (by the end of the run).
     pub pubsub_delivery: Option<f64>,
+    /// Share of the swarm's contributing leechers that have completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_contributors_done: Option<f64>,
+    /// Share of its free riders that have completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_free_riders_done: Option<f64>,
+    /// Mean share of the blob the contributing leechers that have started hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_contributors_verified: Option<f64>,
+    /// The same for the free riders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_free_riders_verified: Option<f64>,
 }
 
 /// One bound of the scenario, checked.
@@ -328,6 +344,128 @@ impl Report {
                     .collect()
             }),
             None,
+        );
+        // The swarm: one series per run and group (contributors, free riders).
+        let multi = self.runs.len() > 1;
+        let name = |r: &RunReport, group: &str| match multi {
+            true => format!("{}: {group}", r.label),
+            false => group.to_string(),
+        };
+        let groups = [(false, "contributors"), (true, "free riders")];
+        let mut cdf = Vec::new();
+        let mut progress = Vec::new();
+        let mut complete = Vec::new();
+        let mut classes = Vec::new();
+        let mut class_names: Vec<String> = Vec::new();
+        for r in self.runs.iter().filter(|r| !r.swarm_leechers.is_empty()) {
+            let mut names: Vec<&str> = Vec::new();
+            for l in &r.swarm_leechers {
+                if !names.contains(&&*l.class) {
+                    names.push(&l.class);
+                }
+            }
+            for (free, group) in groups {
+                let members: Vec<&LeecherResult> = r
+                    .swarm_leechers
+                    .iter()
+                    .filter(|l| l.free_rider == free)
+                    .collect();
+                if members.is_empty() {
+                    continue;
+                }
+                let mut done: Vec<f64> = members.iter().filter_map(|l| l.completion_secs).collect();
+                done.sort_by(f64::total_cmp);
+                let n = members.len() as f64;
+                // At most about 100 points: every k-th completion, and the last.
+                let step = done.len().div_ceil(100).max(1);
+                let points = done
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| (k + 1) % step == 0 || k + 1 == done.len())
+                    .map(|(k, t)| (*t, (k + 1) as f64 / n))
+                    .collect();
+                cdf.push(Series {
+                    name: name(r, group),
+                    points,
+                });
+                let over_time = |f: fn(&Sample) -> Option<f64>| Series {
+                    name: name(r, group),
+                    points: r
+                        .series
+                        .iter()
+                        .filter_map(|s| f(s).map(|v| (minutes(s), v)))
+                        .collect(),
+                };
+                if free {
+                    progress.push(over_time(|s| s.swarm_free_riders_verified));
+                    complete.push(over_time(|s| s.swarm_free_riders_done));
+                } else {
+                    progress.push(over_time(|s| s.swarm_contributors_verified));
+                    complete.push(over_time(|s| s.swarm_contributors_done));
+                }
+                let points = names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, class)| {
+                        let mut t: Vec<f64> = members
+                            .iter()
+                            .filter(|l| l.class == *class)
+                            .filter_map(|l| l.completion_secs)
+                            .collect();
+                        t.sort_by(f64::total_cmp);
+                        (!t.is_empty()).then(|| (k as f64, t[(t.len() - 1) / 2]))
+                    })
+                    .collect();
+                classes.push(Series {
+                    name: name(r, group),
+                    points,
+                });
+            }
+            if class_names.is_empty() {
+                class_names = names.iter().map(|n| n.to_string()).collect();
+            }
+        }
+        if class_names.len() > 1 {
+            let title = format!(
+                "median completion time by bandwidth class ({})",
+                class_names.join(", ")
+            );
+            add(
+                "swarm-classes.svg",
+                &title,
+                "class",
+                "seconds (completed leechers)",
+                ChartKind::Bars,
+                classes,
+                None,
+            );
+        }
+        add(
+            "swarm-completion.svg",
+            "swarm completion time (CDF)",
+            "seconds from the start of the download",
+            "share of the group complete",
+            ChartKind::Line,
+            cdf,
+            unit,
+        );
+        add(
+            "swarm-progress.svg",
+            "swarm download progress",
+            "minutes",
+            "mean share of the blob held",
+            ChartKind::Line,
+            progress,
+            unit,
+        );
+        add(
+            "swarm-complete.svg",
+            "swarm leechers complete over time",
+            "minutes",
+            "share of the group complete",
+            ChartKind::Line,
+            complete,
+            unit,
         );
         if self
             .runs

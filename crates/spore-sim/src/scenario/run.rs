@@ -16,6 +16,7 @@ use super::adversary;
 use super::format::{AdversaryRole, NodeSettings, Scenario};
 use super::pubsub::{self, PubSubRun, Spammer};
 use super::report::{Report, RunReport, Sample};
+use super::swarm::{Role, SwarmRun};
 use super::truth::KeyIndex;
 use crate::config::{NatType, NodeSpec, SimConfig};
 use crate::network::SIM_PORT;
@@ -92,6 +93,8 @@ enum Action {
     Crash,
     Spam,
     MeshSnapshot,
+    SwarmStart(usize),
+    SwarmAnnounce,
 }
 
 /// What a running query was for.
@@ -170,6 +173,7 @@ struct Runner<'a> {
     last_delivered: u64,
     last_sample: Instant,
     pubsub: Option<PubSubRun>,
+    swarm: Option<SwarmRun>,
 }
 
 impl<'a> Runner<'a> {
@@ -192,11 +196,18 @@ impl<'a> Runner<'a> {
             event_log: 0,
             collect_queries: true,
             collect_pubsub: scenario.pubsub.is_some(),
+            collect_swarm: scenario.swarm.is_some(),
         })?;
         let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
         rng.set_stream(SCENARIO_STREAM);
         let mut target = [0u8; 32];
         rng.fill_bytes(&mut target);
+        let swarm = scenario.swarm.clone().map(|spec| {
+            let adversaries = scenario.adversary.as_ref().map_or(0, |a| a.count_for(size));
+            let honest = size.saturating_sub(scenario.join.bootstrap + adversaries);
+            let (_, leechers) = spec.members(honest);
+            SwarmRun::new(spec, scenario.seed, leechers, &mut rng)
+        });
         Ok(Self {
             scenario,
             label,
@@ -226,6 +237,7 @@ impl<'a> Runner<'a> {
             last_delivered: 0,
             last_sample: Instant::ZERO,
             pubsub: scenario.pubsub.clone().map(PubSubRun::new),
+            swarm,
         })
     }
 
@@ -310,18 +322,35 @@ impl<'a> Runner<'a> {
         let sybils = self.sybil_contacts(adversaries);
         for n in 0..(honest + adversaries) {
             let i = if n < honest {
-                let nat = self.draw_nat();
+                let role = self.swarm.as_ref().and_then(|w| w.role(n));
+                let mut nat = self.draw_nat();
+                if role == Some(Role::Seeder) {
+                    // Seeders are where a swarm starts: reachable, like bootstrap nodes.
+                    nat = NatType::Public;
+                }
                 let mut config = self.sim.config().node.clone();
                 if nat != NatType::Public {
                     // What AutoNAT would conclude: unreachable nodes do not serve the DHT.
                     config.kad.mode = kad::Mode::Client;
                 }
+                let bandwidth = match (role, &self.swarm) {
+                    (Some(role), Some(w)) => {
+                        let b = w.bandwidth(role, &self.sim.config().network);
+                        w.configure(&mut config, b);
+                        Some(b)
+                    }
+                    _ => None,
+                };
                 let i = self.sim.add_node_with(NodeSpec {
                     nat,
+                    bandwidth,
                     config: Some(config),
                     ..NodeSpec::default()
                 })?;
                 self.mark(i, false, nat == NatType::Public);
+                if let (Some(role), Some(w)) = (role, self.swarm.as_mut()) {
+                    w.joined(&mut self.sim, i, role);
+                }
                 i
             } else {
                 self.add_adversary(n - honest, &sybils)?
@@ -585,6 +614,19 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        if let (Some(spec), Some(w)) = (&s.swarm, &self.swarm) {
+            let first = start + spec.start.0;
+            let n = w.leecher_count();
+            for k in 0..n {
+                let at = first + spec.spread.0.mul_f64(k as f64 / n as f64);
+                self.schedule(at, Action::SwarmStart(k));
+            }
+            let mut t = first + spec.announce_every.0;
+            while t <= end {
+                self.schedule(t, Action::SwarmAnnounce);
+                t = t + spec.announce_every.0;
+            }
+        }
         let mut told = 0u64;
         while let Some(Reverse((at, _, action))) = self.agenda.pop() {
             if at > end {
@@ -770,6 +812,16 @@ impl<'a> Runner<'a> {
                     p.snapshot(&self.sim, false);
                 }
             }
+            Action::SwarmStart(k) => {
+                if let Some(w) = self.swarm.as_mut() {
+                    w.start(&mut self.sim, k, &mut self.rng);
+                }
+            }
+            Action::SwarmAnnounce => {
+                if let Some(w) = self.swarm.as_mut() {
+                    w.announce(&mut self.sim, &mut self.rng);
+                }
+            }
         }
         Ok(())
     }
@@ -823,6 +875,9 @@ impl<'a> Runner<'a> {
     fn collect(&mut self) {
         if let Some(p) = self.pubsub.as_mut() {
             p.collect(&mut self.sim, &self.is_adversary);
+        }
+        if let Some(w) = self.swarm.as_mut() {
+            w.collect(&mut self.sim);
         }
         for outcome in self.sim.take_query_results() {
             let Some(purpose) = self.pending.remove(&(outcome.node, outcome.id)) else {
@@ -916,7 +971,16 @@ impl<'a> Runner<'a> {
         let online = self.sim.online_count();
         self.totals.online_sum += online as f64 / self.sim.len() as f64;
         self.totals.online_samples += 1;
+        let swarm = self
+            .swarm
+            .as_mut()
+            .map(|w| w.snapshot(&self.sim))
+            .unwrap_or_default();
         self.series.push(Sample {
+            swarm_contributors_done: swarm.contributors_done,
+            swarm_free_riders_done: swarm.free_riders_done,
+            swarm_contributors_verified: swarm.contributors_verified,
+            swarm_free_riders_verified: swarm.free_riders_verified,
             t_secs: (now - self.start).as_secs_f64(),
             online,
             lookups: w.lookups,
@@ -1053,6 +1117,14 @@ impl<'a> Runner<'a> {
         for (k, v) in &pubsub.summary {
             put(k, *v);
         }
+        let swarm = self
+            .swarm
+            .as_ref()
+            .map(|w| w.results(&self.sim, self.start))
+            .unwrap_or_default();
+        for (k, v) in &swarm.summary {
+            put(k, *v);
+        }
         if self.scenario.pubsub.is_some() {
             // Delivery of the messages published in each sample interval.
             let every = self.scenario.sample_every.0.as_secs_f64();
@@ -1113,6 +1185,7 @@ impl<'a> Runner<'a> {
             ("codec_errors".to_string(), m.codec_errors),
         ]);
         counters.extend(pubsub.counters);
+        counters.extend(swarm.counters);
         Ok(RunReport {
             label: self.label.to_string(),
             nodes: self.size,
@@ -1132,6 +1205,7 @@ impl<'a> Runner<'a> {
             latency_cdf_ms,
             pubsub_hops_histogram: pubsub.hops_histogram,
             pubsub_latency_cdf_ms: pubsub.latency_cdf_ms,
+            swarm_leechers: swarm.leechers,
             counters,
         })
     }
