@@ -1,6 +1,7 @@
 //! Blob swarming between real nodes on 127.0.0.1, each with its own on-disk blob store: a
-//! provider that corrupts what it serves cannot corrupt a download, and a seeder with eight
-//! leechers uploads far less than eight copies because the leechers serve each other.
+//! provider that corrupts what it serves cannot corrupt a download; a seeder with eight
+//! leechers uploads far less than eight copies because the leechers serve each other; providers
+//! are found in the DHT, where downloaders announce themselves too.
 //!
 //! `SWARM_MIB=256 cargo test --release -p spore-net --test swarm -- --nocapture` runs the
 //! seeder test at the size the README reports.
@@ -33,9 +34,14 @@ impl TestNode {
     }
 }
 
-/// A node on 127.0.0.1 with its own blob store; `corrupt` makes it flip a byte of every
-/// response it serves.
+/// A node on 127.0.0.1 with its own blob store and no DHT; `corrupt` makes it flip a byte of
+/// every response it serves.
 async fn start(corrupt: bool) -> TestNode {
+    start_in(corrupt, None).await
+}
+
+/// A node that joins the DHT through `bootstrap`, if given.
+async fn start_in(corrupt: bool, bootstrap: Option<(PeerId, std::net::SocketAddr)>) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs"), BlobLimits::default()).unwrap();
     let keypair = Keypair::generate(&mut rand_core::OsRng);
@@ -53,7 +59,8 @@ async fn start(corrupt: bool) -> TestNode {
     }
     config.node.difficulty = DIFFICULTY;
     config.node.ping.interval = None;
-    config.node.kad.auto_bootstrap = false;
+    config.node.kad.auto_bootstrap = bootstrap.is_some();
+    config.bootstrap.extend(bootstrap);
     config.node.gossip.enabled = false;
     let (handle, _) = spore_net::start(keypair, stamp, config).await.unwrap();
     TestNode {
@@ -225,5 +232,70 @@ async fn a_seeder_and_eight_leechers_share_the_upload() {
     seeder.handle.shutdown().await;
     for l in &leechers {
         l.handle.shutdown().await;
+    }
+}
+
+/// Providers of `hash` the DHT knows, as `fetch_blob` takes them.
+async fn dht_providers(
+    node: &NodeHandle,
+    hash: blobs::Hash,
+) -> Vec<(PeerId, Vec<std::net::SocketAddr>)> {
+    match node.find_providers(*hash.as_bytes()).await {
+        Ok((spore_core::kad::QueryResult::GetProviders { providers, .. }, _)) => providers
+            .iter()
+            .map(|p| (*p.provider(), p.addrs().to_vec()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_found_in_the_dht_and_downloaders_announce_themselves() {
+    let boot = start_in(false, None).await;
+    let boot_addr = Some((boot.handle.peer_id(), boot.handle.listen_addrs()[0]));
+    let seeder = start_in(false, boot_addr).await;
+    let first = start_in(false, boot_addr).await;
+    let second = start_in(false, boot_addr).await;
+    let data = random_bytes(1 << 20, 3);
+    let hash = seeder.store.import_bytes(&data).unwrap().hash;
+    seeder.handle.serve_blob(*hash.as_bytes()).await.unwrap();
+
+    // Nobody tells the downloader who has it: it asks the DHT.
+    let until = Instant::now() + Duration::from_secs(30);
+    let providers = loop {
+        let found = dht_providers(&first.handle, hash).await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            Instant::now() < until,
+            "no provider record found in the DHT"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(providers[0].0, seeder.handle.peer_id());
+    first
+        .handle
+        .fetch_blob(*hash.as_bytes(), providers)
+        .await
+        .unwrap();
+    wait_complete(&[&first], hash, Duration::from_secs(30)).await;
+    assert_eq!(export(&first.store, &hash), data);
+
+    // The downloader announced itself: the DHT now lists it too.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = dht_providers(&second.handle, hash).await;
+        if found.iter().any(|(p, _)| *p == first.handle.peer_id()) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the downloader never announced itself: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in [&boot, &seeder, &first, &second] {
+        n.handle.shutdown().await;
     }
 }
