@@ -1062,6 +1062,9 @@ impl Runtime {
                 ..
             }) if *verified_bytes > 0 => self.announce(*hash),
             Event::Swarm(swarm::Event::Complete { hash, .. }) => self.announce(*hash),
+            Event::Swarm(swarm::Event::Failed { hash, .. }) => {
+                self.provided.remove(hash);
+            }
             Event::Pex(pex::Event::Discovered { records, .. }) => {
                 for record in records {
                     self.remember(record.clone());
