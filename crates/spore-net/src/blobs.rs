@@ -4,11 +4,12 @@
 //! Every write is verified chunk group by chunk group against the blob's hash before a byte is
 //! kept (the store's [`Download::write_encoded`]); every read re-verifies what it reads from
 //! disk. Downloads commit in batches ([`StoreBlobs::COMMIT_BATCH`] bytes or
-//! [`StoreBlobs::COMMIT_INTERVAL`], whichever comes first): a commit syncs two files and the
-//! metadata database, milliseconds each time, so committing each 64 KiB response would cap a
-//! download at tens of MB/s. A crash loses at most the last batch's record, which is fetched
-//! again; it never records a group that is not durably written. Groups verified but not yet
-//! committed are served at once from the download itself.
+//! [`StoreBlobs::COMMIT_INTERVAL`], whichever comes first), each on a thread of its own
+//! ([`Download::commit_in_background`]): a commit syncs two files and the metadata database,
+//! tens of milliseconds for a batch, which would stall the node's task if it ran there. A crash
+//! loses at most the last batches' records, which are fetched again; it never records a group
+//! that is not durably written. Groups verified but not yet committed are served at once from
+//! the download itself.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -58,13 +59,13 @@ impl StoreBlobs {
         }
     }
 
-    /// Commits downloads whose oldest pending group is older than
-    /// [`COMMIT_INTERVAL`](Self::COMMIT_INTERVAL).
+    /// Starts a background commit of downloads that last committed more than
+    /// [`COMMIT_INTERVAL`](Self::COMMIT_INTERVAL) ago.
     pub fn flush_due(&mut self) {
         let now = Instant::now();
         for (hash, (d, at)) in &mut self.downloads {
             if d.pending_bytes() > 0 && now.duration_since(*at) >= Self::COMMIT_INTERVAL {
-                if let Err(e) = d.flush() {
+                if let Err(e) = d.commit_in_background() {
                     warn!(blob = %blobs::Hash::from_bytes(*hash), error = %e, "cannot commit download");
                 }
                 *at = now;

@@ -223,12 +223,17 @@ impl BlobStore {
             complete,
             pending: Vec::new(),
             commit_batch: 0,
+            inflight: None,
             _lease: lease,
             #[cfg(test)]
             crash_before_commit: false,
         })
     }
 }
+
+/// A commit on its own thread: whether the blob was found complete, and whether its size is
+/// verified.
+type Inflight = std::thread::JoinHandle<Result<(bool, bool), BlobError>>;
 
 /// A download in progress: writes verified chunk groups of one blob into the store. Created by
 /// [`BlobStore::begin_download`]; protects the blob from GC while it lives. Dropping it keeps
@@ -248,6 +253,8 @@ pub struct Download {
     pending: Vec<u64>,
     /// Bytes of pending groups that trigger a commit (0: commit every write).
     commit_batch: u64,
+    /// The commit running in the background, with the groups it records.
+    inflight: Option<(Inflight, Vec<u64>)>,
     _lease: Lease,
     /// Test hook: write and sync the data, then stop before the metadata commit, as a crash
     /// there would.
@@ -296,7 +303,8 @@ impl Download {
     }
 
     /// Batches commits: from now on, verified groups are written at once but synced and
-    /// recorded only when `bytes` of them are pending, at [`flush`](Self::flush),
+    /// recorded only when `bytes` of them are pending (in the background:
+    /// [`commit_in_background`](Self::commit_in_background)), at [`flush`](Self::flush),
     /// [`finish`](Self::finish), or when the download is dropped. Each commit costs a few
     /// disk syncs (milliseconds), so committing every response caps a download at tens of
     /// MB/s; batching trades that for refetching at most `bytes` after a crash. Pending groups
@@ -313,6 +321,7 @@ impl Download {
 
     /// Syncs and records the pending groups (nothing to do if none are pending).
     pub fn flush(&mut self) -> Result<(), BlobError> {
+        self.join_inflight()?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -474,8 +483,10 @@ impl Download {
             }
             self.pending.extend_from_slice(&new_groups);
             let bad = failure.is_some();
-            if bad || self.verified.is_full() || self.pending_bytes() >= self.commit_batch {
+            if bad || self.verified.is_full() || self.commit_batch == 0 {
                 self.flush()?;
+            } else if self.pending_bytes() >= self.commit_batch {
+                self.commit_in_background()?;
             }
         }
         match failure {
@@ -487,61 +498,116 @@ impl Download {
         }
     }
 
-    /// Makes the newly written groups durable, then records them.
+    /// Makes the newly written groups durable, then records them (on this thread).
     fn commit(&mut self, new_groups: &[u64]) -> Result<(), BlobError> {
-        let hash = self.hash;
-        let inner = Arc::clone(&self.inner);
-        let data_path = inner.data_path(&hash);
-        let ob_path = inner.outboard_path(&hash);
-        self.data
-            .sync_data()
-            .map_err(BlobError::io("sync", "blob data file", &data_path))?;
-        self.outboard
-            .data
-            .sync_data()
-            .map_err(BlobError::io("sync", "blob outboard", &ob_path))?;
         #[cfg(test)]
         if self.crash_before_commit {
+            let _ = self.data.sync_data();
+            let _ = self.outboard.data.sync_data();
             return Ok(());
         }
-        let bits = self.verified.clone();
-        let last = bits.len().saturating_sub(1);
-        let size_verified = self.size_verified || bits.get(last);
-        let write = || -> Result<bool, DbError> {
-            let txn = inner.db.begin_write()?;
-            let complete = {
-                let mut blobs = txn.open_table(BLOBS)?;
-                match meta::get_entry(&blobs, &hash)? {
-                    // Imported meanwhile: nothing to record.
-                    Some(Entry {
-                        state: State::Complete,
-                        ..
-                    }) => true,
-                    Some(entry) if entry.size == self.size => {
-                        meta::store_groups(&mut txn.open_table(GROUPS)?, &hash, &bits, new_groups)?;
-                        if size_verified != self.size_verified {
-                            let entry = Entry {
-                                size: self.size,
-                                state: State::Partial { size_verified },
-                            };
-                            blobs.insert(&hash.as_bytes()[..], &meta::encode_entry(&entry)[..])?;
-                        }
-                        false
-                    }
-                    // Gone or restarted at another size: this download's writes are moot.
-                    _ => return Ok(false),
-                }
-            };
-            txn.commit()?;
-            Ok(complete)
-        };
-        let complete = write().map_err(inner.db_err("record verified groups"))?;
+        let (complete, size_verified) = record(
+            &self.inner,
+            self.hash,
+            self.size,
+            &self.verified,
+            new_groups,
+            self.size_verified,
+            &self.data,
+            &self.outboard.data,
+        )?;
+        self.recorded(complete, size_verified);
+        Ok(())
+    }
+
+    /// Takes in what a commit recorded.
+    fn recorded(&mut self, complete: bool, size_verified: bool) {
         if complete {
             self.complete = true;
             self.verified = Bitfield::full(self.verified.len());
         }
         self.size_verified |= size_verified;
-        Ok(())
+    }
+
+    /// Commits the pending groups on a background thread, so that the disk syncs (tens of
+    /// milliseconds for a batch of megabytes) overlap with receiving more data. At most one
+    /// such commit runs per download: while one does, this does nothing and the pending groups
+    /// wait for the next call. Writes go on meanwhile; the commit records only the groups
+    /// pending when it started, after syncing the files (which holds them and maybe more).
+    /// [`flush`](Self::flush), [`finish`](Self::finish) and dropping wait for it.
+    pub fn commit_in_background(&mut self) -> Result<(), BlobError> {
+        if let Some((running, _)) = &self.inflight {
+            if !running.is_finished() {
+                return Ok(());
+            }
+            self.join_inflight()?;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if self.crash_before_commit {
+            return self.flush();
+        }
+        let hash = self.hash;
+        let data_path = self.inner.data_path(&hash);
+        let ob_path = self.inner.outboard_path(&hash);
+        let data =
+            self.data
+                .try_clone()
+                .map_err(BlobError::io("reopen", "blob data file", &data_path))?;
+        let outboard = self.outboard.data.try_clone().map_err(BlobError::io(
+            "reopen",
+            "blob outboard",
+            &ob_path,
+        ))?;
+        let mut groups = std::mem::take(&mut self.pending);
+        groups.sort_unstable();
+        // Every group verified so far is recorded or in `groups`: nothing else is pending.
+        let bits = self.verified.clone();
+        let (inner, size, was) = (Arc::clone(&self.inner), self.size, self.size_verified);
+        let new = groups.clone();
+        let spawned = std::thread::Builder::new()
+            .name("blob-commit".into())
+            .spawn(move || record(&inner, hash, size, &bits, &new, was, &data, &outboard));
+        match spawned {
+            Ok(handle) => {
+                self.inflight = Some((handle, groups));
+                Ok(())
+            }
+            Err(e) => {
+                self.pending = groups;
+                Err(BlobError::io(
+                    "start a thread to commit",
+                    "blob data file",
+                    &data_path,
+                )(e))
+            }
+        }
+    }
+
+    /// Waits for the background commit, if any, and takes in its result.
+    fn join_inflight(&mut self) -> Result<(), BlobError> {
+        let Some((running, groups)) = self.inflight.take() else {
+            return Ok(());
+        };
+        let result = running.join().unwrap_or_else(|_| {
+            let path = self.inner.data_path(&self.hash);
+            Err(BlobError::io("commit", "blob data file", &path)(
+                io::Error::other("the commit thread panicked"),
+            ))
+        });
+        match result {
+            Ok((complete, size_verified)) => {
+                self.recorded(complete, size_verified);
+                Ok(())
+            }
+            Err(e) => {
+                // Not recorded: try again with the next commit.
+                self.pending.extend(groups);
+                Err(e)
+            }
+        }
     }
 
     /// Marks the blob complete. Every chunk group must be verified
@@ -604,6 +670,61 @@ impl Download {
         };
         write().map_err(inner.db_err("record a finished download"))
     }
+}
+
+/// Syncs `data` and `outboard`, then records `new_groups` (whose pages are taken from `bits`)
+/// in one transaction; `was_size_verified` is what the entry says now. Returns whether the
+/// blob turned out complete (imported meanwhile) and whether its size is now verified.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    inner: &Inner,
+    hash: Hash,
+    size: u64,
+    bits: &Bitfield,
+    new_groups: &[u64],
+    was_size_verified: bool,
+    data: &File,
+    outboard: &File,
+) -> Result<(bool, bool), BlobError> {
+    let data_path = inner.data_path(&hash);
+    let ob_path = inner.outboard_path(&hash);
+    data.sync_data()
+        .map_err(BlobError::io("sync", "blob data file", &data_path))?;
+    outboard
+        .sync_data()
+        .map_err(BlobError::io("sync", "blob outboard", &ob_path))?;
+    let last = bits.len().saturating_sub(1);
+    let size_verified = was_size_verified || bits.get(last);
+    let write = || -> Result<bool, DbError> {
+        let txn = inner.db.begin_write()?;
+        let complete = {
+            let mut blobs = txn.open_table(BLOBS)?;
+            match meta::get_entry(&blobs, &hash)? {
+                // Imported meanwhile: nothing to record.
+                Some(Entry {
+                    state: State::Complete,
+                    ..
+                }) => true,
+                Some(entry) if entry.size == size => {
+                    meta::store_groups(&mut txn.open_table(GROUPS)?, &hash, bits, new_groups)?;
+                    if size_verified != was_size_verified {
+                        let entry = Entry {
+                            size,
+                            state: State::Partial { size_verified },
+                        };
+                        blobs.insert(&hash.as_bytes()[..], &meta::encode_entry(&entry)[..])?;
+                    }
+                    false
+                }
+                // Gone or restarted at another size: this download's writes are moot.
+                _ => return Ok(false),
+            }
+        };
+        txn.commit()?;
+        Ok(complete)
+    };
+    let complete = write().map_err(inner.db_err("record verified groups"))?;
+    Ok((complete, size_verified))
 }
 
 /// Empties (creating if missing) the file at `path`.

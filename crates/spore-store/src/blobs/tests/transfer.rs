@@ -468,21 +468,33 @@ fn batched_commits_serve_at_once_and_record_on_flush_or_drop() {
     let mut dc = c.begin_download(hash, size).unwrap();
     dc.write_encoded(&served.groups, &served.bytes).unwrap();
     assert_eq!(dc.verified_groups().count_ones(), 4);
-    // Crossing the batch commits everything pending.
+    // Crossing the batch commits everything pending, on a thread of its own; flush waits for it.
     transfer(&a, &mut d, &[4..8]).unwrap();
     assert_eq!(d.pending_bytes(), 0);
+    d.flush().unwrap();
     assert_eq!(groups_of(b.have(&hash).unwrap()), vec![0..8, n - 1..n]);
+    // Writes go on while a background commit runs; the next commit takes what it left.
+    transfer(&a, &mut d, &[20..28]).unwrap();
+    transfer(&a, &mut d, &[28..30]).unwrap();
+    d.flush().unwrap();
+    assert_eq!(
+        groups_of(b.have(&hash).unwrap()),
+        vec![0..8, 20..30, n - 1..n]
+    );
     // Pending groups are recorded when the download is dropped.
     transfer(&a, &mut d, &[8..10]).unwrap();
     assert_eq!(d.pending_bytes(), 2 * GROUP_BYTES);
     drop(d);
     drop(b);
     let b = open(&tb.path().join("blobs"));
-    assert_eq!(groups_of(b.have(&hash).unwrap()), vec![0..10, n - 1..n]);
+    assert_eq!(
+        groups_of(b.have(&hash).unwrap()),
+        vec![0..10, 20..30, n - 1..n]
+    );
     // And a resumed download finishes: finish flushes what is pending.
     let mut d = b.begin_download(hash, size).unwrap();
     d.set_commit_batch(u64::MAX);
-    transfer(&a, &mut d, &[10..n - 1]).unwrap();
+    transfer(&a, &mut d, &[10..20, 30..n - 1]).unwrap();
     d.finish().unwrap();
     assert_eq!(b.have(&hash).unwrap(), BlobStatus::Complete { size });
     assert_eq!(read_export(&b, &hash), data);
