@@ -50,27 +50,7 @@ impl BlobStore {
         let inner = &self.inner;
         let _lease = self.lease(*hash);
         let (size, _, served) = inner.servable(hash, groups)?;
-        let limit = inner.limits.max_encode_bytes;
-        let data: u64 = served
-            .iter()
-            .flat_map(|r| r.clone())
-            .map(|g| group_len(size, g))
-            .sum();
-        if data > limit as u64 {
-            return Err(BlobError::ResponseTooLarge { hash: *hash, limit });
-        }
-        let mut out = Tracked {
-            w: Vec::new(),
-            limit: limit as u64,
-            written: 0,
-            error: None,
-            overflow: false,
-        };
-        inner.encode_into(hash, size, &served, &mut out)?;
-        Ok(Encoded {
-            groups: served,
-            bytes: out.w,
-        })
+        inner.encode_in_memory(hash, size, served)
     }
 
     /// Like [`encode_ranges`](Self::encode_ranges), streaming into `out`, with no size bound,
@@ -354,27 +334,7 @@ impl Download {
             .filter(|&g| self.verified.get(g))
             .collect();
         let served = Bitfield::from_groups(self.verified.len(), &served).ranges();
-        let limit = inner.limits.max_encode_bytes;
-        let data: u64 = served
-            .iter()
-            .flat_map(|r| r.clone())
-            .map(|g| group_len(self.size, g))
-            .sum();
-        if data > limit as u64 {
-            return Err(BlobError::ResponseTooLarge { hash, limit });
-        }
-        let mut out = Tracked {
-            w: Vec::new(),
-            limit: limit as u64,
-            written: 0,
-            error: None,
-            overflow: false,
-        };
-        inner.encode_into(&hash, self.size, &served, &mut out)?;
-        Ok(Encoded {
-            groups: served,
-            bytes: out.w,
-        })
+        inner.encode_in_memory(&hash, self.size, served)
     }
 
     /// The chunk groups still to fetch, as sorted ranges.
@@ -873,6 +833,37 @@ impl Inner {
             }
         };
         Ok((size, requested, served))
+    }
+
+    /// Encodes `served` (verified groups of `hash`, `size` bytes) into memory, refusing more
+    /// than [`max_encode_bytes`](super::BlobLimits::max_encode_bytes).
+    fn encode_in_memory(
+        &self,
+        hash: &Hash,
+        size: u64,
+        served: Vec<Range<u64>>,
+    ) -> Result<Encoded, BlobError> {
+        let limit = self.limits.max_encode_bytes;
+        let data: u64 = served
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|g| group_len(size, g))
+            .sum();
+        if data > limit as u64 {
+            return Err(BlobError::ResponseTooLarge { hash: *hash, limit });
+        }
+        let mut out = Tracked {
+            w: Vec::new(),
+            limit: limit as u64,
+            written: 0,
+            error: None,
+            overflow: false,
+        };
+        self.encode_into(hash, size, &served, &mut out)?;
+        Ok(Encoded {
+            groups: served,
+            bytes: out.w,
+        })
     }
 
     fn encode_into<W: Write>(
