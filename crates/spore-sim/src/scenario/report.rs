@@ -57,6 +57,10 @@ pub struct RunReport {
     /// Pub/sub delivery latency percentiles in milliseconds, publication to delivery:
     /// `(percent, latency)` for 0, 1, ..., 100.
     pub pubsub_latency_cdf_ms: Vec<(f64, f64)>,
+    /// The swarm's bandwidth classes, in the scenario's order (empty without a `[swarm]`
+    /// section).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub swarm_classes: Vec<String>,
     /// The swarm's leechers, one by one (empty without a `[swarm]` section).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub swarm_leechers: Vec<LeecherResult>,
@@ -358,12 +362,7 @@ impl Report {
         let mut classes = Vec::new();
         let mut class_names: Vec<String> = Vec::new();
         for r in self.runs.iter().filter(|r| !r.swarm_leechers.is_empty()) {
-            let mut names: Vec<&str> = Vec::new();
-            for l in &r.swarm_leechers {
-                if !names.contains(&&*l.class) {
-                    names.push(&l.class);
-                }
-            }
+            let names = &r.swarm_classes;
             for (free, group) in groups {
                 let members: Vec<&LeecherResult> = r
                     .swarm_leechers
@@ -409,7 +408,7 @@ impl Report {
                     .filter_map(|(k, class)| {
                         let mut t: Vec<f64> = members
                             .iter()
-                            .filter(|l| l.class == *class)
+                            .filter(|l| l.class == **class)
                             .filter_map(|l| l.completion_secs)
                             .collect();
                         t.sort_by(f64::total_cmp);
@@ -422,7 +421,7 @@ impl Report {
                 });
             }
             if class_names.is_empty() {
-                class_names = names.iter().map(|n| n.to_string()).collect();
+                class_names.clone_from(names);
             }
         }
         if class_names.len() > 1 {

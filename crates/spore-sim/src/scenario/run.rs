@@ -1205,6 +1205,7 @@ impl<'a> Runner<'a> {
             latency_cdf_ms,
             pubsub_hops_histogram: pubsub.hops_histogram,
             pubsub_latency_cdf_ms: pubsub.latency_cdf_ms,
+            swarm_classes: swarm.classes,
             swarm_leechers: swarm.leechers,
             counters,
         })

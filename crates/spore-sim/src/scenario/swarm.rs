@@ -87,7 +87,7 @@ pub(crate) struct SwarmRun {
     /// Seeders and started leechers: what the tracker knows.
     members: Vec<NodeIndex>,
     free_riding: Arc<FreeRiding>,
-    /// Unchoke slots given by leechers still downloading, summed over the samples:
+    /// Unchoke slots given by contributors still downloading, summed over the samples:
     /// `[regular, optimistic]`, to free riders and to everyone.
     slots_to_free_riders: [u64; 2],
     slots_given: [u64; 2],
@@ -112,6 +112,7 @@ pub(crate) struct Results {
     pub(crate) summary: Vec<(String, f64)>,
     pub(crate) counters: Vec<(String, u64)>,
     pub(crate) leechers: Vec<LeecherResult>,
+    pub(crate) classes: Vec<String>,
 }
 
 /// Progress of the swarm at one moment, for the time series.
@@ -339,11 +340,11 @@ impl SwarmRun {
         }
     }
 
-    /// Where the swarm is now; counts who holds the unchoke slots of the leechers still
-    /// downloading.
+    /// Where the swarm is now; counts who holds the unchoke slots of the contributors still
+    /// downloading (a free rider's own slots are never announced: its filter drops them).
     pub(crate) fn snapshot(&mut self, sim: &Sim) -> Snapshot {
         let hash = self.blob.hash();
-        for l in &self.leechers {
+        for l in self.leechers.iter().filter(|l| !l.free_rider) {
             let Some(i) = l.node else { continue };
             if !sim.node(i).swarm().info(&hash).is_some_and(|s| s.fetching) {
                 continue;
@@ -398,7 +399,10 @@ impl SwarmRun {
 
     /// The measurements, at the end of the run; `start` is the start of the measured phase.
     pub(crate) fn results(&self, sim: &Sim, start: Instant) -> Results {
-        let mut r = Results::default();
+        let mut r = Results {
+            classes: self.classes.clone(),
+            ..Results::default()
+        };
         let end = sim.now();
         let size = self.blob.size() as f64;
         let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
