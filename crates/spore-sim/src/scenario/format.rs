@@ -826,10 +826,10 @@ fn default_drop_rate() -> f64 {
 /// A swarm: `seeders` nodes serve one blob of `size` random bytes and `leechers` fetch it,
 /// starting from `start` into the measured phase, spread evenly over `spread` (all at once if
 /// zero). A share `free_riders` of the leechers download but never upload. Leechers get their
-/// bandwidth from `classes` (the free riders spread over them in proportion), the seeders theirs from
-/// `seeder_upload` and `seeder_download`. The runner plays the tracker: a leecher starts with
-/// `tracker_peers` random members of the swarm (seeders included) and is given as many again
-/// every `announce_every` until it completes.
+/// bandwidth from `classes` (the free riders spread over them in proportion), the seeders
+/// theirs from `seeder_upload` and `seeder_download`. The runner plays the tracker: a leecher
+/// starts with `tracker_peers` random members of the swarm (seeders included) and is given as
+/// many again every `announce_every` until it completes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwarmSpec {
