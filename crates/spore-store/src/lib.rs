@@ -45,6 +45,7 @@
 
 mod api;
 pub mod blobs;
+pub mod docs;
 mod error;
 mod fsutil;
 mod identity;
