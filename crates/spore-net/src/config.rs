@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spore_core::PeerId;
+use spore_core::doc::sync::DocStore;
 use spore_core::pubsub;
 use spore_core::swarm::BlobAccess;
 
@@ -44,6 +45,9 @@ pub struct NetConfig {
     /// Replaces the swarm's storage with the application's own [`BlobAccess`] (which must
     /// verify what it stores and serves). `None` uses [`blobs`](Self::blobs).
     pub blob_access: Option<BlobAccessMaker>,
+    /// Where documents persist (e.g. spore-store's redb document store); the node restores
+    /// them at start. `None` keeps documents in memory.
+    pub doc_store: Option<DocStoreMaker>,
 }
 
 impl Default for NetConfig {
@@ -62,6 +66,7 @@ impl Default for NetConfig {
             pubsub_validator: None,
             blobs: None,
             blob_access: None,
+            doc_store: None,
         }
     }
 }
@@ -85,6 +90,31 @@ impl BlobAccessMaker {
 impl std::fmt::Debug for BlobAccessMaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BlobAccessMaker(..)")
+    }
+}
+
+/// Opens the document store of each node started from a [`NetConfig`].
+#[derive(Clone)]
+pub struct DocStoreMaker(MakeDocStore);
+
+type MakeDocStore = Arc<dyn Fn() -> Result<Box<dyn DocStore + Send>, String> + Send + Sync>;
+
+impl DocStoreMaker {
+    /// A maker calling `open` once per node (an error stops the node's start).
+    pub fn new(
+        open: impl Fn() -> Result<Box<dyn DocStore + Send>, String> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(open))
+    }
+
+    pub(crate) fn make(&self) -> Result<Box<dyn DocStore + Send>, String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for DocStoreMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DocStoreMaker(..)")
     }
 }
 

@@ -31,6 +31,9 @@ pub enum StartError {
     /// mDNS could not start.
     #[error("cannot start mDNS: {0}")]
     Mdns(String),
+    /// The document store could not be opened or read.
+    #[error("cannot open the document store: {0}")]
+    Docs(String),
 }
 
 /// A dial failed.
@@ -114,6 +117,9 @@ pub enum RequestError {
     /// The swarm refused a blob command (disabled, too many swarms, blob not complete).
     #[error(transparent)]
     Swarm(#[from] spore_core::swarm::SwarmError),
+    /// Document replication refused a command (unknown document, not a writer, limits).
+    #[error(transparent)]
+    Doc(#[from] spore_core::doc::sync::SyncError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,

@@ -17,10 +17,11 @@ use crate::config::NetConfig;
 use crate::conn::StreamKind;
 use crate::error::{DialError, RequestError, StartError};
 use crate::runtime::{
-    Clock, Command, ConnTable, Input, KadAnswer, KadOp, Runtime, Status, canonical,
+    Clock, Command, ConnTable, DocOp, Input, KadAnswer, KadOp, Runtime, Status, canonical,
 };
 use crate::search::{SearchHit, SearchStream};
 use bytes::Bytes;
+use spore_core::doc::{Access, Change, DocId, Document, Edit};
 use spore_core::kad::Key;
 use spore_store::records::RedbStore;
 
@@ -107,6 +108,13 @@ pub async fn start(
 
     if let Some(validator) = &config.pubsub_validator {
         node.set_pubsub_validator(validator.make());
+    }
+    if let Some(maker) = &config.doc_store {
+        let store = maker.make().map_err(StartError::Docs)?;
+        let loaded = node
+            .set_doc_store(store)
+            .map_err(|e| StartError::Docs(e.to_string()))?;
+        debug!(loaded, "documents restored");
     }
     if let Some(maker) = &config.blob_access {
         node.set_blob_access(maker.make());
@@ -478,6 +486,67 @@ impl NodeHandle {
         self.request(|reply| Command::SwarmInfo { hash, reply })
             .await
             .ok_or(RequestError::Shutdown)
+    }
+
+    async fn doc<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> DocOp,
+    ) -> Result<T, RequestError> {
+        self.request(|reply| Command::Doc(make(reply)))
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Creates a document owned by this node (`nonce` makes its id unique among this node's
+    /// documents), replicated to whoever opens it and kept current by live changes and sync.
+    pub async fn doc_create(&self, nonce: u64) -> Result<DocId, RequestError> {
+        Ok(self.doc(|reply| DocOp::Create { nonce, reply }).await??)
+    }
+
+    /// Replicates the document `access` describes (its owner-signed access list, as a ticket
+    /// carries it), syncing with `peers` (replicas to start from) and following live changes.
+    pub async fn doc_open(
+        &self,
+        access: Access,
+        peers: Vec<PeerId>,
+    ) -> Result<DocId, RequestError> {
+        let access = Box::new(access);
+        Ok(self
+            .doc(|reply| DocOp::Open {
+                access,
+                peers,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Edits a document as this node (which must be a writer): the change is signed, applied,
+    /// persisted and published live; replicas that miss it get it by sync.
+    pub async fn doc_edit(&self, doc: DocId, edits: Vec<Edit>) -> Result<Change, RequestError> {
+        Ok(self
+            .doc(|reply| DocOp::Edit { doc, edits, reply })
+            .await??)
+    }
+
+    /// As the document's owner, admits `peer` as a writer; returns the new access list.
+    pub async fn doc_add_writer(&self, doc: DocId, peer: PeerId) -> Result<Access, RequestError> {
+        Ok(self
+            .doc(|reply| DocOp::AddWriter { doc, peer, reply })
+            .await??)
+    }
+
+    /// Reconciles `doc` with `peer` now (sync also runs by itself on connection and
+    /// periodically).
+    pub async fn doc_sync(&self, peer: PeerId, doc: DocId) -> Result<(), RequestError> {
+        Ok(self.doc(|reply| DocOp::Sync { peer, doc, reply }).await??)
+    }
+
+    /// A copy of this node's replica of `doc`, or `None` if it does not replicate it.
+    pub async fn doc_get(&self, doc: DocId) -> Result<Option<Document>, RequestError> {
+        Ok(self
+            .doc(|reply| DocOp::Get { doc, reply })
+            .await?
+            .map(|d| *d))
     }
 
     /// Subscribes to a pub/sub topic (1 to 256 bytes of name, at most 64 topics): tells the

@@ -53,7 +53,9 @@ mod search;
 pub mod tls;
 
 pub use blobs::StoreBlobs;
-pub use config::{BlobAccessMaker, Limits, NetConfig, PubSubValidator, TransportParams};
+pub use config::{
+    BlobAccessMaker, DocStoreMaker, Limits, NetConfig, PubSubValidator, TransportParams,
+};
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use spore_core::doc::sync::SyncError;
+use spore_core::doc::{Access, Change, DocId, Document, Edit};
 use spore_core::gossip::{self, SearchError, ShareError};
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
 use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
@@ -138,6 +140,7 @@ pub(crate) enum Command {
         hash: swarm::Hash,
         reply: oneshot::Sender<Option<(SwarmInfo, Vec<PeerView>)>>,
     },
+    Doc(DocOp),
     SendRaw {
         peer: PeerId,
         msg: Box<Message>,
@@ -145,6 +148,38 @@ pub(crate) enum Command {
     },
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+}
+
+/// A document command from a handle.
+pub(crate) enum DocOp {
+    Create {
+        nonce: u64,
+        reply: oneshot::Sender<Result<DocId, SyncError>>,
+    },
+    Open {
+        access: Box<Access>,
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<Result<DocId, SyncError>>,
+    },
+    Edit {
+        doc: DocId,
+        edits: Vec<Edit>,
+        reply: oneshot::Sender<Result<Change, SyncError>>,
+    },
+    AddWriter {
+        doc: DocId,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Access, SyncError>>,
+    },
+    Sync {
+        peer: PeerId,
+        doc: DocId,
+        reply: oneshot::Sender<Result<(), SyncError>>,
+    },
+    Get {
+        doc: DocId,
+        reply: oneshot::Sender<Option<Box<Document>>>,
     },
 }
 
@@ -591,6 +626,7 @@ impl Runtime {
                 let s = self.node.swarm();
                 let _ = reply.send(s.info(&hash).map(|i| (i, s.peers(&hash))));
             }
+            Command::Doc(op) => self.doc_command(op),
             Command::SendRaw { peer, msg, reply } => {
                 let result = if self.conns.contains_key(&peer) {
                     self.transmit(peer, &msg);
@@ -627,6 +663,34 @@ impl Runtime {
                 let _ = reply.send(conn.ok_or(RequestError::NotConnected(peer)));
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn doc_command(&mut self, op: DocOp) {
+        let now = self.clock.now();
+        match op {
+            DocOp::Create { nonce, reply } => {
+                let _ = reply.send(self.node.doc_create(now, nonce));
+            }
+            DocOp::Open {
+                access,
+                peers,
+                reply,
+            } => {
+                let _ = reply.send(self.node.doc_open(now, *access, &peers));
+            }
+            DocOp::Edit { doc, edits, reply } => {
+                let _ = reply.send(self.node.doc_edit(now, &doc, edits));
+            }
+            DocOp::AddWriter { doc, peer, reply } => {
+                let _ = reply.send(self.node.doc_add_writer(now, &doc, peer));
+            }
+            DocOp::Sync { peer, doc, reply } => {
+                let _ = reply.send(self.node.doc_sync(now, peer, doc));
+            }
+            DocOp::Get { doc, reply } => {
+                let _ = reply.send(self.node.docs().doc(&doc).cloned().map(Box::new));
+            }
         }
     }
 

@@ -893,6 +893,23 @@ impl Node {
         &self.docs
     }
 
+    /// Plugs in the store documents persist through (the runtime passes its redb store), restores
+    /// the documents it holds and follows their live changes; returns how many were restored.
+    /// Use it before creating or opening documents: those replicated so far are dropped.
+    pub fn set_doc_store(
+        &mut self,
+        store: Box<dyn doc::sync::DocStore + Send>,
+    ) -> Result<usize, doc::sync::StoreError> {
+        let mut docs = DocSync::with_store(self.keypair.peer_id(), self.config.docs.clone(), store);
+        let loaded = docs.load()?;
+        self.docs = docs;
+        let ids: Vec<DocId> = self.docs.docs().map(|d| d.id()).collect();
+        for id in ids {
+            self.follow_doc(id);
+        }
+        Ok(loaded)
+    }
+
     /// Command: create a document owned by this node (`nonce` makes its id unique among this
     /// node's documents) and follow its live changes.
     pub fn doc_create(&mut self, now: Instant, nonce: u64) -> Result<DocId, SyncError> {
