@@ -22,6 +22,13 @@
 //! | PUT | `/v1/shared` | [`SharedName`] | [`SharedName`]: the node answers searches with it |
 //! | DELETE | `/v1/shared/{content}` | | [`UnsharedView`], or 404 if nothing is shared for it |
 //! | GET | `/v1/overlay` | | [`spore_net::OverlayStatus`]: neighbors, passive view size, counters |
+//! | POST | `/v1/docs` | | [`DocCreated`]: a new document owned by this node, and its ticket |
+//! | POST | `/v1/docs/join` | [`JoinRequest`] | [`DocCreated`]: replicates the ticket's document |
+//! | GET | `/v1/docs/{doc}` | | [`DocView`]: owner, writers, state (`"Kind:key"` → value), or 404 |
+//! | GET | `/v1/docs/{doc}/ticket` | | `{"ticket": "doc…"}` |
+//! | POST | `/v1/docs/{doc}/edits` | `[`[`EditRequest`]`]` | [`DocView`] after the change |
+//! | POST | `/v1/docs/{doc}/writers` | [`WriterRequest`] | [`DocView`]: the owner admitted a writer |
+//! | GET | `/v1/docs/{doc}/events` | | server-sent events: `state` ([`DocView`]) now and on every change from other replicas |
 //!
 //! Topic names are 1 to 256 bytes, percent-encoded in the path (`/` as `%2F`). Message data is
 //! text in JSON, or base64 with `"encoding": "base64"` for binary data; a message holds at most
@@ -34,10 +41,12 @@
 //! keyed by their content's BLAKE3 hash in hex (see [`search`]). Errors are JSON
 //! `{"error": "..."}` with a 4xx or 5xx status.
 
+pub mod docs;
 pub mod events;
 pub mod search;
 pub mod topics;
 
+pub use docs::{DocCreated, DocTicket, DocView, EditRequest, JoinRequest, WriterRequest};
 pub use events::{EventStream, SseEvent};
 pub use search::{SearchRequest, SearchResponse, SharedName, UnsharedView};
 pub use topics::{
@@ -247,6 +256,13 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/v1/shared", put(search::share))
         .route("/v1/shared/{content}", delete(search::unshare))
         .route("/v1/overlay", get(search::overlay))
+        .route("/v1/docs", post(docs::create))
+        .route("/v1/docs/join", post(docs::join))
+        .route("/v1/docs/{doc}", get(docs::get))
+        .route("/v1/docs/{doc}/ticket", get(docs::ticket))
+        .route("/v1/docs/{doc}/edits", post(docs::edit))
+        .route("/v1/docs/{doc}/writers", post(docs::add_writer))
+        .route("/v1/docs/{doc}/events", get(docs::events))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }

@@ -117,6 +117,19 @@ pub enum Command {
         #[command(subcommand)]
         command: BlobsCommand,
     },
+    /// Documents many peers edit at once, converging with no coordinator (asks the running node).
+    ///
+    /// A document maps keys to registers (last writer wins), counters, sets and text; edits are
+    /// signed by their author and merge in any order. `new` prints the document's id and a
+    /// ticket; others `join` with the ticket and read; the owner admits writers with `allow`.
+    ///
+    /// Example: `spore doc new`, then `spore doc set DOC title "Trip plan"` and
+    /// `spore doc get DOC`.
+    Doc {
+        /// What to do.
+        #[command(subcommand)]
+        command: DocCommand,
+    },
     /// Connect to a peer and measure round-trip times, like ping(8).
     ///
     /// Uses a fresh throwaway identity, so it never disturbs a node running from the same data
@@ -200,6 +213,76 @@ pub struct GetArgs {
     /// Node settings, as for `spore node` [default listen port: any free port]
     #[command(flatten)]
     pub node: NodeArgs,
+}
+
+/// `spore doc` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DocCommand {
+    /// Create a document owned by this node; prints its id and a ticket to share.
+    New {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replicate the document a ticket names (read it; to write, ask its owner to `allow` you).
+    Join {
+        /// The ticket (`doc…`).
+        ticket: String,
+    },
+    /// Set a key: a register (default), or with --add a set element, or with --incr a counter.
+    Set {
+        /// The document's id.
+        doc: String,
+        /// The key.
+        key: String,
+        /// The value (with --incr: the amount, may be negative).
+        value: String,
+        /// Add VALUE to the set KEY instead of writing a register.
+        #[arg(long, conflicts_with = "incr")]
+        add: bool,
+        /// Add the integer VALUE to the counter KEY.
+        #[arg(long)]
+        incr: bool,
+    },
+    /// Print a document (every key) or one key.
+    Get {
+        /// The document's id.
+        doc: String,
+        /// Only this key (any kind).
+        key: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Edit a text key in $EDITOR (default `vi`); the difference becomes one signed change.
+    Edit {
+        /// The document's id.
+        doc: String,
+        /// The text key.
+        #[arg(default_value = "text")]
+        key: String,
+    },
+    /// Print the document's state now and whenever a change arrives, until --count updates or
+    /// Ctrl-C.
+    Watch {
+        /// The document's id.
+        doc: String,
+        /// Stop after this many updates (the first state counts).
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// As the owner, admit a peer as a writer.
+    Allow {
+        /// The document's id.
+        doc: String,
+        /// The peer.
+        peer: spore_core::PeerId,
+    },
+    /// Print the document's ticket.
+    Ticket {
+        /// The document's id.
+        doc: String,
+    },
 }
 
 /// `spore blobs` subcommands.

@@ -197,6 +197,7 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         records: Some(dir.path().join(spore_store::records::RECORDS_FILE)),
         mdns: mdns.then(spore_net::mdns::MdnsConfig::default),
         blobs: Some(store.clone()),
+        doc_store: Some(doc_store(&dir)),
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
@@ -225,6 +226,17 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         api_addr,
         stop,
         server,
+    })
+}
+
+/// Opens `<data-dir>/docs.redb`, where the node's documents persist.
+fn doc_store(dir: &DataDir) -> spore_net::DocStoreMaker {
+    use spore_store::docs::{DOCS_FILE, DocLimits, RedbDocStore};
+    let path = dir.path().join(DOCS_FILE);
+    spore_net::DocStoreMaker::new(move || {
+        let store = RedbDocStore::open(&path, DocLimits::default())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Box::new(store) as Box<dyn spore_core::doc::sync::DocStore + Send>)
     })
 }
 

@@ -38,6 +38,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod demo;
+pub mod docs;
 pub mod settings;
 pub mod share;
 pub mod sim;

@@ -54,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Share(args) => spore::share::share(cli.data_dir, args).await,
             Command::Get(args) => spore::share::get(cli.data_dir, args).await,
             Command::Blobs { command } => spore::share::blobs(cli.data_dir, command),
+            Command::Doc { command } => spore::docs::run(cli.data_dir, command).await,
             Command::Demo(args) => spore::demo::run(args).await,
             Command::Sim(args) => spore::sim::run(args),
         }

@@ -167,7 +167,7 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Addresses to put in a ticket: each bound address; a wildcard bind stands for every address
 /// of this machine's interfaces of its family (loopback last).
-fn ticket_addrs(listen: &[SocketAddr]) -> Vec<SocketAddr> {
+pub(crate) fn ticket_addrs(listen: &[SocketAddr]) -> Vec<SocketAddr> {
     let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
     let mut out = Vec::new();
     for addr in listen {
