@@ -3,7 +3,8 @@
 //! A spore node's persistent state: its data directory. It holds the node's identity, the files
 //! that let local clients reach its HTTP API, DHT records and the peer book ([`records`], on
 //! redb), and content-addressed blobs ([`blobs`]: BLAKE3-verified data with bao-tree outboards,
-//! collections, pins and GC). Documents come later.
+//! collections, pins and GC), and replicated documents ([`docs`]: access lists and signed
+//! changes on redb).
 //!
 //! ## Layout
 //!
@@ -16,6 +17,9 @@
 //! | `identity.stamp` | TOML: `peer_id`, `difficulty`, `nonce` — the proof-of-work stamp for the key; a cache, verified on every load and re-minted when it does not verify | no |
 //! | `api.token`      | the HTTP API's bearer token: 32 random bytes as 64 hex digits   | yes    |
 //! | `api.addr`       | `127.0.0.1:PORT`, where the running node's HTTP API listens; removed on shutdown | no |
+//! | `records.redb`   | DHT records and the peer book ([`records`])                    | no     |
+//! | `blobs/`         | the blob store ([`blobs`]): data, outboards, `meta.redb`        | no     |
+//! | `docs.redb`      | documents: access lists and changes ([`docs`])                  | no     |
 //!
 //! A secret file whose mode lets group or other users in is refused with an error that says
 //! how to fix it (`chmod 600 …`): if it was readable, someone may have read it, and fixing the
