@@ -551,6 +551,10 @@ fn demo_runs_and_reports() {
         "2 hits for \"photos\" from 2 nodes",
         "all 3 nodes hold it",
         "every copy re-verifies against the root",
+        "all 4 replicas converged in",
+        "visits   10 (= 1 + 2 + 3 + 4: every increment counted once)",
+        "writers  {node 0, node 1, node 2, node 3}",
+        "documents        4 writers, 4",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
