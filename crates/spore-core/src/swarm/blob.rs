@@ -33,6 +33,8 @@ pub(super) struct SwarmPeer {
     pub(super) active: bool,
     /// When it joined (or we started the handshake).
     pub(super) since: Instant,
+    /// We started the handshake (rather than it).
+    pub(super) outbound: bool,
     /// Our `Have` went out, and how many groups it listed.
     pub(super) sent_have: Option<u64>,
     /// Its size claim.
@@ -70,6 +72,7 @@ impl SwarmPeer {
         Self {
             active: false,
             since: now,
+            outbound: false,
             sent_have: None,
             claimed: None,
             has: Bitfield::new(0),
@@ -278,8 +281,12 @@ impl BlobSwarm {
     pub(super) fn handle(&mut self, env: &mut Env<'_, '_>, from: PeerId, msg: Message) {
         if !matches!(msg, Message::Have { .. }) && !self.peers.get(&from).is_some_and(|p| p.active)
         {
-            // Before the handshake only `Have` (or a refusal of ours) makes sense.
+            // Before the handshake only `Have` (or a refusal of ours) makes sense, and the
+            // members a full swarm suggests before it refuses our handshake.
             match msg {
+                Message::Peers { records, .. } if self.peers.contains_key(&from) => {
+                    self.on_peers(env, from, records);
+                }
                 Message::Reject { groups: None, .. } | Message::Leave { .. } => {
                     if self.peers.contains_key(&from) {
                         env.stats.refused += 1;

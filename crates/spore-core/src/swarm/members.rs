@@ -85,6 +85,9 @@ impl BlobSwarm {
         if !self.peers.contains_key(&from) {
             if self.peers.len() >= env.config.max_peers {
                 env.stats.refused += 1;
+                // Members to try instead, so a crowd that only knows this peer (a ticket's
+                // sharer) still finds the swarm.
+                self.send_peers(env, from);
                 return env.send(
                     from,
                     Message::Reject {
@@ -193,7 +196,9 @@ impl BlobSwarm {
         records: Vec<PeerRecord>,
     ) {
         let now = env.now();
-        let Some(p) = self.peers.get_mut(&from).filter(|p| p.active) else {
+        // From a member, or from a peer we are handshaking with (a full swarm sends members
+        // to try before it refuses us).
+        let Some(p) = self.peers.get_mut(&from) else {
             env.stats.malformed += 1;
             return;
         };
@@ -256,9 +261,15 @@ impl BlobSwarm {
         if !self.fetching {
             return;
         }
+        // At most half the slots are filled by our own handshakes: the rest stay open for
+        // newcomers, or a swarm whose members filled up with each other would refuse everyone
+        // who arrives later.
+        let max_outbound = (env.config.max_peers / 2).max(1);
         loop {
             let connecting = self.peers.values().filter(|p| !p.active).count();
+            let outbound = self.peers.values().filter(|p| p.outbound).count();
             if self.peers.len() >= env.config.max_peers
+                || outbound >= max_outbound
                 || connecting >= env.config.max_connecting
                 || self.candidates.is_empty()
             {
@@ -269,8 +280,9 @@ impl BlobSwarm {
                 break;
             };
             let addrs = self.candidates.remove(&id).unwrap_or_default();
-            self.peers
-                .insert(id, SwarmPeer::new(env.now(), env.config, addrs));
+            let mut peer = SwarmPeer::new(env.now(), env.config, addrs);
+            peer.outbound = true;
+            self.peers.insert(id, peer);
             self.send_have(env, id, true);
         }
     }

@@ -14,7 +14,10 @@
 //!   full, banned). Afterwards each side announces newly verified groups with
 //!   [`Message::HaveUpdate`]. A member passes the records of the others to a newcomer
 //!   ([`Message::Peers`], at most [`MAX_PEERS`], accepted once per `pex_interval` per peer and
-//!   verified before use), so the swarm meshes by itself; at most `max_peers` per swarm.
+//!   verified before use), so the swarm meshes by itself; at most `max_peers` per swarm, at most
+//!   half of them by our own handshakes, so there is always room for newcomers. A swarm that
+//!   is full sends a newcomer members to try (`Peers`) before refusing it (`Reject { Full }`):
+//!   a crowd that knows only the sharer still finds the rest.
 //! - **The size.** Only the last group proves the blob's size (the tree's shape depends on it),
 //!   so a download fetches the last group first, from a peer that claims a size, and nothing
 //!   else until it verifies. A peer whose claim is then contradicted, or whose data fails, is

@@ -330,6 +330,30 @@ fn swarm_of(leechers: usize, size: usize, rate: u64) -> (Net, Hash, Vec<u8>) {
 }
 
 #[test]
+fn a_full_seeder_points_newcomers_to_members() {
+    // Swarms of at most 3 peers, 12 leechers who all know only the seeder: those it refuses
+    // learn members from its refusal and get the blob from them.
+    let mut net = Net::new(13, |_| swarm::Config {
+        max_peers: 3,
+        ..paced(1 << 20)
+    });
+    let blob = data(512 * 1024, 4);
+    let hash = net.serve(0, &blob);
+    for i in 1..=12 {
+        net.fetch(i, hash, vec![0]);
+    }
+    let all = |n: &Net| (1..=12).all(|i| n.completed(i, &hash));
+    let done = net.run_until(secs(300), all);
+    let failed: Vec<usize> = (1..=12).filter(|&i| !net.completed(i, &hash)).collect();
+    assert!(done, "not every leecher completed: {failed:?}");
+    assert!(net.nodes[0].swarm().stats().refused > 0);
+    let learned: u64 = (1..=12)
+        .map(|i| net.nodes[i].swarm().stats().pex_learned)
+        .sum();
+    assert!(learned > 0);
+}
+
+#[test]
 fn leechers_serve_each_other() {
     let size = 4 << 20;
     let (mut net, hash, blob) = swarm_of(8, size, 1 << 20);
