@@ -5,18 +5,20 @@
 //! and the addresses it listens on. More providers are found in the DHT and inside the swarm.
 //!
 //! Text form: `blob` followed by lowercase base32 (no padding) of the postcard encoding of
-//! [`Ticket`] (a version byte first). Upper case is accepted when reading.
+//! [`Ticket`] (a version byte first). Upper case is accepted when reading. Document tickets
+//! (`doc…`, [`crate::api::DocTicket`]) share the form through [`to_text`] and [`from_text`].
 
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use data_encoding::{Encoding, Specification};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spore_core::PeerId;
 
 /// The text every ticket starts with.
 pub const PREFIX: &str = "blob";
-/// The encoding version this build writes and reads.
+/// The encoding version this build writes and reads, for every kind of ticket.
 const VERSION: u8 = 1;
 /// Most addresses in a ticket.
 pub const MAX_ADDRS: usize = 16;
@@ -50,12 +52,6 @@ pub struct Ticket {
     pub addrs: Vec<SocketAddr>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    version: u8,
-    ticket: Ticket,
-}
-
 fn base32() -> Encoding {
     let mut spec = Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
@@ -68,9 +64,9 @@ fn base32() -> Encoding {
 /// Why a ticket could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TicketError {
-    /// It does not start with [`PREFIX`].
-    #[error("a ticket starts with {PREFIX:?} (copy the whole line `spore share` printed)")]
-    Prefix,
+    /// It does not start with its kind's prefix ([`PREFIX`] for blobs).
+    #[error("a ticket starts with {0:?} (copy the whole line it was printed on)")]
+    Prefix(&'static str),
     /// The rest is not base32.
     #[error("the ticket is damaged: not base32 at character {0}")]
     Base32(usize),
@@ -104,14 +100,44 @@ impl Ticket {
     }
 }
 
+/// `prefix` followed by lowercase base32 of the postcard encoding of (version, `value`).
+pub(crate) fn to_text<T: Serialize>(prefix: &str, value: &T) -> Result<String, std::fmt::Error> {
+    let bytes = postcard::to_allocvec(&(VERSION, value)).map_err(|_| std::fmt::Error)?;
+    Ok(format!("{prefix}{}", base32().encode(&bytes)))
+}
+
+/// Reads what [`to_text`] wrote (surrounding whitespace and upper case allowed): the prefix,
+/// base32, the version, and exactly one `T` with nothing after it.
+pub(crate) fn from_text<T: DeserializeOwned>(
+    prefix: &'static str,
+    s: &str,
+) -> Result<T, TicketError> {
+    let s = s.trim();
+    let body = s
+        .strip_prefix(prefix)
+        .or_else(|| s.strip_prefix(&prefix.to_uppercase()))
+        .ok_or(TicketError::Prefix(prefix))?;
+    let bytes = base32()
+        .decode(body.as_bytes())
+        .map_err(|e| TicketError::Base32(e.position + prefix.len()))?;
+    let version = *bytes.first().ok_or(TicketError::Decode("empty".into()))?;
+    if version != VERSION {
+        return Err(TicketError::Version(version));
+    }
+    let ((_, value), rest): ((u8, T), _) =
+        postcard::take_from_bytes(&bytes).map_err(|e| TicketError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(TicketError::Decode(format!(
+            "{} bytes after the end",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
 impl std::fmt::Display for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let wire = Wire {
-            version: VERSION,
-            ticket: self.clone(),
-        };
-        let bytes = postcard::to_allocvec(&wire).map_err(|_| std::fmt::Error)?;
-        write!(f, "{PREFIX}{}", base32().encode(&bytes))
+        f.write_str(&to_text(PREFIX, self)?)
     }
 }
 
@@ -119,28 +145,9 @@ impl FromStr for Ticket {
     type Err = TicketError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let body = s
-            .strip_prefix(PREFIX)
-            .or_else(|| s.strip_prefix(&PREFIX.to_uppercase()))
-            .ok_or(TicketError::Prefix)?;
-        let bytes = base32()
-            .decode(body.as_bytes())
-            .map_err(|e| TicketError::Base32(e.position + PREFIX.len()))?;
-        let version = *bytes.first().ok_or(TicketError::Decode("empty".into()))?;
-        if version != VERSION {
-            return Err(TicketError::Version(version));
-        }
-        let (wire, rest): (Wire, _) =
-            postcard::take_from_bytes(&bytes).map_err(|e| TicketError::Decode(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(TicketError::Decode(format!(
-                "{} bytes after the end",
-                rest.len()
-            )));
-        }
-        wire.ticket.check()?;
-        Ok(wire.ticket)
+        let ticket: Ticket = from_text(PREFIX, s)?;
+        ticket.check()?;
+        Ok(ticket)
     }
 }
 
@@ -177,18 +184,14 @@ mod tests {
     #[test]
     fn damaged_tickets_say_what_is_wrong() {
         let text = ticket().to_string();
-        assert_eq!("x".parse::<Ticket>(), Err(TicketError::Prefix));
+        assert_eq!("x".parse::<Ticket>(), Err(TicketError::Prefix(PREFIX)));
         assert!(matches!(
             format!("{PREFIX}!!").parse::<Ticket>(),
             Err(TicketError::Base32(_))
         ));
         let truncated = &text[..text.len() - 10];
         assert!(truncated.parse::<Ticket>().is_err());
-        let mut bytes = postcard::to_allocvec(&Wire {
-            version: VERSION,
-            ticket: ticket(),
-        })
-        .unwrap();
+        let mut bytes = postcard::to_allocvec(&(VERSION, ticket())).unwrap();
         bytes[0] = 9;
         let newer = format!("{PREFIX}{}", base32().encode(&bytes));
         assert_eq!(newer.parse::<Ticket>(), Err(TicketError::Version(9)));

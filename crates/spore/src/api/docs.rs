@@ -18,7 +18,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{self, KeepAlive, Sse};
-use data_encoding::{Encoding, Specification};
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
 use spore_core::PeerId;
@@ -35,7 +34,6 @@ pub const MAX_EDITS: usize = 1024;
 
 /// The text every document ticket starts with.
 pub const TICKET_PREFIX: &str = "doc";
-const TICKET_VERSION: u8 = 1;
 /// Most addresses in a document ticket.
 const MAX_TICKET_ADDRS: usize = 16;
 
@@ -51,19 +49,9 @@ pub struct DocTicket {
     pub addrs: Vec<SocketAddr>,
 }
 
-fn base32() -> Encoding {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    spec.translate.from.push_str("ABCDEFGHIJKLMNOPQRSTUVWXYZ");
-    spec.translate.to.push_str("abcdefghijklmnopqrstuvwxyz");
-    #[allow(clippy::expect_used)]
-    spec.encoding().expect("a valid base32 specification")
-}
-
 impl std::fmt::Display for DocTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bytes = postcard::to_allocvec(&(TICKET_VERSION, self)).map_err(|_| std::fmt::Error)?;
-        write!(f, "{TICKET_PREFIX}{}", base32().encode(&bytes))
+        f.write_str(&crate::ticket::to_text(TICKET_PREFIX, self)?)
     }
 }
 
@@ -71,28 +59,13 @@ impl FromStr for DocTicket {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let body = s
-            .strip_prefix(TICKET_PREFIX)
-            .or_else(|| s.strip_prefix(&TICKET_PREFIX.to_uppercase()))
-            .ok_or_else(|| format!("a document ticket starts with {TICKET_PREFIX:?}"))?;
-        let bytes = base32().decode(body.as_bytes()).map_err(|e| {
-            format!(
-                "the ticket is damaged: not base32 at character {}",
-                e.position
-            )
-        })?;
-        match bytes.first() {
-            Some(&TICKET_VERSION) => {}
-            Some(v) => return Err(format!("document ticket version {v} is not supported")),
-            None => return Err("the ticket is empty".into()),
-        }
-        let ((_, ticket), rest): ((u8, DocTicket), _) = postcard::take_from_bytes(&bytes)
-            .map_err(|e| format!("the ticket is damaged or truncated: {e}"))?;
-        if !rest.is_empty() || ticket.addrs.len() > MAX_TICKET_ADDRS {
-            return Err(
-                "the ticket is damaged: it has trailing bytes or too many addresses".into(),
-            );
+        let ticket: DocTicket =
+            crate::ticket::from_text(TICKET_PREFIX, s).map_err(|e| e.to_string())?;
+        if ticket.addrs.len() > MAX_TICKET_ADDRS {
+            return Err(format!(
+                "the ticket is invalid: {} addresses, more than {MAX_TICKET_ADDRS}",
+                ticket.addrs.len()
+            ));
         }
         ticket
             .access
