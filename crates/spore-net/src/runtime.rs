@@ -757,7 +757,7 @@ impl Runtime {
                         .hashes()
                         .filter_map(|h| s.info(h))
                         .map(|i| SwarmSummary {
-                            hash: i.hash.iter().map(|b| format!("{b:02x}")).collect(),
+                            hash: spore_store::blobs::Hash::from_bytes(i.hash).to_hex(),
                             size: i.size,
                             verified_bytes: i.verified_bytes,
                             fetching: i.fetching,
