@@ -4,24 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
 
+mod common;
+
+use common::{NodeProcess, SPORE, spore};
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const SPORE: &str = env!("CARGO_BIN_EXE_spore");
-
-fn spore(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(SPORE)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("SPORE_LOG")
-        .output()
-        .expect("run spore")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -29,16 +21,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A `spore node` process, killed when dropped.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_node(data_dir: &Path, extra: &[&str]) -> NodeProcess {

@@ -5,37 +5,19 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests; a panic is how they fail
 
+mod common;
+
+use common::{NodeProcess, SPORE, spore};
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SPORE: &str = env!("CARGO_BIN_EXE_spore");
-
-fn spore(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(SPORE)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("SPORE_LOG")
-        .output()
-        .expect("run spore")
-}
-
-/// A process killed (SIGKILL) when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `spore share PATH --json` and returns the process and its ticket.
-fn share(data_dir: &Path, path: &Path, extra: &[&str]) -> (Process, String) {
+fn share(data_dir: &Path, path: &Path, extra: &[&str]) -> (NodeProcess, String) {
     let mut child = Command::new(SPORE)
         .arg("--data-dir")
         .arg(data_dir)
@@ -60,7 +42,10 @@ fn share(data_dir: &Path, path: &Path, extra: &[&str]) -> (Process, String) {
         .unwrap();
     let v: Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("spore share printed {line:?}: {e}"));
-    (Process(child), v["ticket"].as_str().unwrap().to_string())
+    (
+        NodeProcess(child),
+        v["ticket"].as_str().unwrap().to_string(),
+    )
 }
 
 fn get_args<'a>(ticket: &'a str, out: &'a Path) -> Vec<&'a str> {
@@ -185,7 +170,7 @@ fn a_killed_get_resumes_and_fetches_only_what_was_not_verified() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut getter = Process(getter);
+    let mut getter = NodeProcess(getter);
     // Wait until more than a third has verified (the node's own count, through its API).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
