@@ -286,6 +286,16 @@ async fn hostile_input_closes_only_the_offending_connection() {
             close_code::PROTOCOL,
         ),
         (
+            "malformed frame on the bulk stream",
+            [&[0x02u8][..], &[0, 0, 0, 3, 1, 0xff, 0xff]].concat(),
+            close_code::PROTOCOL,
+        ),
+        (
+            "oversized frame on the bulk stream",
+            [&[0x02u8][..], &oversized].concat(),
+            close_code::PROTOCOL,
+        ),
+        (
             "truncated frame",
             control(&[&[0, 0, 0, 50, 1, 0]]),
             close_code::PROTOCOL,
@@ -305,7 +315,7 @@ async fn hostile_input_closes_only_the_offending_connection() {
     // The honest peer never noticed.
     honest.ping(b.peer_id()).await.unwrap();
     let status = b.status().await.unwrap();
-    assert_eq!(status.runtime.wire_errors, 6);
+    assert_eq!(status.runtime.wire_errors, 8);
     assert_eq!(status.core.violations, 1);
     assert_eq!(ready_peers(&b).await.len(), 1);
 }
