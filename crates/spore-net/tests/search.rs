@@ -41,6 +41,11 @@ async fn start() -> NodeHandle {
     gossip.repair_interval = Duration::from_millis(500);
     gossip.shuffle_interval = Duration::from_secs(2);
     gossip.search_timeout = SEARCH_TIMEOUT;
+    // The test checks that every sharer is found, so a query must reach every node: with the
+    // largest ttl a query arrives first by a path of at most 11 hops (nodes never forward an id
+    // twice) with hops to spare, so it floods the whole overlay whatever its diameter. The
+    // default ttl of 4 is made for large overlays, where a search samples rather than covers.
+    gossip.search_ttl = spore_core::gossip::MAX_TTL;
     let (handle, _) = spore_net::start(keypair, stamp, config).await.unwrap();
     handle
 }
