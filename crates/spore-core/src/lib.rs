@@ -59,6 +59,7 @@ pub mod doc;
 pub mod gossip;
 pub mod identity;
 pub mod kad;
+pub mod nat;
 pub mod node;
 pub mod pex;
 pub mod ping;
