@@ -48,6 +48,9 @@ pub struct NetConfig {
     /// Where documents persist (e.g. spore-store's redb document store); the node restores
     /// them at start. `None` keeps documents in memory.
     pub doc_store: Option<DocStoreMaker>,
+    /// STUN: which servers to ask for our reflexive address and NAT behaviour, and whether to
+    /// answer STUN on the QUIC socket.
+    pub nat: crate::nat::NatConfig,
 }
 
 impl Default for NetConfig {
@@ -67,6 +70,7 @@ impl Default for NetConfig {
             blobs: None,
             blob_access: None,
             doc_store: None,
+            nat: crate::nat::NatConfig::default(),
         }
     }
 }

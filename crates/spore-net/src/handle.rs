@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::config::NetConfig;
 use crate::conn::StreamKind;
 use crate::error::{DialError, RequestError, StartError};
+use crate::nat::{NatConfig, NatShared, StunSocket};
 use crate::runtime::{
     Clock, Command, ConnTable, DocOp, Input, KadAnswer, KadOp, Runtime, Status, canonical,
 };
@@ -66,18 +67,26 @@ pub async fn start(
     let transport = config.transport.to_quinn(&config.limits);
     let server = crate::tls::server_config(&keypair, transport)
         .map_err(|e| StartError::Tls(e.to_string()))?;
+    let clock = Clock::new();
+    let nat = Arc::new(NatShared::default());
     let mut endpoints = Vec::new();
     for &addr in &config.listen {
-        let endpoint =
-            bind(addr, server.clone()).map_err(|source| StartError::Bind { addr, source })?;
+        let (endpoint, socket, responses) = bind(addr, server.clone(), &config.nat, &nat)
+            .map_err(|source| StartError::Bind { addr, source })?;
         endpoints.push(endpoint);
+        tokio::spawn(crate::nat::probe_loop(
+            Arc::downgrade(&socket),
+            responses,
+            config.nat.clone(),
+            clock,
+            nat.clone(),
+        ));
     }
     let listen_addrs: Vec<SocketAddr> = endpoints
         .iter()
         .filter_map(|e| e.local_addr().ok())
         .collect();
 
-    let clock = Clock::new();
     let mut node_config = config.node.clone();
     node_config.listen_addrs = announced(&listen_addrs);
     // The node decides which idle connections to close; the runtime carries it out.
@@ -162,6 +171,7 @@ pub async fn start(
         app_tx,
     );
     runtime.peer_book = peer_book;
+    runtime.nat = nat;
     tokio::spawn(runtime.run(inputs_rx));
     info!(peer_id = %keypair.peer_id(), addrs = ?listen_addrs, "node started");
 
@@ -191,9 +201,18 @@ pub async fn start(
     Ok((handle, AppStreams { rx: app_rx }))
 }
 
-/// Binds a QUIC endpoint. IPv6 sockets are IPv6-only, so `0.0.0.0:P` and `[::]:P` can both be
-/// bound and each family has its own endpoint.
-fn bind(addr: SocketAddr, server: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+/// A bound endpoint, the STUN-aware socket under it, and the STUN responses that arrive on it.
+type Bound = (quinn::Endpoint, Arc<StunSocket>, crate::nat::Responses);
+
+/// Binds a QUIC endpoint on a socket that also speaks STUN (see [`crate::nat`]). IPv6 sockets
+/// are IPv6-only, so `0.0.0.0:P` and `[::]:P` can both be bound and each family has its own
+/// endpoint.
+fn bind(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+    nat: &NatConfig,
+    shared: &Arc<NatShared>,
+) -> std::io::Result<Bound> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -202,12 +221,14 @@ fn bind(addr: SocketAddr, server: quinn::ServerConfig) -> std::io::Result<quinn:
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket.into(),
-        runtime,
-    )
+    let (socket, responses) = StunSocket::new(socket.into(), nat.answer_stun, shared.clone())?;
+    // STUN and QUIC share the socket by the first byte of each datagram (RFC 9443): QUIC's fixed
+    // bit must stay set, so it is not greased.
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket.clone(), runtime)?;
+    Ok((endpoint, socket, responses))
 }
 
 /// Addresses worth announcing: wildcard binds are not dialable, so they are left out here;

@@ -48,6 +48,7 @@ mod dial;
 mod error;
 mod handle;
 pub mod mdns;
+mod nat;
 mod runtime;
 mod search;
 pub mod tls;
@@ -59,6 +60,7 @@ pub use config::{
 pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
+pub use nat::{NatConfig, NatStatus};
 pub use runtime::{
     DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,
     SwarmSummary, TopicStatus,

@@ -228,6 +228,9 @@ pub struct Status {
     /// Blob swarms: downloads and blobs served, counters.
     #[serde(default)]
     pub swarm: SwarmStatus,
+    /// NAT behaviour as STUN servers report it, and the STUN this node answered.
+    #[serde(default)]
+    pub nat: crate::nat::NatStatus,
 }
 
 /// The blob swarms' part of [`Status`].
@@ -398,7 +401,7 @@ impl Clock {
         Instant::from_micros(self.start_unix_micros.saturating_add(elapsed))
     }
 
-    fn to_tokio(self, t: Instant) -> tokio::time::Instant {
+    pub(crate) fn to_tokio(self, t: Instant) -> tokio::time::Instant {
         let offset = t.as_micros().saturating_sub(self.start_unix_micros);
         self.start + Duration::from_micros(offset)
     }
@@ -426,6 +429,8 @@ pub(crate) struct Runtime {
     /// Blobs this node has announced itself as a provider of (swarms hold verified data).
     provided: std::collections::BTreeSet<swarm::Hash>,
     pub(crate) peer_book: Option<spore_store::records::PeerBook>,
+    /// What the STUN sockets and the NAT probe report.
+    pub(crate) nat: Arc<crate::nat::NatShared>,
     stats: RuntimeStats,
 }
 
@@ -459,6 +464,7 @@ impl Runtime {
             searches: Searches::default(),
             provided: Default::default(),
             peer_book: None,
+            nat: Arc::default(),
             stats: RuntimeStats::default(),
         }
     }
@@ -777,6 +783,7 @@ impl Runtime {
                     stats: g.stats(),
                 }
             },
+            nat: self.nat.status(&self.config.nat),
         }
     }
 

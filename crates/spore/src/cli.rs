@@ -447,6 +447,18 @@ pub struct NodeArgs {
     /// [default: none]
     #[arg(long, env = "SPORE_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
     pub upload_limit: Option<u64>,
+
+    /// STUN server to learn this node's public address and NAT type from, as HOST:PORT; repeat
+    /// or separate with commas for several (two at different IPs reveal whether the NAT maps
+    /// per destination). Every spore node answers STUN on its QUIC port; coturn and other
+    /// standard servers work too. `spore status` shows the result [default: none]
+    #[arg(
+        long = "stun",
+        env = "SPORE_STUN",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub stun: Vec<String>,
 }
 
 /// Reads a rate like `1048576`, `512K`, `2M`, `1G` or `2MiB/s` as bytes per second.

@@ -168,6 +168,19 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
     if !api_listen.ip().is_loopback() {
         bail!("--api-listen {api_listen} is not a loopback address; the API is local-only");
     }
+    let stun = if args.stun.is_empty() {
+        file.stun.unwrap_or_default()
+    } else {
+        args.stun
+    };
+    let mut stun_servers = Vec::new();
+    for server in &stun {
+        let addrs = tokio::net::lookup_host(server.as_str())
+            .await
+            .with_context(|| format!("STUN server {server:?}: expected HOST:PORT"))?;
+        stun_servers.extend(addrs.take(2));
+    }
+
     let defaults = Limits::default();
     let limits = Limits {
         max_connections: args
@@ -205,6 +218,7 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         config.node.kad.mode = mode.into();
     }
     config.node.swarm.upload_rate = args.upload_limit;
+    config.nat.stun_servers = stun_servers;
     // One swarm per blob: a shared directory serves each of its files.
     config.node.swarm.max_swarms = MAX_SWARMS;
     let (node, _streams) = spore_net::start(identity.keypair, identity.stamp, config).await?;
@@ -329,6 +343,7 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     for a in &s.observed_addrs {
         println!("observed as  {a}");
     }
+    println!("nat          {}", nat_line(&s.nat));
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
     let dht = &s.dht;
     let state = if dht.bootstrapped {
@@ -771,6 +786,40 @@ pub(crate) fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// One line on what STUN found: the NAT's behaviour and our reflexive addresses.
+fn nat_line(nat: &spore_net::NatStatus) -> String {
+    use spore_core::nat::{Filtering, Mapping};
+    let Some(report) = &nat.report else {
+        return if nat.stun_servers.is_empty() {
+            "unknown (no STUN servers configured; see --stun)".to_string()
+        } else {
+            "probing STUN servers…".to_string()
+        };
+    };
+    if report.answered == 0 {
+        return format!("unknown (none of {} STUN servers answered)", report.asked);
+    }
+    let mapping = match report.mapping {
+        Mapping::None => "no NAT (public address)",
+        Mapping::EndpointIndependent => "NAT, endpoint-independent mapping",
+        Mapping::Dependent => "NAT, mapping per destination (symmetric)",
+        Mapping::Unknown => "NAT behaviour unknown (needs two STUN servers at different IPs)",
+    };
+    let filtering = match report.filtering {
+        Filtering::EndpointIndependent if report.mapping != Mapping::None => ", open filtering",
+        Filtering::AddressDependent => ", filters by address",
+        Filtering::AddressAndPortDependent => ", filters by address and port",
+        _ => "",
+    };
+    let addrs: Vec<String> = report.reflexive.iter().map(ToString::to_string).collect();
+    format!(
+        "{mapping}{filtering}; seen as {} ({} of {} STUN servers answered)",
+        addrs.join(", "),
+        report.answered,
+        report.asked
+    )
 }
 
 #[cfg(test)]

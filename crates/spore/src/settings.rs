@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     /// `server` or `client`.
     pub dht_mode: Option<crate::cli::DhtMode>,
+    /// STUN servers as `HOST:PORT`.
+    pub stun: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -1,0 +1,331 @@
+//! STUN on the QUIC socket: the socket wrapper that takes STUN datagrams out of quinn's way and
+//! answers Binding requests, and the task that probes the configured STUN servers and keeps the
+//! latest [`NatReport`] for `status`. What to send and what the answers mean is decided in
+//! `spore_core::nat`; this module only moves datagrams and keeps time.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use spore_core::nat::stun::{self, Incoming, Response};
+use spore_core::nat::{NatReport, Probe, ProbeConfig, ProbeEvent};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::runtime::Clock;
+
+/// STUN responses waiting for the probe; more are dropped (the probe retransmits).
+const RESPONSE_QUEUE: usize = 64;
+
+/// NAT behaviour discovery settings.
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    /// STUN servers to ask for our reflexive address: spore nodes (every node answers on its
+    /// QUIC port) or any standard server. At most 8 are asked. Empty: no probing.
+    pub stun_servers: Vec<SocketAddr>,
+    /// How often the probe runs again (mappings expire and networks change). Default 10 min.
+    pub probe_interval: Duration,
+    /// Whether this node answers STUN Binding requests on its QUIC socket. Default on.
+    pub answer_stun: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            stun_servers: Vec::new(),
+            probe_interval: Duration::from_secs(600),
+            answer_stun: true,
+        }
+    }
+}
+
+/// The NAT part of `Status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct NatStatus {
+    /// The STUN servers configured.
+    pub stun_servers: Vec<SocketAddr>,
+    /// The latest probe's findings, if one has finished.
+    pub report: Option<NatReport>,
+    /// Seconds since that probe finished.
+    pub report_age_secs: Option<u64>,
+    /// STUN Binding requests this node answered.
+    pub stun_answered: u64,
+    /// STUN datagrams dropped: responses nobody waited for, or more than the queue holds.
+    pub stun_dropped: u64,
+}
+
+/// What the sockets and the probe task share with the runtime's `status`.
+#[derive(Debug, Default)]
+pub(crate) struct NatShared {
+    answered: AtomicU64,
+    dropped: AtomicU64,
+    latest: Mutex<Option<(NatReport, tokio::time::Instant)>>,
+}
+
+impl NatShared {
+    pub(crate) fn status(&self, config: &NatConfig) -> NatStatus {
+        let latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        NatStatus {
+            stun_servers: config.stun_servers.clone(),
+            report_age_secs: latest.as_ref().map(|(_, at)| at.elapsed().as_secs()),
+            report: latest.map(|(r, _)| r),
+            stun_answered: self.answered.load(Ordering::Relaxed),
+            stun_dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The STUN responses that arrive on a socket, with the address each came from.
+pub(crate) type Responses = mpsc::Receiver<(SocketAddr, Response)>;
+
+/// The UDP socket under a QUIC endpoint, with STUN taken out: Binding requests are answered
+/// here, Binding responses go to the probe, and everything else reaches quinn untouched.
+pub(crate) struct StunSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    answer: bool,
+    responses: mpsc::Sender<(SocketAddr, Response)>,
+    shared: Arc<NatShared>,
+}
+
+impl fmt::Debug for StunSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StunSocket")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StunSocket {
+    /// Wraps `socket`; the receiver gets the STUN responses that arrive on it.
+    pub(crate) fn new(
+        socket: UdpSocket,
+        answer: bool,
+        shared: Arc<NatShared>,
+    ) -> io::Result<(Arc<Self>, Responses)> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| io::Error::other("no async runtime for quinn"))?;
+        let inner = runtime.wrap_udp_socket(socket)?;
+        let (responses, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let socket = Arc::new(Self {
+            inner,
+            answer,
+            responses,
+            shared,
+        });
+        Ok((socket, rx))
+    }
+
+    /// Sends one datagram; a full socket buffer drops it (STUN retransmits).
+    pub(crate) fn send_to(&self, destination: SocketAddr, contents: &[u8]) {
+        self.send(destination, contents, None);
+    }
+
+    fn send(&self, destination: SocketAddr, contents: &[u8], src_ip: Option<IpAddr>) {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip,
+        };
+        if let Err(e) = self.inner.try_send(&transmit) {
+            debug!(%destination, error = %e, "STUN datagram not sent");
+        }
+    }
+
+    /// Handles a datagram if it is STUN; returns whether it was.
+    fn take_stun(&self, datagram: &[u8], meta: &RecvMeta) -> bool {
+        if meta.stride != meta.len || !stun::is_stun(datagram) {
+            return false;
+        }
+        match stun::handle(datagram, meta.addr) {
+            Incoming::Request { reply } if self.answer => {
+                self.send(meta.addr, &reply, meta.dst_ip);
+                self.shared.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Incoming::Response(response) => {
+                if self.responses.try_send((meta.addr, response)).is_err() {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+}
+
+impl AsyncUdpSocket for StunSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            // Keep the non-STUN datagrams, moved down over the ones taken out.
+            let mut kept = 0;
+            for i in 0..n {
+                let len = meta[i].len;
+                if self.take_stun(&bufs[i][..len], &meta[i]) {
+                    continue;
+                }
+                if kept != i {
+                    let (lo, hi) = bufs.split_at_mut(i);
+                    lo[kept][..len].copy_from_slice(&hi[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            // Only STUN arrived: read again, which registers for wakeup if nothing is left.
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// The address the OS would send from towards `server` (a UDP connect sends nothing), with our
+/// socket's port: what the server would see if there were no NAT.
+fn host_address(socket: &StunSocket, server: SocketAddr) -> Option<SocketAddr> {
+    let local = socket.local_addr().ok()?;
+    if !local.ip().is_unspecified() {
+        return Some(local);
+    }
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = UdpSocket::bind(bind).ok()?;
+    probe.connect(server).ok()?;
+    Some(SocketAddr::new(probe.local_addr().ok()?.ip(), local.port()))
+}
+
+/// Probes the STUN servers from `socket` now and every `probe_interval`, keeping the latest
+/// report in `shared`. Runs until the socket's endpoint is gone.
+/// Holds the socket weakly: when the endpoint drops it, the response channel closes and the
+/// loop ends.
+pub(crate) async fn probe_loop(
+    socket: Weak<StunSocket>,
+    mut responses: Responses,
+    config: NatConfig,
+    clock: Clock,
+    shared: Arc<NatShared>,
+) {
+    let servers: Vec<(SocketAddr, Option<SocketAddr>)> = {
+        let Some(socket) = socket.upgrade() else {
+            return;
+        };
+        let family = socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        config
+            .stun_servers
+            .iter()
+            .filter(|s| s.is_ipv4() == family)
+            .map(|s| (*s, host_address(&socket, *s)))
+            .collect()
+    };
+    if servers.is_empty() {
+        // Keep draining so that unsolicited responses never pile up.
+        while responses.recv().await.is_some() {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let mut rng = rand_core::OsRng;
+    loop {
+        let mut probe = Probe::start(clock.now(), ProbeConfig::default(), &servers, &mut rng);
+        let report = loop {
+            while let Some((to, datagram)) = probe.poll_transmit() {
+                let Some(socket) = socket.upgrade() else {
+                    return;
+                };
+                socket.send_to(to, &datagram);
+            }
+            let mut finished = None;
+            while let Some(event) = probe.poll_event() {
+                match event {
+                    ProbeEvent::Mapped { server, mapped } => {
+                        debug!(%server, %mapped, "STUN server saw us");
+                    }
+                    ProbeEvent::Failed { server, code } => {
+                        debug!(%server, ?code, "STUN server did not answer");
+                    }
+                    ProbeEvent::Done(report) => finished = Some(report),
+                }
+            }
+            if let Some(report) = finished {
+                break report;
+            }
+            let deadline = probe
+                .poll_timeout()
+                .map_or_else(tokio::time::Instant::now, |t| clock.to_tokio(t));
+            tokio::select! {
+                received = responses.recv() => {
+                    let Some((from, response)) = received else { return };
+                    if !probe.handle_response(clock.now(), from, &response, &mut rng) {
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => probe.handle_timeout(clock.now(), &mut rng),
+            }
+        };
+        info!(
+            reflexive = ?report.reflexive,
+            mapping = ?report.mapping,
+            filtering = ?report.filtering,
+            answered = report.answered,
+            asked = report.asked,
+            "NAT probe finished"
+        );
+        *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((report, tokio::time::Instant::now()));
+        let next = tokio::time::Instant::now() + config.probe_interval;
+        loop {
+            tokio::select! {
+                received = responses.recv() => {
+                    if received.is_none() { return }
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                () = tokio::time::sleep_until(next) => break,
+            }
+        }
+    }
+}
