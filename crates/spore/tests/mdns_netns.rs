@@ -12,53 +12,19 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::{ip, run, skip_reason};
 
 const SPORE: &str = env!("CARGO_BIN_EXE_spore");
 /// The port every node listens on (each in its own namespace).
 const PORT: u16 = 7070;
 /// How long two nodes may take to find and connect to each other.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason(programs: &[&str]) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if euid != Some("0") {
-        return Some("needs root (network namespaces)".into());
-    }
-    for program in ["ip"].iter().chain(programs) {
-        let found = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-        });
-        if !found {
-            return Some(format!("`{program}` is not installed"));
-        }
-    }
-    None
-}
-
-fn run(cmd: &mut Command) -> Result<Output, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn ip(args: &[&str]) -> Result<Output, String> {
-    run(Command::new("ip").args(args))
-}
 
 /// Two network namespaces joined by a veth pair (`veth0` in each, 10.231.X.1 and 10.231.X.2),
 /// and the processes started in them. Dropping it kills every process in the namespaces and

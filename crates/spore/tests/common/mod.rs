@@ -29,3 +29,41 @@ impl Drop for NodeProcess {
         let _ = self.0.wait();
     }
 }
+
+/// Why a root-only test (network namespaces) cannot run here, if it cannot: not root, or one
+/// of `programs` (besides `ip`) is missing.
+pub(crate) fn skip_reason(programs: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if euid != Some("0") {
+        return Some("needs root (network namespaces)".into());
+    }
+    for program in ["ip"].iter().chain(programs) {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+        });
+        if !found {
+            return Some(format!("`{program}` is not installed"));
+        }
+    }
+    None
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub(crate) fn ip(args: &[&str]) -> Result<Output, String> {
+    run(Command::new("ip").args(args))
+}
