@@ -51,6 +51,8 @@ pub struct NetConfig {
     /// STUN: which servers to ask for our reflexive address and NAT behaviour, and whether to
     /// answer STUN on the QUIC socket.
     pub nat: crate::nat::NatConfig,
+    /// Relaying: whether this node relays for others, and its quotas.
+    pub relay: crate::relay::RelayConfig,
 }
 
 impl Default for NetConfig {
@@ -71,6 +73,7 @@ impl Default for NetConfig {
             blob_access: None,
             doc_store: None,
             nat: crate::nat::NatConfig::default(),
+            relay: crate::relay::RelayConfig::default(),
         }
     }
 }
@@ -194,6 +197,9 @@ pub struct Limits {
     pub max_queued_bulk_frames: usize,
     /// Most unidirectional streams a peer may have open towards us at once.
     pub max_uni_streams: u32,
+    /// Most relay streams (bidirectional: reservations and circuits) a peer may have open
+    /// towards us at once; a relay's own limits on circuits apply on top.
+    pub max_relay_streams: u32,
     /// Most application streams waiting for the application to accept them.
     pub max_pending_app_streams: usize,
 }
@@ -209,6 +215,7 @@ impl Default for Limits {
             max_queued_frames: 1024,
             max_queued_bulk_frames: 128,
             max_uni_streams: 16,
+            max_relay_streams: 8,
             max_pending_app_streams: 64,
         }
     }
@@ -257,7 +264,7 @@ impl TransportParams {
             .receive_window(quinn::VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(limits.max_uni_streams))
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_relay_streams))
             .datagram_receive_buffer_size(None);
         Arc::new(t)
     }

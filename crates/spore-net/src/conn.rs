@@ -25,6 +25,9 @@ pub enum StreamKind {
     /// when the first is sent. Decoded like the control stream, so that a large data frame
     /// never waits in front of a ping or a DHT answer.
     Bulk = 0x02,
+    /// A relay stream (bidirectional): a reservation, or a circuit carrying a relayed
+    /// connection's packets (see [`crate::relay`]).
+    Relay = 0x03,
 }
 
 impl StreamKind {
@@ -33,6 +36,7 @@ impl StreamKind {
             0x00 => Some(Self::Control),
             0x01 => Some(Self::App),
             0x02 => Some(Self::Bulk),
+            0x03 => Some(Self::Relay),
             _ => None,
         }
     }
@@ -132,6 +136,17 @@ pub(crate) async fn accept_streams(
                     .await;
                 return;
             }
+            Some(StreamKind::Relay) => {
+                let err = WireError::Malformed("relay stream opened unidirectional".into());
+                let _ = inputs
+                    .send(Input::WireError {
+                        peer,
+                        conn_id,
+                        error: err,
+                    })
+                    .await;
+                return;
+            }
             Some(StreamKind::App) => {
                 if let Err(mpsc::error::TrySendError::Full((_, mut recv))) =
                     app_streams.try_send((peer, recv))
@@ -152,6 +167,36 @@ pub(crate) async fn accept_streams(
                 return;
             }
         }
+    }
+}
+
+/// Accepts the peer's bidirectional streams: relay streams only (reservations and circuits);
+/// anything else is refused. At most `Limits::max_relay_streams` are open at once (QUIC's own
+/// stream limit).
+pub(crate) async fn accept_bidi_streams(
+    conn: quinn::Connection,
+    peer: PeerId,
+    relay: std::sync::Arc<crate::relay::RelayShared>,
+) {
+    loop {
+        let (send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let relay = relay.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut kind = [0u8; 1];
+            if recv.read_exact(&mut kind).await.is_err() {
+                return;
+            }
+            if kind[0] != StreamKind::Relay as u8 {
+                debug!(%peer, kind = kind[0], "bidirectional stream of unknown kind refused");
+                let _ = recv.stop(quinn::VarInt::from_u32(STREAM_REFUSED));
+                return;
+            }
+            crate::relay::serve_stream(relay, conn, peer, send, recv).await;
+        });
     }
 }
 

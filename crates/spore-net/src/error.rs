@@ -120,6 +120,12 @@ pub enum RequestError {
     /// Document replication refused a command (unknown document, not a writer, limits).
     #[error(transparent)]
     Doc(#[from] spore_core::doc::sync::SyncError),
+    /// A relay (or the node behind it) refused a reservation or circuit.
+    #[error("relay refused: {0}")]
+    Relay(spore_core::nat::relay::Refusal),
+    /// A relay did not answer in time.
+    #[error("the relay did not answer in time")]
+    RelayTimeout,
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Shutdown,

@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 use crate::config::NetConfig;
 use crate::conn::StreamKind;
 use crate::error::{DialError, RequestError, StartError};
-use crate::nat::{NatConfig, NatShared, StunSocket};
+use crate::nat::{NatConfig, NatShared, NodeSocket};
+use crate::relay::RelayShared;
 use crate::runtime::{
     Clock, Command, ConnTable, DocOp, Input, KadAnswer, KadOp, Runtime, Status, canonical,
 };
@@ -38,6 +39,8 @@ pub struct NodeHandle {
     listen_addrs: Vec<SocketAddr>,
     inputs: mpsc::Sender<Input>,
     events: broadcast::Sender<Event>,
+    /// The runtime's relay state (weak: the relay state holds a handle itself).
+    relay: std::sync::Weak<RelayShared>,
 }
 
 /// Application streams opened by peers (see [`NodeHandle::open_stream`]), in arrival order.
@@ -70,10 +73,14 @@ pub async fn start(
     let clock = Clock::new();
     let nat = Arc::new(NatShared::default());
     let mut endpoints = Vec::new();
+    let mut relay_socket = None;
     for &addr in &config.listen {
         let (endpoint, socket, responses) = bind(addr, server.clone(), &config.nat, &nat)
             .map_err(|source| StartError::Bind { addr, source })?;
         endpoints.push(endpoint);
+        if addr.is_ipv4() && relay_socket.is_none() {
+            relay_socket = Some(socket.clone());
+        }
         tokio::spawn(crate::nat::probe_loop(
             Arc::downgrade(&socket),
             responses,
@@ -172,6 +179,8 @@ pub async fn start(
     );
     runtime.peer_book = peer_book;
     runtime.nat = nat;
+    let relay = Arc::new(RelayShared::new(&runtime.config.relay, relay_socket, clock));
+    runtime.relay = relay.clone();
     tokio::spawn(runtime.run(inputs_rx));
     info!(peer_id = %keypair.peer_id(), addrs = ?listen_addrs, "node started");
 
@@ -180,7 +189,9 @@ pub async fn start(
         listen_addrs,
         inputs,
         events,
+        relay: Arc::downgrade(&relay),
     };
+    let _ = relay.handle.set(handle.clone());
     for record in rejoin {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -202,7 +213,7 @@ pub async fn start(
 }
 
 /// A bound endpoint, the STUN-aware socket under it, and the STUN responses that arrive on it.
-type Bound = (quinn::Endpoint, Arc<StunSocket>, crate::nat::Responses);
+type Bound = (quinn::Endpoint, Arc<NodeSocket>, crate::nat::Responses);
 
 /// Binds a QUIC endpoint on a socket that also speaks STUN (see [`crate::nat`]). IPv6 sockets
 /// are IPv6-only, so `0.0.0.0:P` and `[::]:P` can both be bound and each family has its own
@@ -221,7 +232,7 @@ fn bind(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    let (socket, responses) = StunSocket::new(socket.into(), nat.answer_stun, shared.clone())?;
+    let (socket, responses) = NodeSocket::new(socket.into(), nat.answer_stun, shared.clone())?;
     // STUN and QUIC share the socket by the first byte of each datagram (RFC 9443): QUIC's fixed
     // bit must stay set, so it is not greased.
     let mut config = quinn::EndpointConfig::default();
@@ -386,6 +397,26 @@ impl NodeHandle {
         self.request(|reply| Command::Status { reply })
             .await
             .ok_or(RequestError::Shutdown)
+    }
+
+    /// The QUIC connection to a connected, ready peer.
+    pub(crate) async fn connection(&self, peer: PeerId) -> Result<quinn::Connection, RequestError> {
+        self.request(|reply| Command::Connection { peer, reply })
+            .await
+            .unwrap_or(Err(RequestError::Shutdown))
+    }
+
+    /// The runtime's relay state, while the node runs.
+    pub(crate) fn relay_shared(&self) -> Result<Arc<RelayShared>, RequestError> {
+        self.relay.upgrade().ok_or(RequestError::Shutdown)
+    }
+
+    /// Names the relays that hold a reservation for this node in its signed peer record.
+    pub(crate) async fn set_relays(&self, relays: Vec<PeerId>) {
+        let _ = self
+            .inputs
+            .send(Input::Command(Command::SetRelays { relays }))
+            .await;
     }
 
     /// Opens an application byte stream to a connected peer; the peer receives it from

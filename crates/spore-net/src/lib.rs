@@ -49,6 +49,7 @@ mod error;
 mod handle;
 pub mod mdns;
 mod nat;
+mod relay;
 mod runtime;
 mod search;
 pub mod tls;
@@ -61,6 +62,7 @@ pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
 pub use nat::{NatConfig, NatStatus};
+pub use relay::{RelayConfig, RelayStatus};
 pub use runtime::{
     DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,
     SwarmSummary, TopicStatus,

@@ -3,17 +3,21 @@
 //! latest [`NatReport`] for `status`. What to send and what the answers mean is decided in
 //! `spore_core::nat`; this module only moves datagrams and keeps time.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use spore_core::nat::relay::{is_relayed_addr, relayed_addr};
 use spore_core::nat::stun::{self, Incoming, Response};
 use spore_core::nat::{NatReport, Probe, ProbeConfig, ProbeEvent};
 use tokio::sync::mpsc;
@@ -91,22 +95,51 @@ pub(crate) type Responses = mpsc::Receiver<(SocketAddr, Response)>;
 
 /// The UDP socket under a QUIC endpoint, with STUN taken out: Binding requests are answered
 /// here, Binding responses go to the probe, and everything else reaches quinn untouched.
-pub(crate) struct StunSocket {
+pub(crate) struct NodeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     answer: bool,
     responses: mpsc::Sender<(SocketAddr, Response)>,
     shared: Arc<NatShared>,
+    paths: Paths,
+    /// Which source `poll_recv` reads first, alternated so neither starves the other.
+    relayed_first: AtomicBool,
 }
 
-impl fmt::Debug for StunSocket {
+/// Relayed paths: QUIC packets to and from addresses in 240.0.0.0/4 that stand for a circuit
+/// through a relay. quinn sends to them like to any address; the socket hands the packets to
+/// the circuit's pump instead of the network, and packets the pumps bring back are received as
+/// if from that address.
+struct Paths {
+    /// Per path, the queue of packets for its pump; a full queue drops (like a full link).
+    out: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    incoming_tx: mpsc::Sender<(SocketAddr, Bytes)>,
+    incoming: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
+    next: AtomicU64,
+}
+
+/// Packets queued per relayed path in each direction.
+const PATH_QUEUE: usize = 256;
+
+/// The pump's ends of a relayed path: packets quinn sent to it, and where to deliver packets
+/// that arrive on it.
+pub(crate) struct PathEnds {
+    /// The path's address, as quinn knows it.
+    pub(crate) addr: SocketAddr,
+    /// Packets quinn sent on the path.
+    pub(crate) outgoing: mpsc::Receiver<Bytes>,
+    /// Deliver packets that arrived on the path (with the path's address).
+    pub(crate) incoming: mpsc::Sender<(SocketAddr, Bytes)>,
+}
+
+impl fmt::Debug for NodeSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StunSocket")
+        f.debug_struct("NodeSocket")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl StunSocket {
+impl NodeSocket {
     /// Wraps `socket`; the receiver gets the STUN responses that arrive on it.
     pub(crate) fn new(
         socket: UdpSocket,
@@ -117,13 +150,99 @@ impl StunSocket {
             .ok_or_else(|| io::Error::other("no async runtime for quinn"))?;
         let inner = runtime.wrap_udp_socket(socket)?;
         let (responses, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (incoming_tx, incoming) = mpsc::channel(PATH_QUEUE);
         let socket = Arc::new(Self {
             inner,
             answer,
             responses,
             shared,
+            paths: Paths {
+                out: Mutex::new(BTreeMap::new()),
+                incoming_tx,
+                incoming: Mutex::new(incoming),
+                next: AtomicU64::new(0),
+            },
+            relayed_first: AtomicBool::new(false),
         });
         Ok((socket, rx))
+    }
+
+    /// Opens a relayed path: quinn may dial (or be dialed from) `PathEnds::addr` once a pump
+    /// carries the packets. Close it with [`close_path`](Self::close_path).
+    pub(crate) fn open_path(&self) -> PathEnds {
+        let n = self.paths.next.fetch_add(1, Ordering::Relaxed);
+        let addr = relayed_addr(n);
+        let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
+        self.paths
+            .out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, tx);
+        PathEnds {
+            addr,
+            outgoing,
+            incoming: self.paths.incoming_tx.clone(),
+        }
+    }
+
+    /// Forgets a relayed path: packets quinn still sends to it are dropped.
+    pub(crate) fn close_path(&self, addr: &SocketAddr) {
+        self.paths
+            .out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+    }
+
+    /// Queues quinn's packets for a relayed path, one per segment.
+    fn send_relayed(&self, transmit: &Transmit) {
+        let out = self.paths.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = out.get(&transmit.destination) else {
+            return;
+        };
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for segment in transmit.contents.chunks(size) {
+            if tx.try_send(Bytes::copy_from_slice(segment)).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Moves packets that arrived on relayed paths into quinn's buffers.
+    fn poll_relayed(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut incoming = self
+            .paths
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Poll::Ready(Some((addr, packet))) = incoming.poll_recv(cx) else {
+                break;
+            };
+            let len = packet.len();
+            if len == 0 || len > bufs[n].len() {
+                continue;
+            }
+            bufs[n][..len].copy_from_slice(&packet);
+            meta[n] = RecvMeta {
+                addr,
+                len,
+                stride: len,
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        n
     }
 
     /// Sends one datagram; a full socket buffer drops it (STUN retransmits).
@@ -167,12 +286,16 @@ impl StunSocket {
     }
 }
 
-impl AsyncUdpSocket for StunSocket {
+impl AsyncUdpSocket for NodeSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if is_relayed_addr(&transmit.destination) {
+            self.send_relayed(transmit);
+            return Ok(());
+        }
         self.inner.try_send(transmit)
     }
 
@@ -182,8 +305,27 @@ impl AsyncUdpSocket for StunSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Relayed packets first every other call, so neither source starves the other.
+        let relayed_first = !self.relayed_first.fetch_xor(true, Ordering::Relaxed);
+        if relayed_first {
+            let n = self.poll_relayed(cx, bufs, meta);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
         loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(result) => result?,
+                Poll::Pending if relayed_first => return Poll::Pending,
+                Poll::Pending => {
+                    let n = self.poll_relayed(cx, bufs, meta);
+                    return if n > 0 {
+                        Poll::Ready(Ok(n))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            };
             // Keep the non-STUN datagrams, moved down over the ones taken out.
             let mut kept = 0;
             for i in 0..n {
@@ -224,7 +366,7 @@ impl AsyncUdpSocket for StunSocket {
 
 /// The address the OS would send from towards `server` (a UDP connect sends nothing), with our
 /// socket's port: what the server would see if there were no NAT.
-fn host_address(socket: &StunSocket, server: SocketAddr) -> Option<SocketAddr> {
+fn host_address(socket: &NodeSocket, server: SocketAddr) -> Option<SocketAddr> {
     let local = socket.local_addr().ok()?;
     if !local.ip().is_unspecified() {
         return Some(local);
@@ -244,7 +386,7 @@ fn host_address(socket: &StunSocket, server: SocketAddr) -> Option<SocketAddr> {
 /// Holds the socket weakly: when the endpoint drops it, the response channel closes and the
 /// loop ends.
 pub(crate) async fn probe_loop(
-    socket: Weak<StunSocket>,
+    socket: Weak<NodeSocket>,
     mut responses: Responses,
     config: NatConfig,
     clock: Clock,

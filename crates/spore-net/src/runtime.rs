@@ -73,6 +73,9 @@ pub(crate) enum Input {
 
 /// Requests from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
+    SetRelays {
+        relays: Vec<PeerId>,
+    },
     Dial {
         peer: PeerId,
         addr: SocketAddr,
@@ -231,6 +234,9 @@ pub struct Status {
     /// NAT behaviour as STUN servers report it, and the STUN this node answered.
     #[serde(default)]
     pub nat: crate::nat::NatStatus,
+    /// Relaying: what this node relays for others, and where it holds reservations.
+    #[serde(default)]
+    pub relay: crate::relay::RelayStatus,
 }
 
 /// The blob swarms' part of [`Status`].
@@ -431,6 +437,8 @@ pub(crate) struct Runtime {
     pub(crate) peer_book: Option<spore_store::records::PeerBook>,
     /// What the STUN sockets and the NAT probe report.
     pub(crate) nat: Arc<crate::nat::NatShared>,
+    /// Relay state shared with the relay streams' tasks.
+    pub(crate) relay: Arc<crate::relay::RelayShared>,
     stats: RuntimeStats,
 }
 
@@ -465,6 +473,11 @@ impl Runtime {
             provided: Default::default(),
             peer_book: None,
             nat: Arc::default(),
+            relay: Arc::new(crate::relay::RelayShared::new(
+                &crate::relay::RelayConfig::default(),
+                None,
+                clock,
+            )),
             stats: RuntimeStats::default(),
         }
     }
@@ -519,6 +532,15 @@ impl Runtime {
                     .is_some_and(|e| e.conn.stable_id() == conn_id)
                 {
                     debug!(%peer, %reason, "connection closed");
+                    if let Some(entry) = self.conns.get(&peer) {
+                        let addr = entry.conn.remote_address();
+                        if let Some(socket) = &self.relay.socket
+                            && crate::relay::is_relayed(&addr)
+                        {
+                            socket.close_path(&addr);
+                        }
+                    }
+                    self.relay.peer_gone(&peer);
                     self.unregister(peer);
                     self.node
                         .handle_connection_event(now, ConnectionEvent::Closed { peer });
@@ -659,6 +681,7 @@ impl Runtime {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::SetRelays { relays } => self.node.set_relays(relays),
             Command::Connection { peer, reply } => {
                 let ready = self.node.peer(&peer).is_some_and(|p| p.ready);
                 let conn = self
@@ -784,6 +807,7 @@ impl Runtime {
                 }
             },
             nat: self.nat.status(&self.config.nat),
+            relay: self.relay.status(),
         }
     }
 
@@ -943,6 +967,11 @@ impl Runtime {
             peer,
             self.inputs.clone(),
             self.app_streams.clone(),
+        ));
+        tokio::spawn(conn::accept_bidi_streams(
+            conn.clone(),
+            peer,
+            self.relay.clone(),
         ));
         let watcher = conn.clone();
         let inputs = self.inputs.clone();

@@ -910,8 +910,10 @@ impl Kad {
         // Only confirmed-reachable servers enter the table: we dialed them, or the address we see
         // their connection come from is one they listen on (QUIC uses one socket for both, so
         // an untranslated address means no NAT in the way).
-        let reachable =
-            info.direction == Direction::Outbound || info.listen_addrs.contains(&info.addr);
+        // A connection over a relay says nothing about where the peer can be dialed.
+        let reachable = (info.direction == Direction::Outbound
+            || info.listen_addrs.contains(&info.addr))
+            && !crate::nat::relay::is_relayed_addr(&info.addr);
         let Some(stamp) = info.stamp else { return };
         if !reachable {
             return;

@@ -205,6 +205,7 @@ pub struct OwnRecord {
     keypair: Keypair,
     stamp: Stamp,
     addrs: Vec<SocketAddr>,
+    relays: Vec<PeerId>,
     ttl: Duration,
     seq: u64,
     signed: Option<(PeerRecord, Instant)>,
@@ -217,6 +218,7 @@ impl OwnRecord {
             keypair,
             stamp,
             addrs: Vec::new(),
+            relays: Vec::new(),
             ttl: ttl.max(Duration::from_secs(4)),
             seq: 0,
             signed: None,
@@ -233,9 +235,19 @@ impl OwnRecord {
         }
     }
 
-    /// The current record, signed afresh if needed; `None` without addresses.
+    /// Sets the relays that hold a reservation for this node (the first
+    /// [`MAX_RECORD_RELAYS`]); the next [`get`](Self::get) signs a new version if they changed.
+    pub fn set_relays(&mut self, mut relays: Vec<PeerId>) {
+        relays.truncate(MAX_RECORD_RELAYS);
+        if relays != self.relays {
+            self.relays = relays;
+            self.signed = None;
+        }
+    }
+
+    /// The current record, signed afresh if needed; `None` with neither addresses nor relays.
     pub fn get(&mut self, now: Instant) -> Option<PeerRecord> {
-        if self.addrs.is_empty() {
+        if self.addrs.is_empty() && self.relays.is_empty() {
             return None;
         }
         let fresh = self
@@ -248,7 +260,7 @@ impl OwnRecord {
                 &self.keypair,
                 self.stamp,
                 self.addrs.clone(),
-                Vec::new(),
+                self.relays.clone(),
                 self.seq,
                 (now + self.ttl).as_secs(),
             );

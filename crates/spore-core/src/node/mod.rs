@@ -489,6 +489,12 @@ impl Node {
         self.config.listen_addrs = addrs;
     }
 
+    /// Names the relays that hold a reservation for this node in its signed peer record, so
+    /// that peers that cannot dial it directly can reach it through one of them.
+    pub fn set_relays(&mut self, relays: Vec<PeerId>) {
+        self.out.own.set_relays(relays);
+    }
+
     /// Connected peers, handshaking ones included, in id order.
     pub fn peers(&self) -> impl Iterator<Item = PeerInfo> + '_ {
         self.peers.values().map(|p| {
