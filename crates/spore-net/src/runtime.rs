@@ -429,6 +429,9 @@ pub(crate) struct Runtime {
     pub(crate) app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
     conns: BTreeMap<PeerId, Entry>,
     dials: BTreeMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
+    /// Dial attempts under way per peer (a direct one and a relayed one may run at once); a
+    /// failure fails the waiting dials only when it was the last.
+    attempts: BTreeMap<PeerId, usize>,
     pings: BTreeMap<(PeerId, u64), oneshot::Sender<Result<Duration, RequestError>>>,
     queries: BTreeMap<QueryId, oneshot::Sender<Result<KadAnswer, RequestError>>>,
     searches: Searches,
@@ -467,6 +470,7 @@ impl Runtime {
             app_streams,
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
+            attempts: BTreeMap::new(),
             pings: BTreeMap::new(),
             queries: BTreeMap::new(),
             searches: Searches::default(),
@@ -515,10 +519,29 @@ impl Runtime {
                 conn,
                 peer,
                 direction,
-            } => self.register(conn, peer, direction),
+            } => {
+                if direction == Direction::Outbound
+                    && let Some(n) = self.attempts.get_mut(&peer)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.attempts.remove(&peer);
+                    }
+                }
+                self.register(conn, peer, direction);
+            }
             Input::DialFailed { peer, error } => {
                 debug!(%peer, %error, "dial failed");
-                self.dial_failed(peer, error);
+                let left = self.attempts.get_mut(&peer).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left == Some(0) {
+                    self.attempts.remove(&peer);
+                }
+                if left.unwrap_or(0) == 0 {
+                    self.dial_failed(peer, error);
+                }
             }
             Input::Closed {
                 peer,
@@ -833,7 +856,10 @@ impl Runtime {
         }
         let in_progress = self.dials.contains_key(&peer) || self.conns.contains_key(&peer);
         self.dials.entry(peer).or_default().extend(reply);
-        if in_progress {
+        // A relayed path is tried even while a direct dial is under way (that one may never
+        // answer); whichever connects first serves every waiting dial.
+        let relayed = addrs.iter().any(crate::relay::is_relayed);
+        if in_progress && !relayed {
             return;
         }
         if self.conns.len() >= self.config.limits.max_connections {
@@ -857,6 +883,7 @@ impl Runtime {
         let keypair = self.keypair.clone();
         let inputs = self.inputs.clone();
         let timeout = self.config.dial_timeout;
+        *self.attempts.entry(peer).or_default() += 1;
         tokio::spawn(async move {
             let mut last = DialError::Timeout(peer);
             for (endpoint, addr) in targets {

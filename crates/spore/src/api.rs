@@ -91,6 +91,9 @@ pub struct PeerView {
     pub agent: String,
     /// Last measured round-trip time, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// How the connection travels: `direct`, or `relayed` through a relay's circuit.
+    #[serde(default)]
+    pub path: String,
 }
 
 impl From<PeerInfo> for PeerView {
@@ -110,6 +113,11 @@ impl From<PeerInfo> for PeerView {
                 .collect(),
             agent: p.agent,
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1e3),
+            path: if spore_core::nat::relay::is_relayed_addr(&p.addr) {
+                "relayed".into()
+            } else {
+                "direct".into()
+            },
         }
     }
 }

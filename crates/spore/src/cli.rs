@@ -459,6 +459,21 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub stun: Vec<String>,
+    /// Relay for others: keep reservations for nodes behind NATs and carry their connections
+    /// (end-to-end encrypted; quotas on circuits, bytes, time and rate). For public nodes
+    #[arg(long, env = "SPORE_RELAY")]
+    pub relay: bool,
+
+    /// Reserve a slot at this relay (a node run with --relay) as PEERID@IP:PORT, so that nodes
+    /// that cannot dial this one reach it through the relay; repeat for several. Kept and
+    /// renewed while the node runs, and named in its peer record and tickets
+    #[arg(
+        long,
+        env = "SPORE_RELAY_VIA",
+        value_delimiter = ',',
+        value_name = "PEERID@IP:PORT"
+    )]
+    pub relay_via: Vec<PeerAddr>,
 }
 
 /// Reads a rate like `1048576`, `512K`, `2M`, `1G` or `2MiB/s` as bytes per second.

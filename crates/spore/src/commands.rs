@@ -219,9 +219,25 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
     }
     config.node.swarm.upload_rate = args.upload_limit;
     config.nat.stun_servers = stun_servers;
+    config.relay.serve = args.relay || file.relay.unwrap_or(false);
+    let relay_via: Vec<PeerAddr> = if !args.relay_via.is_empty() {
+        args.relay_via
+    } else {
+        file.relay_via
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse::<PeerAddr>()
+                    .with_context(|| format!("config file: relay_via {s:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
     // One swarm per blob: a shared directory serves each of its files.
     config.node.swarm.max_swarms = MAX_SWARMS;
     let (node, _streams) = spore_net::start(identity.keypair, identity.stamp, config).await?;
+    for relay in relay_via {
+        tokio::spawn(keep_reservation(node.clone(), relay));
+    }
 
     let listener = tokio::net::TcpListener::bind(api_listen)
         .await
@@ -303,8 +319,8 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<54} {:<24} {:<9} {:>9}  AGENT",
-        "PEER", "ADDRESS", "DIRECTION", "RTT"
+        "{:<54} {:<24} {:<9} {:<8} {:>9}  AGENT",
+        "PEER", "ADDRESS", "DIRECTION", "PATH", "RTT"
     );
     for p in peers {
         let rtt = p
@@ -316,9 +332,15 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
             spore_core::node::Direction::Outbound => "outbound",
         };
         let state = if p.ready { "" } else { " (handshaking)" };
+        // A relayed path's address is a local stand-in, not where the peer is.
+        let addr = if p.path == "relayed" {
+            "(via relay)".to_string()
+        } else {
+            p.addr.to_string()
+        };
         println!(
-            "{:<54} {:<24} {:<9} {:>9}  {}{state}",
-            p.peer, p.addr, direction, rtt, p.agent
+            "{:<54} {:<24} {:<9} {:<8} {:>9}  {}{state}",
+            p.peer, addr, direction, p.path, rtt, p.agent
         );
     }
     Ok(())
@@ -786,6 +808,41 @@ pub(crate) fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Holds a reservation at `relay` while the node runs: dials it, reserves, and starts over
+/// (with backoff) whenever the connection or the reservation is lost.
+async fn keep_reservation(node: spore_net::NodeHandle, relay: PeerAddr) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let reserved = async {
+            node.dial(relay.peer, relay.addr).await?;
+            anyhow::Ok(node.reserve_relay(relay.peer).await?)
+        };
+        match reserved.await {
+            Ok(_) => {
+                backoff = Duration::from_secs(1);
+                // The runtime renews it; look again when it is gone.
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    match node.status().await {
+                        Ok(s) if s.relay.reserved_at.contains(&relay.peer) => {}
+                        Ok(_) => break,
+                        Err(_) => return, // the node stopped
+                    }
+                }
+                tracing::info!(relay = %relay, "reservation lost; reserving again");
+            }
+            Err(e) => {
+                tracing::warn!(relay = %relay, error = %e, "cannot reserve at relay");
+                if node.status().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 /// One line on what STUN found: the NAT's behaviour and our reflexive addresses.

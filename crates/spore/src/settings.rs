@@ -34,6 +34,10 @@ pub struct FileConfig {
     pub dht_mode: Option<crate::cli::DhtMode>,
     /// STUN servers as `HOST:PORT`.
     pub stun: Option<Vec<String>>,
+    /// Relay for others.
+    pub relay: Option<bool>,
+    /// Relays to reserve a slot at, as `PEERID@IP:PORT`.
+    pub relay_via: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -57,8 +57,9 @@ pub async fn share(data_dir: Option<PathBuf>, args: ShareArgs) -> Result<()> {
         std::fs::metadata(&path).with_context(|| format!("cannot share {}", path.display()))?;
     let name = display_name(&path)?;
     let dir = open_data_dir(data_dir)?;
+    let wants_relays = !args.node.relay_via.is_empty();
     let launched = launch(dir, args.node, DEFAULT_PORT).await?;
-    let result = share_on(&launched, &path, meta.is_dir(), name, args.json).await;
+    let result = share_on(&launched, &path, meta.is_dir(), name, wants_relays, args.json).await;
     if result.is_ok() {
         shutdown_signal().await;
         eprintln!("stopping…");
@@ -72,6 +73,7 @@ async fn share_on(
     path: &Path,
     is_dir: bool,
     name: String,
+    wants_relays: bool,
     json: bool,
 ) -> Result<()> {
     let store = launched.store.clone();
@@ -114,6 +116,7 @@ async fn share_on(
         name: name.clone(),
         peer: node.peer_id(),
         addrs: ticket_addrs(node.listen_addrs()),
+        relays: relays_of(node, wants_relays).await,
     };
     if json {
         let out = serde_json::json!({
@@ -167,6 +170,32 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Addresses to put in a ticket: each bound address; a wildcard bind stands for every address
 /// of this machine's interfaces of its family (loopback last).
+/// The relays holding a reservation for this node, with the address it reaches each at. A node
+/// started with `--relay-via` reserves in the background: wait briefly for the first.
+pub(crate) async fn relays_of(
+    node: &NodeHandle,
+    wait: bool,
+) -> Vec<(spore_core::PeerId, SocketAddr)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reserved = node
+            .status()
+            .await
+            .map(|s| s.relay.reserved_at)
+            .unwrap_or_default();
+        let peers = node.peers().await.unwrap_or_default();
+        let relays: Vec<_> = reserved
+            .iter()
+            .filter_map(|r| peers.iter().find(|p| p.peer == *r).map(|p| (*r, p.addr)))
+            .take(crate::ticket::MAX_RELAYS)
+            .collect();
+        if !relays.is_empty() || !wait || Instant::now() >= deadline {
+            return relays;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) fn ticket_addrs(listen: &[SocketAddr]) -> Vec<SocketAddr> {
     let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
     let mut out = Vec::new();
@@ -224,6 +253,31 @@ pub async fn get(data_dir: Option<PathBuf>, mut args: GetArgs) -> Result<()> {
     result
 }
 
+/// Connects to the sharer: at its own addresses if one answers, else through one of the relays
+/// the ticket names. Failing both is not fatal here: the DHT may know other providers, and the
+/// download reports it if nobody serves.
+async fn reach_sharer(node: &NodeHandle, ticket: &Ticket) {
+    for addr in &ticket.addrs {
+        let attempt = node.dial(ticket.peer, *addr);
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            return;
+        }
+    }
+    for (relay, addr) in &ticket.relays {
+        if let Err(e) = node.dial(*relay, *addr).await {
+            tracing::debug!(%relay, %addr, error = %e, "relay unreachable");
+            continue;
+        }
+        match node.dial_relayed(ticket.peer, *relay).await {
+            Ok(()) => {
+                tracing::info!(%relay, "reached the sharer through a relay");
+                return;
+            }
+            Err(e) => tracing::warn!(%relay, error = %e, "relay could not connect us to the sharer"),
+        }
+    }
+}
+
 /// A file name from a ticket's name that stays in the current directory.
 fn safe_file_name(name: &str) -> String {
     let cleaned: String = name
@@ -250,6 +304,7 @@ async fn get_on(launched: &Launched, ticket: &Ticket, output: &Path, json: bool)
     // The pin keeps what is verified across interruptions (GC spares pinned partial blobs).
     store.pin(&pin_name(&root), root)?;
     let sharer = (ticket.peer, ticket.addrs.clone());
+    reach_sharer(node, ticket).await;
     tokio::spawn(add_dht_providers(node.clone(), ticket.hash));
 
     let progress = bar(ticket.size, json);

@@ -1,8 +1,9 @@
 //! Tickets: what `spore share` prints and `spore get` takes.
 //!
 //! A ticket names the content by its BLAKE3 root hash (so whatever is downloaded with it is
-//! checked against that root, whoever serves it) and tells where to start: the sharer's PeerId
-//! and the addresses it listens on. More providers are found in the DHT and inside the swarm.
+//! checked against that root, whoever serves it) and tells where to start: the sharer's PeerId,
+//! the addresses it listens on, and the relays that hold a reservation for it (for a sharer
+//! behind a NAT). More providers are found in the DHT and inside the swarm.
 //!
 //! Text form: `blob` followed by lowercase base32 (no padding) of the postcard encoding of
 //! [`Ticket`] (a version byte first). Upper case is accepted when reading. Document tickets
@@ -18,8 +19,11 @@ use spore_core::PeerId;
 
 /// The text every ticket starts with.
 pub const PREFIX: &str = "blob";
-/// The encoding version this build writes and reads, for every kind of ticket.
-const VERSION: u8 = 1;
+/// The encoding version this build writes and reads, for every kind of ticket (2 added the
+/// sharer's relays).
+const VERSION: u8 = 2;
+/// Most relays in a ticket.
+pub const MAX_RELAYS: usize = 4;
 /// Most addresses in a ticket.
 pub const MAX_ADDRS: usize = 16;
 /// Longest name in a ticket, in bytes.
@@ -50,6 +54,9 @@ pub struct Ticket {
     pub peer: PeerId,
     /// Where the sharer listens.
     pub addrs: Vec<SocketAddr>,
+    /// Relays where the sharer holds a reservation, and where they listen: the way in when
+    /// its own addresses cannot be dialed.
+    pub relays: Vec<(PeerId, SocketAddr)>,
 }
 
 fn base32() -> Encoding {
@@ -88,6 +95,12 @@ impl Ticket {
             return Err(TicketError::Invalid(format!(
                 "{} addresses, more than {MAX_ADDRS}",
                 self.addrs.len()
+            )));
+        }
+        if self.relays.len() > MAX_RELAYS {
+            return Err(TicketError::Invalid(format!(
+                "{} relays, more than {MAX_RELAYS}",
+                self.relays.len()
             )));
         }
         if self.name.len() > MAX_NAME {
@@ -168,6 +181,7 @@ mod tests {
                 "127.0.0.1:7070".parse().unwrap(),
                 "[::1]:7070".parse().unwrap(),
             ],
+            relays: vec![(peer, "127.0.0.1:7071".parse().unwrap())],
         }
     }
 
@@ -197,6 +211,12 @@ mod tests {
         assert_eq!(newer.parse::<Ticket>(), Err(TicketError::Version(9)));
         let mut many = ticket();
         many.addrs = vec!["127.0.0.1:1".parse().unwrap(); MAX_ADDRS + 1];
+        assert!(matches!(
+            many.to_string().parse::<Ticket>(),
+            Err(TicketError::Invalid(_))
+        ));
+        let mut many = ticket();
+        many.relays = vec![many.relays[0]; MAX_RELAYS + 1];
         assert!(matches!(
             many.to_string().parse::<Ticket>(),
             Err(TicketError::Invalid(_))
