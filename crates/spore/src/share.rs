@@ -59,7 +59,15 @@ pub async fn share(data_dir: Option<PathBuf>, args: ShareArgs) -> Result<()> {
     let dir = open_data_dir(data_dir)?;
     let wants_relays = !args.node.relay_via.is_empty();
     let launched = launch(dir, args.node, DEFAULT_PORT).await?;
-    let result = share_on(&launched, &path, meta.is_dir(), name, wants_relays, args.json).await;
+    let result = share_on(
+        &launched,
+        &path,
+        meta.is_dir(),
+        name,
+        wants_relays,
+        args.json,
+    )
+    .await;
     if result.is_ok() {
         shutdown_signal().await;
         eprintln!("stopping…");
@@ -273,7 +281,9 @@ async fn reach_sharer(node: &NodeHandle, ticket: &Ticket) {
                 tracing::info!(%relay, "reached the sharer through a relay");
                 return;
             }
-            Err(e) => tracing::warn!(%relay, error = %e, "relay could not connect us to the sharer"),
+            Err(e) => {
+                tracing::warn!(%relay, error = %e, "relay could not connect us to the sharer")
+            }
         }
     }
 }

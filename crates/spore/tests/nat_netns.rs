@@ -8,6 +8,10 @@
 //!   RFC 5780's CHANGE-REQUEST from its other address, and that answer never arrives);
 //! - `MASQUERADE --random-fully`: a new port per destination (symmetric).
 //!
+//! And a relay: two private hosts behind two NATs, a relay on the "internet"; one shares a
+//! 10 MiB file with `--relay-via`, the other fetches it with `spore get` through the relay and
+//! the download verifies.
+//!
 //! Root only, and needs `iptables`; coturn (`turnserver`) for the filtering step. Without them
 //! the test prints `skipping: <reason>` and passes. Namespaces and their processes are removed
 //! when the test ends, also when it fails.
@@ -40,52 +44,73 @@ const PUBLIC: usize = 0;
 const ROUTER: usize = 1;
 const HOST: usize = 2;
 
-/// The namespaces, joined by two veth pairs (public `wan` ↔ router `wan`, router `lan` ↔ host
-/// `lan`), and the processes started in them.
+/// Network namespaces and the processes started in them; dropping it kills every process in
+/// them and deletes them.
 struct NatLab {
-    names: [String; 3],
+    names: Vec<String>,
     children: Vec<Child>,
 }
 
 impl NatLab {
-    fn new(tag: &str, masquerade: &[&str]) -> Result<NatLab, String> {
+    /// Empty namespaces named after `roles`, loopback up.
+    fn namespaces(tag: &str, roles: &[&str]) -> Result<NatLab, String> {
         let pid = std::process::id();
         let lab = NatLab {
-            names: ["pub", "rtr", "host"].map(|n| format!("spore-nat-{pid}-{tag}-{n}")),
+            names: roles
+                .iter()
+                .map(|r| format!("spore-nat-{pid}-{tag}-{r}"))
+                .collect(),
             children: Vec::new(),
         };
         for ns in &lab.names {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        let [public, router, host] = &lab.names;
-        // Each pair is created in one namespace with its peer moved straight into the other.
+        Ok(lab)
+    }
+
+    /// A veth pair `dev_a` in namespace `a` ↔ `dev_b` in namespace `b` (created in `a`, its peer
+    /// moved straight into `b`: no end is ever on the host).
+    fn link(&self, a: usize, dev_a: &str, b: usize, dev_b: &str) -> Result<(), String> {
+        let (na, nb) = (&self.names[a], &self.names[b]);
         ip(&[
-            "-n", public, "link", "add", "wan", "type", "veth", "peer", "name", "wan", "netns",
-            router,
+            "-n", na, "link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", nb,
         ])?;
-        ip(&[
-            "-n", router, "link", "add", "lan", "type", "veth", "peer", "name", "lan", "netns",
-            host,
-        ])?;
-        for (ns, dev, addrs) in [
-            (public, "wan", &[PUBLIC_A, PUBLIC_B][..]),
-            (router, "wan", &[ROUTER_WAN][..]),
-            (router, "lan", &[ROUTER_LAN][..]),
-            (host, "lan", &[PRIVATE][..]),
-        ] {
-            for addr in addrs {
-                ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            }
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        Ok(())
+    }
+
+    /// Gives `dev` in namespace `ns` the addresses (/24) and brings it up.
+    fn up(&self, ns: usize, dev: &str, addrs: &[&str]) -> Result<(), String> {
+        let name = &self.names[ns];
+        for addr in addrs {
+            ip(&["-n", name, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
         }
-        // The private host reaches the internet only through the router; the internet has no
-        // route to 10.77.0.0/24 at all.
-        ip(&["-n", host, "route", "add", "default", "via", ROUTER_LAN])?;
-        run(lab
-            .command(ROUTER, "sysctl")
+        ip(&["-n", name, "link", "set", dev, "up"])?;
+        Ok(())
+    }
+
+    /// Makes namespace `router` a NAT router: forwarding on, `MASQUERADE` (plus `masquerade`'s
+    /// extra arguments) out of `wan`; `host` routes everything through `router_lan`.
+    fn nat(
+        &self,
+        router: usize,
+        host: usize,
+        router_lan: &str,
+        masquerade: &[&str],
+    ) -> Result<(), String> {
+        ip(&[
+            "-n",
+            &self.names[host],
+            "route",
+            "add",
+            "default",
+            "via",
+            router_lan,
+        ])?;
+        run(self
+            .command(router, "sysctl")
             .args(["-qw", "net.ipv4.ip_forward=1"]))?;
-        let mut nat = lab.command(ROUTER, "iptables");
+        let mut nat = self.command(router, "iptables");
         nat.args([
             "-t",
             "nat",
@@ -98,6 +123,20 @@ impl NatLab {
         ]);
         nat.args(masquerade);
         run(&mut nat)?;
+        Ok(())
+    }
+
+    /// The internet (two addresses), one NAT router, one private host behind it.
+    fn new(tag: &str, masquerade: &[&str]) -> Result<NatLab, String> {
+        let lab = NatLab::namespaces(tag, &["pub", "rtr", "host"])?;
+        lab.link(PUBLIC, "wan", ROUTER, "wan")?;
+        lab.link(ROUTER, "lan", HOST, "lan")?;
+        lab.up(PUBLIC, "wan", &[PUBLIC_A, PUBLIC_B])?;
+        lab.up(ROUTER, "wan", &[ROUTER_WAN])?;
+        lab.up(ROUTER, "lan", &[ROUTER_LAN])?;
+        lab.up(HOST, "lan", &[PRIVATE])?;
+        // The internet has no route to 10.77.0.0/24 at all.
+        lab.nat(ROUTER, HOST, ROUTER_LAN, masquerade)?;
         Ok(lab)
     }
 
@@ -111,15 +150,23 @@ impl NatLab {
 
     /// Starts `spore node` in namespace `ns` on `listen`, logging to `<data_dir>/node.log`.
     fn start_node(&mut self, ns: usize, data_dir: &Path, listen: &str, stun: &[String]) {
+        let mut extra = Vec::new();
+        if !stun.is_empty() {
+            extra = vec!["--stun".to_string(), stun.join(",")];
+        }
+        self.start(ns, data_dir, "node", listen, &extra);
+    }
+
+    /// Starts `spore COMMAND --listen LISTEN EXTRA…` in namespace `ns`, logging to
+    /// `<data_dir>/node.log`.
+    fn start(&mut self, ns: usize, data_dir: &Path, command: &str, listen: &str, extra: &[String]) {
         let log = File::create(data_dir.join("node.log")).unwrap();
         let mut cmd = self.command(ns, SPORE);
         cmd.arg("--data-dir")
             .arg(data_dir)
-            .args(["--log", "info,spore_net=debug", "node", "--listen", listen])
-            .args(["--difficulty", "8"]);
-        if !stun.is_empty() {
-            cmd.args(["--stun", &stun.join(",")]);
-        }
+            .args(["--log", "info,spore_net=debug", command, "--listen", listen])
+            .args(["--difficulty", "8"])
+            .args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -291,4 +338,124 @@ fn a_node_behind_a_real_nat_learns_its_mapping_and_filtering() {
         "{report}"
     );
     assert!(text.contains("filters by address and port"), "{text}");
+}
+
+/// The relay's address on the internet bridge; the two routers sit beside it.
+const RELAY_IP: &str = "198.18.0.1";
+
+/// Waits for `spore share --json`'s ticket line in its log.
+fn ticket_from_log(data_dir: &Path, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(data_dir.join("node.log")).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.starts_with('{') && l.contains("\"ticket\""))
+        {
+            let v: Value = serde_json::from_str(line).unwrap();
+            return v["ticket"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ticket; the sharer's log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_file_crosses_two_nats_through_a_relay() {
+    if let Some(reason) = skip_reason(&["iptables"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let d = dirs.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    // pub: a bridge with the relay on it; rtr1/host1 and rtr2/host2: two private networks
+    // behind two NATs whose outside ends are on the bridge.
+    let mut lab = NatLab::namespaces("relay", &["pub", "rtr1", "host1", "rtr2", "host2"]).unwrap();
+    ip(&["-n", &lab.names[0], "link", "add", "br0", "type", "bridge"]).unwrap();
+    lab.up(0, "br0", &[RELAY_IP]).unwrap();
+    for (router, wan, net) in [(1, "198.18.0.253", 1), (3, "198.18.0.254", 2)] {
+        let port = format!("wan{net}");
+        lab.link(0, &port, router, "wan").unwrap();
+        ip(&["-n", &lab.names[0], "link", "set", &port, "master", "br0"]).unwrap();
+        lab.up(0, &port, &[]).unwrap();
+        lab.up(router, "wan", &[wan]).unwrap();
+        let (router_lan, host_lan) = (format!("10.77.{net}.1"), format!("10.77.{net}.2"));
+        lab.link(router, "lan", router + 1, "lan").unwrap();
+        lab.up(router, "lan", &[&router_lan]).unwrap();
+        lab.up(router + 1, "lan", &[&host_lan]).unwrap();
+        lab.nat(router, router + 1, &router_lan, &[]).unwrap();
+    }
+
+    // The relay.
+    let relay_dir = dir("relay");
+    let relay_id = {
+        let out = run(Command::new(SPORE)
+            .arg("--data-dir")
+            .arg(&relay_dir)
+            .arg("id"))
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let listen = format!("0.0.0.0:{NODE_PORT}");
+    lab.start(0, &relay_dir, "node", &listen, &["--relay".to_string()]);
+
+    // Host 1 shares 10 MiB, reserving at the relay.
+    let sharer = dir("sharer");
+    let file = sharer.join("ten-mib.bin");
+    let data: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let via = format!("{relay_id}@{RELAY_IP}:{NODE_PORT}");
+    let extra = [
+        "--json".to_string(),
+        "--relay-via".to_string(),
+        via,
+        file.display().to_string(),
+    ];
+    lab.start(2, &sharer, "share", &listen, &extra);
+    let ticket = ticket_from_log(&sharer, Duration::from_secs(60));
+
+    // Host 2 cannot dial host 1 (its address is private, behind another NAT): the ticket's
+    // relay carries the download, which verifies every chunk.
+    let getter = dir("getter");
+    let out = getter.join("got.bin");
+    let started = Instant::now();
+    let mut get = lab.command(4, SPORE);
+    get.arg("--data-dir")
+        .arg(&getter)
+        .args(["get", &ticket, "-o"])
+        .arg(&out)
+        .args(["--json", "--listen", "0.0.0.0:0", "--difficulty", "8"]);
+    let result = get.output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        result.status.success(),
+        "spore get failed: {}\nthe sharer's log:\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the download equals the file"
+    );
+
+    let status = lab.status(0, &relay_dir, true).unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let relay = &status["relay"];
+    assert_eq!(relay["serving"], true);
+    assert!(
+        relay["stats"]["circuits_opened"].as_u64().unwrap() >= 1,
+        "{relay}"
+    );
+    println!(
+        "10 MiB through the relay in {took:?} (the get, dial attempts included); relay: {relay}"
+    );
 }
