@@ -74,6 +74,7 @@ pub async fn start(
     let nat = Arc::new(NatShared::default());
     let mut endpoints = Vec::new();
     let mut relay_socket = None;
+    let mut probes = Vec::new();
     for &addr in &config.listen {
         let (endpoint, socket, responses) = bind(addr, server.clone(), &config.nat, &nat)
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -81,13 +82,7 @@ pub async fn start(
         if addr.is_ipv4() && relay_socket.is_none() {
             relay_socket = Some(socket.clone());
         }
-        tokio::spawn(crate::nat::probe_loop(
-            Arc::downgrade(&socket),
-            responses,
-            config.nat.clone(),
-            clock,
-            nat.clone(),
-        ));
+        probes.push((Arc::downgrade(&socket), responses));
     }
     let listen_addrs: Vec<SocketAddr> = endpoints
         .iter()
@@ -138,6 +133,16 @@ pub async fn start(
         node.set_blob_access(Box::new(crate::blobs::StoreBlobs::new(store.clone())));
     }
     let (inputs, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+    for (socket, responses) in probes {
+        tokio::spawn(crate::nat::probe_loop(
+            socket,
+            responses,
+            config.nat.clone(),
+            clock,
+            nat.clone(),
+            inputs.clone(),
+        ));
+    }
     let (events, _) = broadcast::channel(EVENT_QUEUE);
     let (app_tx, app_rx) = mpsc::channel(config.limits.max_pending_app_streams);
     let table = Arc::new(Mutex::new(ConnTable::default()));

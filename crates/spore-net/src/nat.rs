@@ -23,7 +23,7 @@ use spore_core::nat::{NatReport, Probe, ProbeConfig, ProbeEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::runtime::Clock;
+use crate::runtime::{Clock, Command, Input};
 
 /// STUN responses waiting for the probe; more are dropped (the probe retransmits).
 const RESPONSE_QUEUE: usize = 64;
@@ -391,6 +391,7 @@ pub(crate) async fn probe_loop(
     config: NatConfig,
     clock: Clock,
     shared: Arc<NatShared>,
+    inputs: mpsc::Sender<Input>,
 ) {
     let servers: Vec<(SocketAddr, Option<SocketAddr>)> = {
         let Some(socket) = socket.upgrade() else {
@@ -457,6 +458,13 @@ pub(crate) async fn probe_loop(
             asked = report.asked,
             "NAT probe finished"
         );
+        // The reflexive addresses are hole-punching candidates.
+        let command = Command::SetPunchCandidates {
+            addrs: report.reflexive.clone(),
+        };
+        if inputs.send(Input::Command(command)).await.is_err() {
+            return;
+        }
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((report, tokio::time::Instant::now()));
         let next = tokio::time::Instant::now() + config.probe_interval;

@@ -21,6 +21,7 @@ use spore_core::doc::sync::SyncError;
 use spore_core::doc::{Access, Change, DocId, Document, Edit};
 use spore_core::gossip::{self, SearchError, ShareError};
 use spore_core::kad::{self, Key, QueryId, QueryResult, QueryStats};
+use spore_core::nat::punch;
 use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo, Stats};
 use spore_core::pubsub::{self, PubSubError, Published};
 use spore_core::swarm::{self, PeerView, SwarmError, SwarmInfo};
@@ -75,6 +76,9 @@ pub(crate) enum Input {
 pub(crate) enum Command {
     SetRelays {
         relays: Vec<PeerId>,
+    },
+    SetPunchCandidates {
+        addrs: Vec<SocketAddr>,
     },
     Dial {
         peer: PeerId,
@@ -237,6 +241,9 @@ pub struct Status {
     /// Relaying: what this node relays for others, and where it holds reservations.
     #[serde(default)]
     pub relay: crate::relay::RelayStatus,
+    /// Hole punching: relayed connections upgraded to direct paths.
+    #[serde(default)]
+    pub punch: spore_core::nat::punch::Stats,
 }
 
 /// The blob swarms' part of [`Status`].
@@ -555,14 +562,6 @@ impl Runtime {
                     .is_some_and(|e| e.conn.stable_id() == conn_id)
                 {
                     debug!(%peer, %reason, "connection closed");
-                    if let Some(entry) = self.conns.get(&peer) {
-                        let addr = entry.conn.remote_address();
-                        if let Some(socket) = &self.relay.socket
-                            && crate::relay::is_relayed(&addr)
-                        {
-                            socket.close_path(&addr);
-                        }
-                    }
                     self.relay.peer_gone(&peer);
                     self.unregister(peer);
                     self.node
@@ -705,6 +704,7 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             Command::SetRelays { relays } => self.node.set_relays(relays),
+            Command::SetPunchCandidates { addrs } => self.node.set_punch_candidates(addrs),
             Command::Connection { peer, reply } => {
                 let ready = self.node.peer(&peer).is_some_and(|p| p.ready);
                 let conn = self
@@ -831,6 +831,7 @@ impl Runtime {
             },
             nat: self.nat.status(&self.config.nat),
             relay: self.relay.status(),
+            punch: self.node.punch_stats(),
         }
     }
 
@@ -909,6 +910,39 @@ impl Runtime {
         });
     }
 
+    /// Dials `peer` at each of `addrs` at once, beside the relayed connection it has: the
+    /// simultaneous open of a hole punch. A connection that succeeds replaces the relayed one
+    /// (see `register`); failures are the punch protocol's to retry.
+    fn punch_dial(&mut self, peer: PeerId, addrs: &[SocketAddr]) {
+        let transport = self.config.transport.to_quinn(&self.config.limits);
+        for addr in addrs.iter().map(|a| canonical(*a)) {
+            let Some(endpoint) = self.endpoint_for(addr) else {
+                continue;
+            };
+            let keypair = self.keypair.clone();
+            let inputs = self.inputs.clone();
+            let transport = transport.clone();
+            let timeout = self.config.node.punch.attempt_timeout;
+            tokio::spawn(async move {
+                let attempt = crate::dial::connect(&endpoint, &keypair, peer, addr, transport);
+                match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok(conn)) => {
+                        let direction = Direction::Outbound;
+                        let _ = inputs
+                            .send(Input::Connected {
+                                conn,
+                                peer,
+                                direction,
+                            })
+                            .await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, %addr, error = %e, "punch dial failed"),
+                    Err(_) => debug!(%peer, %addr, "punch dial timed out"),
+                }
+            });
+        }
+    }
+
     fn dial_failed(&mut self, peer: PeerId, error: DialError) {
         self.finish_dials(peer, Err(error));
         let now = self.clock.now();
@@ -939,6 +973,27 @@ impl Runtime {
         if let Some(existing) = self.conns.get(&peer) {
             if existing.conn.stable_id() == conn.stable_id() {
                 return;
+            }
+            // A direct path beats a relayed one, on both sides alike; between two of the same
+            // kind the rule below decides.
+            let existing_relayed = crate::relay::is_relayed(&existing.conn.remote_address());
+            let new_relayed = crate::relay::is_relayed(&conn.remote_address());
+            if existing_relayed != new_relayed {
+                self.stats.duplicates_closed += 1;
+                if new_relayed {
+                    debug!(%peer, "keeping the direct connection over a new relayed one");
+                    conn.close(close_code::DUPLICATE.into(), b"direct connection exists");
+                    if self.node.peer(&peer).is_some_and(|p| p.ready) {
+                        self.finish_dials(peer, Ok(()));
+                    }
+                    return;
+                }
+                info!(%peer, "direct connection replaces the relayed one");
+                if let Some(old) = self.unregister(peer) {
+                    old.conn
+                        .close(close_code::DUPLICATE.into(), b"direct connection");
+                }
+                return self.register_new(conn, peer, direction);
             }
             // Simultaneous dials: both sides keep the connection dialed by the smaller PeerId,
             // so they agree without talking. A redial in the same direction replaces the old
@@ -972,6 +1027,11 @@ impl Runtime {
                 return self.finish_dials(peer, Err(DialError::Limit(limit)));
             }
         }
+        self.register_new(conn, peer, direction);
+    }
+
+    /// Takes `conn` into the table as `peer`'s connection (any other already removed).
+    fn register_new(&mut self, conn: quinn::Connection, peer: PeerId, direction: Direction) {
         let addr = canonical(conn.remote_address());
         self.table
             .lock()
@@ -1042,7 +1102,18 @@ impl Runtime {
 
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
         let entry = self.conns.remove(&peer)?;
-        let ip = canonical(entry.conn.remote_address()).ip();
+        let addr = entry.conn.remote_address();
+        if let Some(socket) = self.relay.socket.clone()
+            && crate::relay::is_relayed(&addr)
+        {
+            // The relayed path ends (and with it the circuit), after a moment in which the
+            // connection's close can still travel over it.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                socket.close_path(&addr);
+            });
+        }
+        let ip = canonical(addr).ip();
         self.table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1176,6 +1247,22 @@ impl Runtime {
                 }
             }
             Event::Dial { peer, addrs } => self.dial(*peer, addrs.clone(), None),
+            Event::Punch(punch::Event::Dial {
+                peer,
+                addrs,
+                attempt,
+            }) => {
+                debug!(%peer, ?addrs, attempt, "punching");
+                self.punch_dial(*peer, addrs);
+            }
+            Event::Punch(punch::Event::Direct {
+                peer,
+                attempts,
+                took,
+            }) => info!(%peer, attempts, ?took, "relayed connection upgraded to a direct path"),
+            Event::Punch(punch::Event::GaveUp { peer }) => {
+                info!(%peer, "hole punching failed; the connection stays relayed");
+            }
             Event::Kad(kad::Event::QueryDone { id, result, stats }) => {
                 if let Some(reply) = self.queries.remove(id) {
                     let _ = reply.send(Ok((result.clone(), *stats)));

@@ -14,6 +14,12 @@ use spore_net::{AppStreams, NetConfig, NodeHandle, RequestError};
 const DIFFICULTY: Difficulty = Difficulty(8);
 
 async fn start(relay: Option<RelayLimits>) -> (NodeHandle, AppStreams) {
+    start_with(relay, false).await
+}
+
+/// A node; with `punch`, relayed connections it dials are upgraded to direct ones when they
+/// can be (on loopback, always).
+async fn start_with(relay: Option<RelayLimits>, punch: bool) -> (NodeHandle, AppStreams) {
     let keypair = Keypair::generate(&mut rand_core::OsRng);
     let stamp = Stamp::mint(&keypair.peer_id(), DIFFICULTY);
     let mut config = NetConfig {
@@ -27,6 +33,7 @@ async fn start(relay: Option<RelayLimits>) -> (NodeHandle, AppStreams) {
     // these tests need B reachable only through the relay.
     config.node.gossip.enabled = false;
     config.node.pex.enabled = false;
+    config.node.punch.enabled = punch;
     if let Some(limits) = relay {
         config.relay.serve = true;
         config.relay.limits = limits;
@@ -176,6 +183,57 @@ async fn a_circuit_is_cut_at_its_byte_quota() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sender.abort();
+    for n in [a, b, relay] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_relayed_connection_moves_to_a_direct_path_by_hole_punching() {
+    let (relay, _) = start_with(Some(RelayLimits::default()), true).await;
+    let (b, mut b_streams) = start_with(None, true).await;
+    let (a, _) = start_with(None, true).await;
+    connect(&b, &relay).await;
+    b.reserve_relay(relay.peer_id()).await.unwrap();
+    connect(&a, &relay).await;
+    let started = tokio::time::Instant::now();
+    a.dial_relayed(b.peer_id(), relay.peer_id()).await.unwrap();
+
+    // Candidates go over the relayed connection, both sides dial at the synchronized moment,
+    // and the direct connection replaces the relayed one.
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let peers = a.peers().await.unwrap();
+        if let Some(p) = peers.iter().find(|p| p.peer == b.peer_id() && p.ready)
+            && !is_relayed_addr(&p.addr)
+        {
+            assert_eq!(p.addr, b.listen_addrs()[0]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still relayed: {peers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let stats = a.status().await.unwrap().punch;
+    assert_eq!(
+        (stats.started, stats.succeeded, stats.first_attempt),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    // The circuit closes once the relayed connection is gone; the direct one carries data.
+    let transferred = transfer(&a, b.peer_id(), &mut b_streams, 1 << 20).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.status().await.unwrap().relay.circuits > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the circuit stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("direct after {took:?}; 1 MiB direct in {transferred:?}");
     for n in [a, b, relay] {
         n.shutdown().await;
     }

@@ -83,6 +83,12 @@ pub enum TicketError {
     /// A newer encoding.
     #[error("ticket version {0} is not supported by this spore (it reads version {VERSION})")]
     Version(u8),
+    /// An older encoding.
+    #[error(
+        "this ticket (version {0}) was made by an older spore; this one reads version {VERSION}: \
+         ask for a new ticket"
+    )]
+    OldVersion(u8),
     /// A field out of bounds.
     #[error("the ticket is invalid: {0}")]
     Invalid(String),
@@ -134,6 +140,9 @@ pub(crate) fn from_text<T: DeserializeOwned>(
         .decode(body.as_bytes())
         .map_err(|e| TicketError::Base32(e.position + prefix.len()))?;
     let version = *bytes.first().ok_or(TicketError::Decode("empty".into()))?;
+    if version < VERSION {
+        return Err(TicketError::OldVersion(version));
+    }
     if version != VERSION {
         return Err(TicketError::Version(version));
     }

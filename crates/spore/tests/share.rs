@@ -233,7 +233,8 @@ fn bad_tickets_get_a_clear_error() {
     for (ticket, says) in [
         ("hello", "a ticket starts with"),
         ("blob!!!!", "not base32"),
-        ("blobaeaa", "damaged"),
+        ("blobaiaa", "damaged"),
+        ("blobaeaa", "older spore"),
     ] {
         let o = spore(tmp.path(), &get_args(ticket, &out));
         assert!(!o.status.success());

@@ -108,6 +108,8 @@ pub struct Config {
     pub max_waiting_messages: usize,
     /// Ping settings.
     pub ping: ping::Config,
+    /// Hole punching (upgrading relayed connections to direct ones).
+    pub punch: crate::nat::punch::Config,
     /// Kademlia settings.
     pub kad: kad::Config,
     /// Peer-exchange settings.
@@ -141,6 +143,7 @@ impl Default for Config {
             max_waiting_peers: 256,
             max_waiting_messages: 32,
             ping: ping::Config::default(),
+            punch: crate::nat::punch::Config::default(),
             kad: kad::Config::default(),
             pex: pex::Config::default(),
             keep: keep::Config::default(),
@@ -220,6 +223,8 @@ pub enum Event {
     },
     /// A ping result.
     Ping(ping::Event),
+    /// Hole punching: dial a peer directly now, or how an upgrade ended.
+    Punch(crate::nat::punch::Event),
     /// A Kademlia result.
     Kad(kad::Event),
     /// Peer records learned by peer exchange.
@@ -268,6 +273,12 @@ impl From<doc::sync::Event> for Event {
 impl From<swarm::Event> for Event {
     fn from(e: swarm::Event) -> Self {
         Event::Swarm(e)
+    }
+}
+
+impl From<crate::nat::punch::Event> for Event {
+    fn from(e: crate::nat::punch::Event) -> Self {
+        Event::Punch(e)
     }
 }
 
@@ -361,6 +372,7 @@ pub struct Node {
     out: Outputs,
     stats: Stats,
     ping: Ping,
+    punch: crate::nat::punch::Punch,
     kad: Kad,
     pex: Pex,
     gossip: Gossip,
@@ -414,6 +426,8 @@ impl Node {
         config.listen_addrs.truncate(MAX_LISTEN_ADDRS);
         truncate_utf8(&mut config.agent, MAX_AGENT_LEN);
         let ping = Ping::new(config.ping.clone());
+        let punch =
+            crate::nat::punch::Punch::new(config.punch.clone(), config.listen_addrs.clone());
         let mut kad = Kad::new(
             keypair.clone(),
             stamp,
@@ -458,6 +472,7 @@ impl Node {
             out,
             stats: Stats::default(),
             ping,
+            punch,
             kad,
             pex,
             gossip,
@@ -485,8 +500,20 @@ impl Node {
         addrs.truncate(MAX_LISTEN_ADDRS);
         self.kad.set_listen_addrs(addrs.clone());
         self.pex.set_listen_addrs(addrs.clone());
+        self.punch.set_listen_addrs(addrs.clone());
         self.out.own.set_addrs(addrs.clone());
         self.config.listen_addrs = addrs;
+    }
+
+    /// Adds address candidates for hole punching that the node cannot see itself (e.g. the
+    /// reflexive addresses STUN reported).
+    pub fn set_punch_candidates(&mut self, addrs: Vec<SocketAddr>) {
+        self.punch.set_extra_candidates(addrs);
+    }
+
+    /// Hole punching's counters.
+    pub fn punch_stats(&self) -> crate::nat::punch::Stats {
+        self.punch.stats()
     }
 
     /// Names the relays that hold a reservation for this node in its signed peer record, so
@@ -640,6 +667,10 @@ impl Node {
             Message::Doc(m) => {
                 let mut cx = context!(self);
                 Protocol::handle_message(&mut self.docs, &mut cx, from, m);
+            }
+            Message::Punch(m) => {
+                let mut cx = context!(self);
+                self.punch.handle_message(&mut cx, from, m);
             }
         }
     }
@@ -1197,9 +1228,10 @@ impl Node {
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 8] {
+    fn protocols(&self) -> [&dyn AnyProtocol; 9] {
         [
             &self.ping,
+            &self.punch,
             &self.kad,
             &self.pex,
             &self.gossip,
@@ -1214,6 +1246,7 @@ impl Node {
     fn for_each_protocol(&mut self, mut f: impl FnMut(&mut dyn AnyProtocol, &mut Context<'_>)) {
         let mut cx = context!(self);
         f(&mut self.ping, &mut cx);
+        f(&mut self.punch, &mut cx);
         f(&mut self.kad, &mut cx);
         f(&mut self.pex, &mut cx);
         f(&mut self.gossip, &mut cx);

@@ -52,6 +52,8 @@ pub enum Message {
     Swarm(swarm::Message),
     /// Document sync: reconciliation and changes.
     Doc(crate::doc::sync::Message),
+    /// Hole punching: moving a relayed connection to a direct path.
+    Punch(crate::nat::punch::Message),
 }
 
 impl Message {
@@ -66,6 +68,7 @@ impl Message {
             Message::PubSub(m) => m.validate(),
             Message::Swarm(m) => m.validate(),
             Message::Doc(m) => m.validate(),
+            Message::Punch(m) => m.validate(),
         }
     }
 
@@ -82,6 +85,7 @@ impl Message {
             Message::PubSub(m) => m.kind(),
             Message::Swarm(m) => m.kind(),
             Message::Doc(m) => m.kind(),
+            Message::Punch(m) => m.kind(),
         }
     }
 }
@@ -125,6 +129,12 @@ impl From<crate::doc::sync::Message> for Message {
 impl From<swarm::Message> for Message {
     fn from(m: swarm::Message) -> Self {
         Message::Swarm(m)
+    }
+}
+
+impl From<crate::nat::punch::Message> for Message {
+    fn from(m: crate::nat::punch::Message) -> Self {
+        Message::Punch(m)
     }
 }
 

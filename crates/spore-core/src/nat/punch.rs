@@ -1,0 +1,414 @@
+//! Hole punching, sans-IO: moving a relayed connection to a direct path by a coordinated
+//! simultaneous open (DCUtR's scheme, over QUIC).
+//!
+//! When a connection that runs over a relay becomes ready, the side that dialed it (the
+//! initiator) sends [`Message::Connect`] with its address candidates and notes the time; the
+//! other side answers with its own. The round trip measures the relayed path's RTT. The
+//! initiator then sends [`Message::Sync`] and, half an RTT later — when the `Sync` arrives at the
+//! other side — both emit [`Event::Dial`]: the runtime dials the other side's candidates at once
+//! from the node's own socket. Each side's outgoing packets open its NAT for the other's, so
+//! when both NATs map endpoint-independently, the QUIC handshakes pass. The runtime keeps the
+//! direct connection and closes the relayed one; the relayed connection stays usable until then.
+//!
+//! If no direct connection is up [`Config::attempt_timeout`] after a punch, the initiator tries
+//! again, up to [`Config::max_attempts`] times with the wait doubling each time; then the
+//! connection stays relayed ([`Event::GaveUp`]).
+//!
+//! Candidates: the node's announced addresses, the addresses directly connected peers observe
+//! it at (its reflexive addresses — the relay's observation among them), and any the owner adds
+//! (STUN). Relayed addresses are never candidates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::relay::is_relayed_addr;
+use crate::identity::PeerId;
+use crate::node::{Context, Direction, PeerEvent, Protocol};
+use crate::time::Instant;
+use crate::wire::{WireError, check_bound};
+
+/// Most candidates in a [`Message::Connect`].
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Hole punching's messages (sent over the relayed connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// My address candidates, for punch `id`; answered with the responder's own.
+    Connect {
+        /// Chosen by the initiator; the answer repeats it.
+        id: u64,
+        /// Where the sender may be reached directly.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Dial now (the initiator dials half an RTT after sending this).
+    Sync {
+        /// The punch.
+        id: u64,
+    },
+}
+
+impl Message {
+    /// Checks the bounds the types do not.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Message::Connect { addrs, .. } => {
+                check_bound("punch.addrs", addrs.len(), MAX_CANDIDATES)
+            }
+            Message::Sync { .. } => Ok(()),
+        }
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Connect { .. } => "punch-connect",
+            Message::Sync { .. } => "punch-sync",
+        }
+    }
+}
+
+/// Hole punching's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Try to upgrade relayed connections at all. Default on.
+    pub enabled: bool,
+    /// How long a punch may take before the next attempt. Default 5 s.
+    pub attempt_timeout: Duration,
+    /// Attempts per relayed connection. Default 3.
+    pub max_attempts: u32,
+    /// Relayed connections being upgraded at once; more wait for a later connection. Default 16.
+    pub max_concurrent: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attempt_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            max_concurrent: 16,
+        }
+    }
+}
+
+/// What hole punching asks of the runtime, or reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Dial `peer` directly at `addrs` now, beside the relayed connection (the runtime keeps a
+    /// direct connection over a relayed one).
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Its candidates.
+        addrs: Vec<SocketAddr>,
+        /// Which attempt this is (1 = first).
+        attempt: u32,
+    },
+    /// The connection to `peer` is now direct.
+    Direct {
+        /// The peer.
+        peer: PeerId,
+        /// Attempts it took.
+        attempts: u32,
+        /// From the relayed connection being ready to the direct one being ready.
+        took: Duration,
+    },
+    /// Every attempt failed: the connection stays relayed.
+    GaveUp {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Relayed connections an upgrade was tried on.
+    pub started: u64,
+    /// Punches (attempts) made.
+    pub attempts: u64,
+    /// Upgrades that ended on a direct path.
+    pub succeeded: u64,
+    /// Of those, how many on the first attempt.
+    pub first_attempt: u64,
+    /// Upgrades given up.
+    pub gave_up: u64,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Initiator: `Connect` sent at `sent`.
+    AwaitReply { sent: Instant },
+    /// Initiator: dial at `at` (half an RTT after `Sync`).
+    Scheduled { at: Instant, addrs: Vec<SocketAddr> },
+    /// A punch was made; the next attempt (initiator) or forgetting (responder) at `until`.
+    Punched { until: Instant },
+}
+
+#[derive(Debug, Clone)]
+struct Upgrade {
+    id: u64,
+    initiator: bool,
+    attempt: u32,
+    started: Instant,
+    state: State,
+}
+
+/// The hole-punching protocol.
+#[derive(Debug)]
+pub struct Punch {
+    config: Config,
+    /// Relayed connections being upgraded.
+    upgrades: BTreeMap<PeerId, Upgrade>,
+    /// Addresses directly connected peers see us at (most recent per peer).
+    observed: BTreeMap<PeerId, SocketAddr>,
+    /// The node's announced addresses.
+    listen: Vec<SocketAddr>,
+    /// Candidates the owner added (e.g. STUN reflexive addresses).
+    extra: BTreeSet<SocketAddr>,
+    stats: Stats,
+}
+
+impl Punch {
+    /// A protocol with `config`; `listen` are the node's announced addresses.
+    pub fn new(config: Config, listen: Vec<SocketAddr>) -> Self {
+        Self {
+            config,
+            upgrades: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            listen,
+            extra: BTreeSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replaces the announced addresses.
+    pub fn set_listen_addrs(&mut self, listen: Vec<SocketAddr>) {
+        self.listen = listen;
+    }
+
+    /// Replaces the candidates the owner adds (e.g. STUN's reflexive addresses).
+    pub fn set_extra_candidates(&mut self, addrs: Vec<SocketAddr>) {
+        self.extra = addrs.into_iter().collect();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Our candidates, at most [`MAX_CANDIDATES`]: reflexive addresses first (the ones that
+    /// work across NATs), then announced ones; never a relayed address.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        let observed = self.observed.values();
+        for addr in self.extra.iter().chain(observed).chain(&self.listen) {
+            if !is_relayed_addr(addr) && !addr.ip().is_unspecified() && !out.contains(addr) {
+                out.push(*addr);
+            }
+        }
+        out.truncate(MAX_CANDIDATES);
+        out
+    }
+
+    fn start(&mut self, cx: &mut Context<'_>, peer: PeerId) {
+        if !self.config.enabled || self.upgrades.len() >= self.config.max_concurrent {
+            return;
+        }
+        let id = cx.rng.next_u64();
+        self.stats.started += 1;
+        self.upgrades.insert(
+            peer,
+            Upgrade {
+                id,
+                initiator: true,
+                attempt: 1,
+                started: cx.now,
+                state: State::AwaitReply { sent: cx.now },
+            },
+        );
+        let addrs = self.candidates();
+        cx.send(peer, Message::Connect { id, addrs });
+    }
+
+    fn punch(&mut self, cx: &mut Context<'_>, peer: PeerId, addrs: Vec<SocketAddr>) {
+        let Some(u) = self.upgrades.get_mut(&peer) else {
+            return;
+        };
+        self.stats.attempts += 1;
+        let wait = self
+            .config
+            .attempt_timeout
+            .saturating_mul(1 << (u.attempt - 1).min(8));
+        u.state = State::Punched {
+            until: cx.now + wait,
+        };
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| !is_relayed_addr(a) && !a.ip().is_unspecified() && a.port() != 0)
+            .collect();
+        cx.emit(Event::Dial {
+            peer,
+            addrs,
+            attempt: u.attempt,
+        });
+    }
+}
+
+impl Protocol for Punch {
+    type Message = Message;
+
+    fn handle_message(&mut self, cx: &mut Context<'_>, from: PeerId, msg: Message) {
+        match msg {
+            Message::Connect { id, addrs } => {
+                let mine = self.upgrades.get(&from).map(|u| (u.id, u.initiator));
+                match mine {
+                    // The answer to our Connect: RTT measured; Sync, then dial in half an RTT.
+                    Some((ours, true)) if ours == id => {
+                        let Some(u) = self.upgrades.get_mut(&from) else {
+                            return;
+                        };
+                        let State::AwaitReply { sent } = u.state else {
+                            return;
+                        };
+                        let rtt = cx.now.saturating_duration_since(sent);
+                        u.state = State::Scheduled {
+                            at: cx.now + rtt / 2,
+                            addrs,
+                        };
+                        cx.send(from, Message::Sync { id });
+                    }
+                    // Our own attempt for this peer is the other one's, or stale: ignore.
+                    Some((_, true)) => {}
+                    // The other side initiates (or retries): answer with our candidates.
+                    _ => {
+                        let attempt = self.upgrades.get(&from).map_or(1, |u| u.attempt + 1);
+                        let started = self.upgrades.get(&from).map_or(cx.now, |u| u.started);
+                        if !self.upgrades.contains_key(&from)
+                            && self.upgrades.len() >= self.config.max_concurrent
+                        {
+                            return;
+                        }
+                        self.upgrades.insert(
+                            from,
+                            Upgrade {
+                                id,
+                                initiator: false,
+                                attempt,
+                                started,
+                                // Waiting for Sync; forgotten if it never comes.
+                                state: State::Scheduled {
+                                    at: cx.now + self.config.attempt_timeout,
+                                    addrs,
+                                },
+                            },
+                        );
+                        let addrs = self.candidates();
+                        cx.send(from, Message::Connect { id, addrs });
+                    }
+                }
+            }
+            Message::Sync { id } => {
+                let Some(u) = self.upgrades.get(&from) else {
+                    return;
+                };
+                if u.initiator || u.id != id {
+                    return;
+                }
+                let State::Scheduled { addrs, .. } = u.state.clone() else {
+                    return;
+                };
+                self.punch(cx, from, addrs);
+            }
+        }
+    }
+
+    fn handle_peer_event(&mut self, cx: &mut Context<'_>, event: &PeerEvent) {
+        match event {
+            PeerEvent::Ready(info) => {
+                let relayed = is_relayed_addr(&info.addr);
+                if !relayed {
+                    if let Some(observed) = info.observed_us
+                        && !is_relayed_addr(&observed)
+                    {
+                        self.observed.insert(info.peer, observed);
+                    }
+                    // A direct connection replaced the relayed one: done.
+                    if let Some(u) = self.upgrades.remove(&info.peer) {
+                        self.stats.succeeded += 1;
+                        if u.attempt == 1 {
+                            self.stats.first_attempt += 1;
+                        }
+                        cx.emit(Event::Direct {
+                            peer: info.peer,
+                            attempts: u.attempt,
+                            took: cx.now.saturating_duration_since(u.started),
+                        });
+                    }
+                } else if info.direction == Direction::Outbound
+                    && !self.upgrades.contains_key(&info.peer)
+                {
+                    self.start(cx, info.peer);
+                }
+            }
+            PeerEvent::Gone { peer } | PeerEvent::Unreachable { peer } => {
+                self.observed.remove(peer);
+                // A replaced connection comes back as Ready; keep the upgrade until then or
+                // until its timeout.
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let due: Vec<PeerId> = self
+            .upgrades
+            .iter()
+            .filter(|(_, u)| match &u.state {
+                State::AwaitReply { sent } => *sent + self.config.attempt_timeout <= now,
+                State::Scheduled { at, .. } | State::Punched { until: at } => *at <= now,
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let Some(u) = self.upgrades.get(&peer).cloned() else {
+                continue;
+            };
+            match (u.initiator, u.state) {
+                (true, State::Scheduled { addrs, .. }) => self.punch(cx, peer, addrs),
+                (true, _) if u.attempt < self.config.max_attempts && cx.is_ready(&peer) => {
+                    let id = cx.rng.next_u64();
+                    if let Some(u) = self.upgrades.get_mut(&peer) {
+                        u.id = id;
+                        u.attempt += 1;
+                        u.state = State::AwaitReply { sent: now };
+                    }
+                    let addrs = self.candidates();
+                    cx.send(peer, Message::Connect { id, addrs });
+                }
+                (true, _) => {
+                    self.upgrades.remove(&peer);
+                    self.stats.gave_up += 1;
+                    cx.emit(Event::GaveUp { peer });
+                }
+                (false, _) => {
+                    self.upgrades.remove(&peer);
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.upgrades
+            .values()
+            .map(|u| match &u.state {
+                State::AwaitReply { sent } => *sent + self.config.attempt_timeout,
+                State::Scheduled { at, .. } | State::Punched { until: at } => *at,
+            })
+            .min()
+    }
+}
