@@ -391,6 +391,9 @@ struct Entry {
 
 /// Maps the runtime's clock to spore-core's [`Instant`]: microseconds since the UNIX epoch, read
 /// once from the wall clock at start and advanced by the monotonic clock, so it never jumps.
+/// How long a replaced connection stays open to deliver what was in flight on it.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy)]
 pub(crate) struct Clock {
     start: tokio::time::Instant,
@@ -436,6 +439,9 @@ pub(crate) struct Runtime {
     pub(crate) app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
     conns: BTreeMap<PeerId, Entry>,
     dials: BTreeMap<PeerId, Vec<oneshot::Sender<Result<(), DialError>>>>,
+    /// Connections replaced by another to the same peer, closing after a grace period in which
+    /// what was in flight on them still arrives: connection id → peer.
+    draining: BTreeMap<usize, PeerId>,
     /// Dial attempts under way per peer (a direct one and a relayed one may run at once); a
     /// failure fails the waiting dials only when it was the last.
     attempts: BTreeMap<PeerId, usize>,
@@ -478,6 +484,7 @@ impl Runtime {
             conns: BTreeMap::new(),
             dials: BTreeMap::new(),
             attempts: BTreeMap::new(),
+            draining: BTreeMap::new(),
             pings: BTreeMap::new(),
             queries: BTreeMap::new(),
             searches: Searches::default(),
@@ -556,6 +563,7 @@ impl Runtime {
                 reason,
                 duplicate,
             } => {
+                self.draining.remove(&conn_id);
                 if self
                     .conns
                     .get(&peer)
@@ -574,11 +582,12 @@ impl Runtime {
                 }
             }
             Input::Message { peer, conn_id, msg } => {
-                if self
+                // A replaced connection still delivers what was in flight on it.
+                let current = self
                     .conns
                     .get(&peer)
-                    .is_some_and(|e| e.conn.stable_id() == conn_id)
-                {
+                    .is_some_and(|e| e.conn.stable_id() == conn_id);
+                if current || self.draining.get(&conn_id) == Some(&peer) {
                     self.node.handle_message(now, peer, msg);
                 }
             }
@@ -990,10 +999,9 @@ impl Runtime {
                 }
                 info!(%peer, "direct connection replaces the relayed one");
                 if let Some(old) = self.unregister(peer) {
-                    old.conn
-                        .close(close_code::DUPLICATE.into(), b"direct connection");
+                    self.retire(peer, old.conn, b"direct connection");
                 }
-                return self.register_new(conn, peer, direction);
+                return self.register_new(conn, peer, direction, true);
             }
             // Simultaneous dials: both sides keep the connection dialed by the smaller PeerId,
             // so they agree without talking. A redial in the same direction replaces the old
@@ -1013,9 +1021,9 @@ impl Runtime {
             }
             debug!(%peer, "replacing connection with the one both sides keep");
             if let Some(old) = self.unregister(peer) {
-                old.conn
-                    .close(close_code::DUPLICATE.into(), b"duplicate connection");
+                self.retire(peer, old.conn, b"duplicate connection");
             }
+            return self.register_new(conn, peer, direction, true);
         } else {
             let admitted = {
                 let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -1027,11 +1035,19 @@ impl Runtime {
                 return self.finish_dials(peer, Err(DialError::Limit(limit)));
             }
         }
-        self.register_new(conn, peer, direction);
+        self.register_new(conn, peer, direction, false);
     }
 
-    /// Takes `conn` into the table as `peer`'s connection (any other already removed).
-    fn register_new(&mut self, conn: quinn::Connection, peer: PeerId, direction: Direction) {
+    /// Takes `conn` into the table as `peer`'s connection (any other already removed);
+    /// `replaced` when it takes over from a connection to the same peer, whose protocol state
+    /// then carries on.
+    fn register_new(
+        &mut self,
+        conn: quinn::Connection,
+        peer: PeerId,
+        direction: Direction,
+        replaced: bool,
+    ) {
         let addr = canonical(conn.remote_address());
         self.table
             .lock()
@@ -1090,14 +1106,33 @@ impl Runtime {
             },
         );
         let now = self.clock.now();
-        self.node.handle_connection_event(
-            now,
+        let event = if replaced {
+            ConnectionEvent::Replaced {
+                peer,
+                addr,
+                direction,
+            }
+        } else {
             ConnectionEvent::Connected {
                 peer,
                 addr,
                 direction,
-            },
-        );
+            }
+        };
+        self.node.handle_connection_event(now, event);
+        if replaced && self.node.peer(&peer).is_some_and(|p| p.ready) {
+            self.finish_dials(peer, Ok(()));
+        }
+    }
+
+    /// Closes a replaced connection after a grace period: frames already queued on it are sent,
+    /// and what the peer had in flight on it is still delivered.
+    fn retire(&mut self, peer: PeerId, conn: quinn::Connection, reason: &'static [u8]) {
+        self.draining.insert(conn.stable_id(), peer);
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN_GRACE).await;
+            conn.close(close_code::DUPLICATE.into(), reason);
+        });
     }
 
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
@@ -1109,7 +1144,7 @@ impl Runtime {
             // The relayed path ends (and with it the circuit), after a moment in which the
             // connection's close can still travel over it.
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(DRAIN_GRACE + Duration::from_secs(1)).await;
                 socket.close_path(&addr);
             });
         }

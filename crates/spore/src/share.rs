@@ -261,29 +261,50 @@ pub async fn get(data_dir: Option<PathBuf>, mut args: GetArgs) -> Result<()> {
     result
 }
 
-/// Connects to the sharer: at its own addresses if one answers, else through one of the relays
-/// the ticket names. Failing both is not fatal here: the DHT may know other providers, and the
-/// download reports it if nobody serves.
+/// Connects to the sharer: at its own addresses and, half a second later if none has answered
+/// yet, through the relays the ticket names (the relayed connection then tries to go direct by
+/// hole punching). The first connection to be ready wins. Failing all is not fatal here: the
+/// DHT may know other providers, and the download reports it if nobody serves.
 async fn reach_sharer(node: &NodeHandle, ticket: &Ticket) {
-    for addr in &ticket.addrs {
-        let attempt = node.dial(ticket.peer, *addr);
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            return;
-        }
+    let mut attempts = tokio::task::JoinSet::new();
+    for addr in ticket.addrs.clone() {
+        let (node, peer) = (node.clone(), ticket.peer);
+        attempts.spawn(async move {
+            let dial = tokio::time::timeout(Duration::from_secs(5), node.dial(peer, addr));
+            matches!(dial.await, Ok(Ok(())))
+        });
     }
-    for (relay, addr) in &ticket.relays {
-        if let Err(e) = node.dial(*relay, *addr).await {
-            tracing::debug!(%relay, %addr, error = %e, "relay unreachable");
-            continue;
-        }
-        match node.dial_relayed(ticket.peer, *relay).await {
-            Ok(()) => {
-                tracing::info!(%relay, "reached the sharer through a relay");
-                return;
+    for (relay, addr) in ticket.relays.clone() {
+        let (node, peer) = (node.clone(), ticket.peer);
+        attempts.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let connected = node
+                .peers()
+                .await
+                .is_ok_and(|ps| ps.iter().any(|p| p.peer == peer && p.ready));
+            if connected {
+                return true;
             }
-            Err(e) => {
-                tracing::warn!(%relay, error = %e, "relay could not connect us to the sharer")
+            if let Err(e) = node.dial(relay, addr).await {
+                tracing::debug!(%relay, %addr, error = %e, "relay unreachable");
+                return false;
             }
+            match node.dial_relayed(peer, relay).await {
+                Ok(()) => {
+                    tracing::info!(%relay, "reached the sharer through a relay");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%relay, error = %e, "the relay could not connect us");
+                    false
+                }
+            }
+        });
+    }
+    while let Some(done) = attempts.join_next().await {
+        if done.unwrap_or(false) {
+            attempts.abort_all();
+            return;
         }
     }
 }

@@ -215,6 +215,25 @@ impl Punch {
         out
     }
 
+    /// The connection to a ready peer moved to a new path (the runtime replaced it): if it is
+    /// direct now, an upgrade under way succeeded.
+    pub fn path_changed(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
+        if is_relayed_addr(&info.addr) {
+            return;
+        }
+        if let Some(u) = self.upgrades.remove(&info.peer) {
+            self.stats.succeeded += 1;
+            if u.attempt == 1 {
+                self.stats.first_attempt += 1;
+            }
+            cx.emit(Event::Direct {
+                peer: info.peer,
+                attempts: u.attempt,
+                took: cx.now.saturating_duration_since(u.started),
+            });
+        }
+    }
+
     fn start(&mut self, cx: &mut Context<'_>, peer: PeerId) {
         if !self.config.enabled || self.upgrades.len() >= self.config.max_concurrent {
             return;

@@ -178,6 +178,17 @@ pub enum ConnectionEvent {
         /// Who dialed.
         direction: Direction,
     },
+    /// The transport replaced a ready peer's connection by a new one (e.g. a direct path that
+    /// a hole punch opened replaced a relayed one). Protocol state survives: the peer stays
+    /// ready; each side sends a fresh `Hello` on the new connection, which is accepted once.
+    Replaced {
+        /// The peer.
+        peer: PeerId,
+        /// The new connection's address.
+        addr: SocketAddr,
+        /// Who dialed the new connection.
+        direction: Direction,
+    },
     /// The connection to `peer` closed.
     Closed {
         /// The peer.
@@ -340,6 +351,8 @@ pub struct PeerInfo {
 struct Peer {
     info: PeerInfo,
     hello_deadline: Option<Instant>,
+    /// The connection was replaced: one more `Hello` (sent on the new connection) is expected.
+    rehello: bool,
     /// Last protocol traffic either way (see [`Config::idle_after`]).
     last_active: Instant,
 }
@@ -596,6 +609,7 @@ impl Node {
                     Peer {
                         info,
                         hello_deadline,
+                        rehello: false,
                         last_active: now,
                     },
                 );
@@ -611,6 +625,38 @@ impl Node {
                     agent: self.config.agent.clone(),
                 };
                 self.send(peer, Message::Hello(hello));
+            }
+            ConnectionEvent::Replaced {
+                peer,
+                addr,
+                direction,
+            } => {
+                let Some(p) = self.peers.get_mut(&peer).filter(|p| p.info.ready) else {
+                    // Nothing to keep: an ordinary new connection.
+                    return self.handle_connection_event(
+                        now,
+                        ConnectionEvent::Connected {
+                            peer,
+                            addr,
+                            direction,
+                        },
+                    );
+                };
+                p.info.addr = addr;
+                p.info.direction = direction;
+                p.rehello = true;
+                let info = p.info.clone();
+                let hello = Hello {
+                    versions: vec![PROTOCOL_VERSION],
+                    capabilities: self.config.capabilities,
+                    listen_addrs: self.config.listen_addrs.clone(),
+                    observed_addr: addr,
+                    stamp: self.stamp,
+                    agent: self.config.agent.clone(),
+                };
+                self.send(peer, Message::Hello(hello));
+                let mut cx = context!(self);
+                self.punch.path_changed(&mut cx, &info);
             }
             ConnectionEvent::Closed { peer } => self.remove_peer(peer),
             ConnectionEvent::DialFailed { peer } => {
@@ -634,6 +680,9 @@ impl Node {
         }
         match msg {
             Message::Hello(hello) if !ready => self.handle_hello(from, hello),
+            Message::Hello(hello) if self.peers.get(&from).is_some_and(|p| p.rehello) => {
+                self.handle_rehello(from, hello);
+            }
             Message::Hello(_) => self.violation(from, "second hello"),
             other if !ready => {
                 let what = format!("{} before hello", other.kind());
@@ -1159,6 +1208,23 @@ impl Node {
         let event = PeerEvent::Ready(Box::new(info.clone()));
         self.out.push_event(Event::PeerReady { peer: from, info });
         self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+    }
+
+    /// The `Hello` a ready peer sends on a connection that replaced its old one: checked like
+    /// the first; it refreshes what the peer says about itself.
+    fn handle_rehello(&mut self, from: PeerId, hello: Hello) {
+        if let Err(e) = hello.stamp.verify(&from, self.config.difficulty) {
+            return self.reject(from, CloseReason::BadHello(e.to_string()));
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.rehello = false;
+        let info = &mut peer.info;
+        info.listen_addrs = hello.listen_addrs;
+        info.observed_us = Some(hello.observed_addr);
+        info.capabilities = hello.capabilities;
+        info.agent = hello.agent;
     }
 
     fn violation(&mut self, from: PeerId, what: &str) {
