@@ -1013,7 +1013,15 @@ impl Runtime {
             self.stats.duplicates_closed += 1;
             if keep_existing {
                 debug!(%peer, "closing duplicate connection");
-                conn.close(close_code::DUPLICATE.into(), b"duplicate connection");
+                // The peer may have used it before it saw ours (both ends of a hole punch dial):
+                // what it sent still arrives during the grace period.
+                tokio::spawn(conn::accept_streams(
+                    conn.clone(),
+                    peer,
+                    self.inputs.clone(),
+                    self.app_streams.clone(),
+                ));
+                self.retire(peer, conn, b"duplicate connection");
                 if self.node.peer(&peer).is_some_and(|p| p.ready) {
                     self.finish_dials(peer, Ok(()));
                 }
@@ -1023,6 +1031,8 @@ impl Runtime {
             if let Some(old) = self.unregister(peer) {
                 self.retire(peer, old.conn, b"duplicate connection");
             }
+            // Both ends of a hole punch dial: the node keeps the peer's state if that explains
+            // the second connection, and starts afresh otherwise (a restarted peer redialing).
             return self.register_new(conn, peer, direction, true);
         } else {
             let admitted = {
@@ -1120,8 +1130,14 @@ impl Runtime {
             }
         };
         self.node.handle_connection_event(now, event);
-        if replaced && self.node.peer(&peer).is_some_and(|p| p.ready) {
-            self.finish_dials(peer, Ok(()));
+        if replaced {
+            if self.node.peer(&peer).is_some_and(|p| p.ready) {
+                self.finish_dials(peer, Ok(()));
+            } else {
+                // The node started the peer afresh (no hole punch explains the new path): what
+                // the old connection still carries would arrive before the new Hello.
+                self.draining.retain(|_, p| *p != peer);
+            }
         }
     }
 
@@ -1129,9 +1145,18 @@ impl Runtime {
     /// and what the peer had in flight on it is still delivered.
     fn retire(&mut self, peer: PeerId, conn: quinn::Connection, reason: &'static [u8]) {
         self.draining.insert(conn.stable_id(), peer);
+        let inputs = self.inputs.clone();
         tokio::spawn(async move {
             tokio::time::sleep(DRAIN_GRACE).await;
             conn.close(close_code::DUPLICATE.into(), reason);
+            // Ends the draining (the runtime ignores it for a connection it no longer holds).
+            let closed = Input::Closed {
+                peer,
+                conn_id: conn.stable_id(),
+                reason: "replaced".into(),
+                duplicate: true,
+            };
+            let _ = inputs.send(closed).await;
         });
     }
 

@@ -376,30 +376,69 @@ fn ticket_from_log(data_dir: &Path, timeout: Duration) -> String {
     }
 }
 
-#[test]
-fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
-    if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool"]) {
-        println!("skipping: {reason}");
-        return;
+/// How a lab NAT router behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nat {
+    /// `MASQUERADE`: endpoint-independent mapping, address-and-port-dependent filtering.
+    Cone,
+    /// `MASQUERADE` plus a port forward of the node's port: endpoint-independent mapping and
+    /// filtering ("full cone") for the node's socket.
+    FullCone,
+    /// `MASQUERADE --random-fully`: a new port per destination.
+    Symmetric,
+}
+
+impl Nat {
+    fn name(self) -> &'static str {
+        match self {
+            Nat::Cone => "cone (EIM/APDF)",
+            Nat::FullCone => "full cone (EIM/EIF)",
+            Nat::Symmetric => "symmetric (EDM)",
+        }
     }
+}
+
+/// What one transfer between two NATed hosts did.
+#[derive(Debug, Clone)]
+struct PairOutcome {
+    /// From starting `spore get` to the verified file.
+    took: Duration,
+    /// The relayed connection went direct (and how long that took from the relayed one).
+    direct: Option<Duration>,
+    /// On the first punch attempt.
+    first_attempt: bool,
+}
+
+/// Two private hosts behind NATs `sharer_nat` and `getter_nat`, and a relay, on an internet
+/// that is a hub delaying every frame by 10 ms (a real path has latency; with none, two NATs
+/// punching at once each see the other's packet before their own leaves). The sharer shares
+/// `data` with `--relay-via`; the getter fetches it with `spore get` and seeds on; we wait up
+/// to `punch_wait` for the relayed connection to go direct.
+fn transfer_across(
+    tag: &str,
+    sharer_nat: Nat,
+    getter_nat: Nat,
+    data: &[u8],
+    punch_wait: Duration,
+) -> PairOutcome {
     let dirs = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
         let d = dirs.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         d
     };
-    // The internet: a hub that delays every frame by 10 ms (a real path has latency; with
-    // none, two NATs punching at once each see the other's packet before their own leaves).
-    // On it: the relay, and the outside ends of two NATs, each with a private host behind it.
     let mut lab =
-        NatLab::namespaces("relay", &["hub", "relay", "rtr1", "host1", "rtr2", "host2"]).unwrap();
-    let (hub, relay_ns) = (0, 1);
+        NatLab::namespaces(tag, &["hub", "relay", "rtr1", "host1", "rtr2", "host2"]).unwrap();
+    let (hub, relay_ns, sharer_ns, getter_ns) = (0, 1, 3, 5);
     lab.link(hub, "p0", relay_ns, "wan").unwrap();
     lab.up(hub, "p0", &[]).unwrap();
     lab.up(relay_ns, "wan", &[RELAY_IP]).unwrap();
     lab.no_offload(hub, "p0").unwrap();
     lab.no_offload(relay_ns, "wan").unwrap();
-    for (router, wan, net) in [(2, "198.18.0.253", 1), (4, "198.18.0.254", 2)] {
+    for (router, wan, net, nat) in [
+        (2, "198.18.0.253", 1, sharer_nat),
+        (4, "198.18.0.254", 2, getter_nat),
+    ] {
         let port = format!("p{net}");
         lab.link(hub, &port, router, "wan").unwrap();
         lab.up(hub, &port, &[]).unwrap();
@@ -410,7 +449,20 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
         lab.link(router, "lan", router + 1, "lan").unwrap();
         lab.up(router, "lan", &[&router_lan]).unwrap();
         lab.up(router + 1, "lan", &[&host_lan]).unwrap();
-        lab.nat(router, router + 1, &router_lan, &[]).unwrap();
+        let extra: &[&str] = if nat == Nat::Symmetric {
+            &["--random-fully"]
+        } else {
+            &[]
+        };
+        lab.nat(router, router + 1, &router_lan, extra).unwrap();
+        if nat == Nat::FullCone {
+            let to = format!("{host_lan}:{NODE_PORT}");
+            let mut forward = lab.command(router, "iptables");
+            forward.args(["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp"]);
+            forward.args(["--dport", &NODE_PORT.to_string(), "-j", "DNAT"]);
+            forward.args(["--to-destination", &to]);
+            run(&mut forward).unwrap();
+        }
     }
     let hub_script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/delay-hub.py");
     let child = lab
@@ -421,60 +473,47 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
         .expect("start the delay hub");
     lab.children.push(child);
 
-    // The relay.
     let relay_dir = dir("relay");
     let relay_id = {
-        let out = run(Command::new(SPORE)
-            .arg("--data-dir")
-            .arg(&relay_dir)
-            .arg("id"))
-        .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let mut id = Command::new(SPORE);
+        id.arg("--data-dir").arg(&relay_dir).arg("id");
+        String::from_utf8_lossy(&run(&mut id).unwrap().stdout)
+            .trim()
+            .to_string()
     };
     let listen = format!("0.0.0.0:{NODE_PORT}");
-    lab.start(
-        relay_ns,
-        &relay_dir,
-        "node",
-        &listen,
-        &["--relay".to_string()],
-    );
+    lab.start(relay_ns, &relay_dir, "node", &listen, &["--relay".into()]);
 
-    // Host 1 shares 10 MiB, reserving at the relay.
     let sharer = dir("sharer");
     let file = sharer.join("ten-mib.bin");
-    let data: Vec<u8> = (0..10u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::write(&file, &data).unwrap();
+    std::fs::write(&file, data).unwrap();
     let via = format!("{relay_id}@{RELAY_IP}:{NODE_PORT}");
     let extra = [
-        "--json".to_string(),
-        "--relay-via".to_string(),
+        "--json".into(),
+        "--relay-via".into(),
         via,
         file.display().to_string(),
     ];
-    lab.start(3, &sharer, "share", &listen, &extra);
+    lab.start(sharer_ns, &sharer, "share", &listen, &extra);
     let ticket = ticket_from_log(&sharer, Duration::from_secs(60));
 
-    // Host 2 cannot dial host 1 (its address is private, behind another NAT): the ticket's
-    // relay carries the download, which verifies every chunk.
+    // The getter cannot dial the sharer (a private address behind another NAT): the ticket's
+    // relay carries the start of the download, which verifies every chunk.
     let getter = dir("getter");
     let out = getter.join("got.bin");
     let started = Instant::now();
-    let get_extra = [
-        "-o".to_string(),
+    let get = [
+        "-o".into(),
         out.display().to_string(),
-        "--json".to_string(),
-        "--seed".to_string(),
-        ticket.clone(),
+        "--seed".into(),
+        ticket,
     ];
-    lab.start(5, &getter, "get", "0.0.0.0:0", &get_extra);
+    lab.start(getter_ns, &getter, "get", &listen, &get);
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < data.len() as u64 {
         assert!(
             Instant::now() < deadline,
-            "no download; the getter's log:\n{}",
+            "{tag}: no download; the getter's log:\n{}",
             std::fs::read_to_string(getter.join("node.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -482,44 +521,167 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
     let took = started.elapsed();
     assert!(
         std::fs::read(&out).unwrap() == data,
-        "the download equals the file"
+        "{tag}: the download equals the file"
     );
-    // Both NATs map endpoint-independently: the relayed connection goes direct by a hole
-    // punch (the getter seeds on, so its node can be asked).
-    let deadline = Instant::now() + Duration::from_secs(30);
+
+    // The getter seeds on, so its node can be asked whether the connection went direct.
+    let deadline = Instant::now() + punch_wait;
     let punch = loop {
         let punch = lab
-            .status(5, &getter, true)
+            .status(getter_ns, &getter, true)
             .and_then(|s| serde_json::from_str::<Value>(&s).ok())
             .map(|s| s["punch"].clone())
             .unwrap_or(Value::Null);
         if punch["succeeded"].as_u64() == Some(1) || Instant::now() > deadline {
             break punch;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     };
-    let getter_log = std::fs::read_to_string(getter.join("node.log")).unwrap_or_default();
-    assert_eq!(
-        punch["succeeded"], 1,
-        "no direct path: {punch}; the getter's log:\n{getter_log}"
+    let log = strip_ansi(&std::fs::read_to_string(getter.join("node.log")).unwrap_or_default());
+    let direct = (punch["succeeded"].as_u64() == Some(1)).then(|| {
+        // "… upgraded to a direct path … took=96.7ms"
+        log.lines()
+            .find(|l| l.contains("upgraded to a direct path"))
+            .and_then(|l| l.rsplit("took=").next())
+            .and_then(|t| parse_duration(t.trim()))
+            .unwrap_or_default()
+    });
+    let status: Value =
+        serde_json::from_str(&lab.status(relay_ns, &relay_dir, true).unwrap()).unwrap();
+    let opened = status["relay"]["stats"]["circuits_opened"].as_u64();
+    assert!(opened >= Some(1), "{tag}: no circuit: {status}");
+    PairOutcome {
+        took,
+        direct,
+        first_attempt: punch["first_attempt"].as_u64() == Some(1),
+    }
+}
+
+/// `text` without terminal colour sequences (the node's log has them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads a `Debug`-printed duration such as `96.734ms`, `1.2s` or `850µs`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != 'µ');
+    let split = text.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" | "us" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+fn ten_mib() -> Vec<u8> {
+    (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+#[test]
+fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
+    if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let outcome = transfer_across(
+        "pair",
+        Nat::Cone,
+        Nat::Cone,
+        &ten_mib(),
+        Duration::from_secs(30),
     );
-    let punched = getter_log
-        .lines()
-        .find(|l| l.contains("upgraded to a direct path"))
-        .unwrap_or_default()
-        .to_string();
-    let status = lab.status(relay_ns, &relay_dir, true).unwrap();
-    let status: Value = serde_json::from_str(&status).unwrap();
-    let relay = &status["relay"];
-    assert_eq!(relay["serving"], true);
-    assert!(
-        relay["stats"]["circuits_opened"].as_u64().unwrap() >= 1,
-        "{relay}"
+    println!("two cone NATs: {outcome:?}");
+    assert!(outcome.direct.is_some(), "the connection stayed relayed");
+}
+
+/// The matrix: every pair of NAT kinds, each cell `SPORE_NAT_MATRIX_REPS` times (default 2),
+/// each a 10 MiB `spore get` that must verify. Every pair connects (through the relay where it
+/// must); pairs where one side filters endpoint-independently, or both map
+/// endpoint-independently, must end direct. Prints the table.
+#[test]
+fn nat_matrix() {
+    if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let reps: usize = std::env::var("SPORE_NAT_MATRIX_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    let kinds = [Nat::Cone, Nat::FullCone, Nat::Symmetric];
+    let data = ten_mib();
+    let mut rows = Vec::new();
+    for sharer in kinds {
+        for getter in kinds {
+            let mut outcomes = Vec::new();
+            for rep in 0..reps {
+                let tag = format!("m{}{}{rep}", sharer as u8, getter as u8);
+                // Direct pairs punch within a second; give relayed pairs their first attempt.
+                outcomes.push(transfer_across(
+                    &tag,
+                    sharer,
+                    getter,
+                    &data,
+                    Duration::from_secs(6),
+                ));
+            }
+            rows.push((sharer, getter, outcomes));
+        }
+    }
+    println!(
+        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+        "sharer NAT", "getter NAT", "verified", "direct", "1st try", "to direct", "get took"
     );
-    assert!(
-        relay["stats"]["bytes_relayed"].as_u64().unwrap() < 10 << 20,
-        "most of the file went direct: {relay}"
-    );
-    println!("10 MiB fetched across two NATs in {took:?}; punch: {punch}; relay: {relay}");
-    println!("{punched}");
+    let mut failures = Vec::new();
+    for (sharer, getter, outcomes) in &rows {
+        let n = outcomes.len();
+        let direct: Vec<Duration> = outcomes.iter().filter_map(|o| o.direct).collect();
+        let first = outcomes.iter().filter(|o| o.first_attempt).count();
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v.get(v.len() / 2).copied()
+        };
+        let to_direct = median(direct.clone()).map_or("-".to_string(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1e3)
+        });
+        let took = median(outcomes.iter().map(|o| o.took).collect())
+            .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+        println!(
+            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+            sharer.name(),
+            getter.name(),
+            format!("{n}/{n}"),
+            format!("{}/{n}", direct.len()),
+            format!("{first}/{n}"),
+            to_direct,
+            took
+        );
+        let must_be_direct = *sharer == Nat::FullCone
+            || *getter == Nat::FullCone
+            || (*sharer != Nat::Symmetric && *getter != Nat::Symmetric);
+        if must_be_direct && direct.len() * 10 < n * 9 {
+            failures.push(format!("{} ↔ {}", sharer.name(), getter.name()));
+        }
+    }
+    assert!(failures.is_empty(), "stayed relayed: {failures:?}");
 }

@@ -170,6 +170,8 @@ pub struct Punch {
     listen: Vec<SocketAddr>,
     /// Candidates the owner added (e.g. STUN reflexive addresses).
     extra: BTreeSet<SocketAddr>,
+    /// Peers whose connection went direct, and when (forgotten after an attempt timeout).
+    upgraded: BTreeMap<PeerId, Instant>,
     stats: Stats,
 }
 
@@ -182,6 +184,7 @@ impl Punch {
             observed: BTreeMap::new(),
             listen,
             extra: BTreeSet::new(),
+            upgraded: BTreeMap::new(),
             stats: Stats::default(),
         }
     }
@@ -215,6 +218,16 @@ impl Punch {
         out
     }
 
+    /// Whether an upgrade of the connection to `peer` is under way, or ended on a direct path
+    /// moments ago (both sides dial, so a second direct connection may still arrive).
+    pub fn is_upgrading(&self, peer: &PeerId, now: Instant) -> bool {
+        self.upgrades.contains_key(peer)
+            || self
+                .upgraded
+                .get(peer)
+                .is_some_and(|at| now < *at + self.config.attempt_timeout)
+    }
+
     /// The connection to a ready peer moved to a new path (the runtime replaced it): if it is
     /// direct now, an upgrade under way succeeded.
     pub fn path_changed(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
@@ -222,6 +235,7 @@ impl Punch {
             return;
         }
         if let Some(u) = self.upgrades.remove(&info.peer) {
+            self.upgraded.insert(info.peer, cx.now);
             self.stats.succeeded += 1;
             if u.attempt == 1 {
                 self.stats.first_attempt += 1;
@@ -358,6 +372,7 @@ impl Protocol for Punch {
                     }
                     // A direct connection replaced the relayed one: done.
                     if let Some(u) = self.upgrades.remove(&info.peer) {
+                        self.upgraded.insert(info.peer, cx.now);
                         self.stats.succeeded += 1;
                         if u.attempt == 1 {
                             self.stats.first_attempt += 1;
@@ -384,6 +399,8 @@ impl Protocol for Punch {
 
     fn handle_timeout(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
+        let keep = self.config.attempt_timeout;
+        self.upgraded.retain(|_, at| now < *at + keep);
         let due: Vec<PeerId> = self
             .upgrades
             .iter()
@@ -428,6 +445,11 @@ impl Protocol for Punch {
                 State::AwaitReply { sent } => *sent + self.config.attempt_timeout,
                 State::Scheduled { at, .. } | State::Punched { until: at } => *at,
             })
+            .chain(
+                self.upgraded
+                    .values()
+                    .map(|at| *at + self.config.attempt_timeout),
+            )
             .min()
     }
 }

@@ -178,9 +178,11 @@ pub enum ConnectionEvent {
         /// Who dialed.
         direction: Direction,
     },
-    /// The transport replaced a ready peer's connection by a new one (e.g. a direct path that
-    /// a hole punch opened replaced a relayed one). Protocol state survives: the peer stays
-    /// ready; each side sends a fresh `Hello` on the new connection, which is accepted once.
+    /// The transport replaced a ready peer's connection by a direct one that a hole punch
+    /// opened. If an upgrade for the peer is under way, protocol state survives: the peer stays
+    /// ready; each side sends a fresh `Hello` on the new connection, accepted while the upgrade
+    /// lasts.
+    /// Otherwise it is handled as [`Connected`](Self::Connected) (the old state is dropped).
     Replaced {
         /// The peer.
         peer: PeerId,
@@ -351,8 +353,6 @@ pub struct PeerInfo {
 struct Peer {
     info: PeerInfo,
     hello_deadline: Option<Instant>,
-    /// The connection was replaced: one more `Hello` (sent on the new connection) is expected.
-    rehello: bool,
     /// Last protocol traffic either way (see [`Config::idle_after`]).
     last_active: Instant,
 }
@@ -609,7 +609,6 @@ impl Node {
                     Peer {
                         info,
                         hello_deadline,
-                        rehello: false,
                         last_active: now,
                     },
                 );
@@ -631,7 +630,15 @@ impl Node {
                 addr,
                 direction,
             } => {
-                let Some(p) = self.peers.get_mut(&peer).filter(|p| p.info.ready) else {
+                // Only a path change that a hole punch under way explains keeps the peer's
+                // state; otherwise the new connection may come from a restarted process, which
+                // must start afresh.
+                let upgrading = self.punch.is_upgrading(&peer, now);
+                let Some(p) = self
+                    .peers
+                    .get_mut(&peer)
+                    .filter(|p| p.info.ready && upgrading)
+                else {
                     // Nothing to keep: an ordinary new connection.
                     return self.handle_connection_event(
                         now,
@@ -644,7 +651,6 @@ impl Node {
                 };
                 p.info.addr = addr;
                 p.info.direction = direction;
-                p.rehello = true;
                 let info = p.info.clone();
                 let hello = Hello {
                     versions: vec![PROTOCOL_VERSION],
@@ -680,7 +686,10 @@ impl Node {
         }
         match msg {
             Message::Hello(hello) if !ready => self.handle_hello(from, hello),
-            Message::Hello(hello) if self.peers.get(&from).is_some_and(|p| p.rehello) => {
+            // Both ends of a hole punch replace connections (relayed by direct, and one of two
+            // direct ones by the other), sending a fresh Hello on each: accepted while the
+            // upgrade lasts.
+            Message::Hello(hello) if self.punch.is_upgrading(&from, now) => {
                 self.handle_rehello(from, hello);
             }
             Message::Hello(_) => self.violation(from, "second hello"),
@@ -1219,7 +1228,6 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        peer.rehello = false;
         let info = &mut peer.info;
         info.listen_addrs = hello.listen_addrs;
         info.observed_us = Some(hello.observed_addr);
