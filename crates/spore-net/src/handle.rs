@@ -23,6 +23,7 @@ use crate::runtime::{
 };
 use crate::search::{SearchHit, SearchStream};
 use bytes::Bytes;
+use quinn::AsyncUdpSocket as _;
 use spore_core::doc::{Access, Change, DocId, Document, Edit};
 use spore_core::kad::Key;
 use spore_store::records::RedbStore;
@@ -184,6 +185,19 @@ pub async fn start(
     );
     runtime.peer_book = peer_book;
     runtime.nat = nat;
+    if runtime.config.relay.serve
+        && let Some(socket) = &relay_socket
+    {
+        // Relays also accept TCP on their QUIC port, for nodes whose UDP is blocked.
+        let addr = socket.local_addr().map_err(|source| StartError::Bind {
+            addr: listen_addrs[0],
+            source,
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        tokio::spawn(crate::relay::serve_tcp(listener, socket.clone()));
+    }
     let relay = Arc::new(RelayShared::new(&runtime.config.relay, relay_socket, clock));
     runtime.relay = relay.clone();
     tokio::spawn(runtime.run(inputs_rx));

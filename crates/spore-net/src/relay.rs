@@ -485,6 +485,14 @@ impl NodeHandle {
         Ok(())
     }
 
+    /// Connects to the relay `peer` at `addr` over TCP, for a node whose UDP is blocked: the
+    /// QUIC connection to the relay runs inside the TCP link (relays accept TCP on their QUIC
+    /// port). Reservations and circuits then work over it as over UDP.
+    pub async fn dial_relay_tcp(&self, peer: PeerId, addr: SocketAddr) -> Result<(), RequestError> {
+        let shared = self.relay_shared()?;
+        dial_tcp(self, &shared, peer, addr).await
+    }
+
     /// Puts the relays where this node holds reservations into its signed record.
     async fn publish_relays(&self, shared: &RelayShared) {
         let relays: Vec<PeerId> = shared
@@ -505,6 +513,115 @@ async fn reserve_once(conn: &quinn::Connection) -> Result<Duration, RequestError
         Reply::Ok { secs, .. } => Ok(Duration::from_secs(secs)),
         Reply::Refused(refusal) => Err(RequestError::Relay(refusal)),
     }
+}
+
+/// Most TCP links a relay carries at once (UDP-blocked nodes reaching it over TCP).
+pub(crate) const MAX_TCP_LINKS: usize = 64;
+
+/// Accepts TCP links on a relay's listen address: each carries one QUIC connection's packets
+/// (2-byte length, packet) from a node whose UDP is blocked, received on a relayed path of the
+/// relay's socket. The QUIC connection inside is authenticated as usual; TCP adds nothing to
+/// trust. At most [`MAX_TCP_LINKS`] at once; more are refused by closing them.
+pub(crate) async fn serve_tcp(listener: tokio::net::TcpListener, socket: Arc<NodeSocket>) {
+    let links = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_LINKS));
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = links.clone().try_acquire_owned() else {
+            debug!(%from, "TCP link refused: at the limit");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let path = socket.open_path();
+        debug!(%from, addr = %path.addr, "TCP link up");
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            pump_io(socket, path, read, write).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reaches the relay at `addr` over TCP (for a node whose UDP is blocked) and dials `peer`
+/// (the relay's id) through that link: the QUIC connection runs inside it.
+pub(crate) async fn dial_tcp(
+    handle: &NodeHandle,
+    shared: &RelayShared,
+    peer: PeerId,
+    addr: SocketAddr,
+) -> Result<(), RequestError> {
+    let Some(socket) = shared.socket.clone() else {
+        return Err(RequestError::Stream(
+            "a TCP link needs an IPv4 listen address".into(),
+        ));
+    };
+    let stream = tokio::time::timeout(ANSWER_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| RequestError::Stream(format!("TCP connect to {addr} timed out")))?
+        .map_err(|e| RequestError::Stream(format!("TCP connect to {addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let path = socket.open_path();
+    let path_addr = path.addr;
+    let (read, write) = stream.into_split();
+    tokio::spawn(pump_io(socket.clone(), path, read, write));
+    if let Err(e) = handle.dial(peer, path_addr).await {
+        socket.close_path(&path_addr);
+        return Err(RequestError::Stream(format!("dial over TCP: {e}")));
+    }
+    Ok(())
+}
+
+/// [`pump`] over any byte stream (a TCP link).
+async fn pump_io(
+    socket: Arc<NodeSocket>,
+    path: PathEnds,
+    mut read: impl tokio::io::AsyncRead + Unpin,
+    mut write: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let PathEnds {
+        addr,
+        mut outgoing,
+        incoming,
+    } = path;
+    let up = async {
+        while let Some(packet) = outgoing.recv().await {
+            let mut frame = Vec::with_capacity(packet.len() + 2);
+            frame.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&packet);
+            if write.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async {
+        loop {
+            let mut len = [0u8; 2];
+            match tokio::time::timeout(IDLE_TIMEOUT, read.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+            let len = usize::from(u16::from_be_bytes(len));
+            if len == 0 || len > relay::MAX_PACKET_LEN {
+                break;
+            }
+            let mut packet = vec![0u8; len];
+            if read.read_exact(&mut packet).await.is_err() {
+                break;
+            }
+            if incoming.send((addr, Bytes::from(packet))).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+    socket.close_path(&addr);
+    debug!(%addr, "TCP link closed");
 }
 
 /// The address of a relayed path is not a place anyone can dial.

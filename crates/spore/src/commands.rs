@@ -810,13 +810,52 @@ pub(crate) fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Connects to a relay: over UDP (QUIC), and, if that has not worked within a second, over TCP
+/// as well (relays accept TCP on their QUIC port, for networks that block UDP). The first to
+/// connect wins.
+pub(crate) async fn connect_relay(node: &spore_net::NodeHandle, relay: PeerAddr) -> Result<()> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let udp = node.clone();
+    attempts.spawn(async move {
+        udp.dial(relay.peer, relay.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("over UDP: {e}"))
+    });
+    let tcp = node.clone();
+    attempts.spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let connected = tcp
+            .peers()
+            .await
+            .is_ok_and(|ps| ps.iter().any(|p| p.peer == relay.peer && p.ready));
+        if connected {
+            return Ok(());
+        }
+        tcp.dial_relay_tcp(relay.peer, relay.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("over TCP: {e}"))
+    });
+    let mut errors = Vec::new();
+    while let Some(done) = attempts.join_next().await {
+        match done {
+            Ok(Ok(())) => {
+                attempts.abort_all();
+                return Ok(());
+            }
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    bail!("cannot reach relay {relay}: {}", errors.join("; "))
+}
+
 /// Holds a reservation at `relay` while the node runs: dials it, reserves, and starts over
 /// (with backoff) whenever the connection or the reservation is lost.
 async fn keep_reservation(node: spore_net::NodeHandle, relay: PeerAddr) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let reserved = async {
-            node.dial(relay.peer, relay.addr).await?;
+            connect_relay(&node, relay).await?;
             anyhow::Ok(node.reserve_relay(relay.peer).await?)
         };
         match reserved.await {

@@ -57,17 +57,9 @@ pub async fn share(data_dir: Option<PathBuf>, args: ShareArgs) -> Result<()> {
         std::fs::metadata(&path).with_context(|| format!("cannot share {}", path.display()))?;
     let name = display_name(&path)?;
     let dir = open_data_dir(data_dir)?;
-    let wants_relays = !args.node.relay_via.is_empty();
+    let relay_via = args.node.relay_via.clone();
     let launched = launch(dir, args.node, DEFAULT_PORT).await?;
-    let result = share_on(
-        &launched,
-        &path,
-        meta.is_dir(),
-        name,
-        wants_relays,
-        args.json,
-    )
-    .await;
+    let result = share_on(&launched, &path, meta.is_dir(), name, &relay_via, args.json).await;
     if result.is_ok() {
         shutdown_signal().await;
         eprintln!("stopping…");
@@ -81,7 +73,7 @@ async fn share_on(
     path: &Path,
     is_dir: bool,
     name: String,
-    wants_relays: bool,
+    relay_via: &[PeerAddr],
     json: bool,
 ) -> Result<()> {
     let store = launched.store.clone();
@@ -124,7 +116,7 @@ async fn share_on(
         name: name.clone(),
         peer: node.peer_id(),
         addrs: ticket_addrs(node.listen_addrs()),
-        relays: relays_of(node, wants_relays).await,
+        relays: relays_of(node, relay_via).await,
     };
     if json {
         let out = serde_json::json!({
@@ -178,26 +170,27 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Addresses to put in a ticket: each bound address; a wildcard bind stands for every address
 /// of this machine's interfaces of its family (loopback last).
-/// The relays holding a reservation for this node, with the address it reaches each at. A node
-/// started with `--relay-via` reserves in the background: wait briefly for the first.
+/// The relays of `relay_via` that hold a reservation for this node, with the address they were
+/// given at (a relay reached over TCP has no other address worth printing). The node reserves
+/// in the background: wait briefly for the first.
 pub(crate) async fn relays_of(
     node: &NodeHandle,
-    wait: bool,
+    relay_via: &[PeerAddr],
 ) -> Vec<(spore_core::PeerId, SocketAddr)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reserved = node
             .status()
             .await
             .map(|s| s.relay.reserved_at)
             .unwrap_or_default();
-        let peers = node.peers().await.unwrap_or_default();
-        let relays: Vec<_> = reserved
+        let relays: Vec<_> = relay_via
             .iter()
-            .filter_map(|r| peers.iter().find(|p| p.peer == *r).map(|p| (*r, p.addr)))
+            .filter(|r| reserved.contains(&r.peer))
+            .map(|r| (r.peer, r.addr))
             .take(crate::ticket::MAX_RELAYS)
             .collect();
-        if !relays.is_empty() || !wait || Instant::now() >= deadline {
+        if !relays.is_empty() || relay_via.is_empty() || Instant::now() >= deadline {
             return relays;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -285,8 +278,9 @@ async fn reach_sharer(node: &NodeHandle, ticket: &Ticket) {
             if connected {
                 return true;
             }
-            if let Err(e) = node.dial(relay, addr).await {
-                tracing::debug!(%relay, %addr, error = %e, "relay unreachable");
+            let relay_addr = PeerAddr { peer: relay, addr };
+            if let Err(e) = crate::commands::connect_relay(&node, relay_addr).await {
+                tracing::debug!(error = %e, "relay unreachable");
                 return false;
             }
             match node.dial_relayed(peer, relay).await {

@@ -386,6 +386,8 @@ enum Nat {
     FullCone,
     /// `MASQUERADE --random-fully`: a new port per destination.
     Symmetric,
+    /// `MASQUERADE`, and no UDP through at all (only TCP): the relay is reached over TCP.
+    UdpBlocked,
 }
 
 impl Nat {
@@ -394,6 +396,7 @@ impl Nat {
             Nat::Cone => "cone (EIM/APDF)",
             Nat::FullCone => "full cone (EIM/EIF)",
             Nat::Symmetric => "symmetric (EDM)",
+            Nat::UdpBlocked => "UDP blocked",
         }
     }
 }
@@ -455,6 +458,11 @@ fn transfer_across(
             &[]
         };
         lab.nat(router, router + 1, &router_lan, extra).unwrap();
+        if nat == Nat::UdpBlocked {
+            let mut block = lab.command(router, "iptables");
+            block.args(["-A", "FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP"]);
+            run(&mut block).unwrap();
+        }
         if nat == Nat::FullCone {
             let to = format!("{host_lan}:{NODE_PORT}");
             let mut forward = lab.command(router, "iptables");
@@ -603,6 +611,26 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
         println!("skipping: {reason}");
         return;
     }
+    if let Ok(kinds) = std::env::var("SPORE_NAT_PAIR") {
+        // e.g. SPORE_NAT_PAIR=3,0: one matrix cell by hand (0 cone, 1 full cone, 2 symmetric,
+        // 3 UDP blocked).
+        let kind = |s: &str| match s.trim() {
+            "1" => Nat::FullCone,
+            "2" => Nat::Symmetric,
+            "3" => Nat::UdpBlocked,
+            _ => Nat::Cone,
+        };
+        let (a, b) = kinds.split_once(',').unwrap_or(("0", "0"));
+        let o = transfer_across(
+            "byhand",
+            kind(a),
+            kind(b),
+            &ten_mib(),
+            Duration::from_secs(6),
+        );
+        println!("{} → {}: {o:?}", kind(a).name(), kind(b).name());
+        return;
+    }
     let outcome = transfer_across(
         "pair",
         Nat::Cone,
@@ -628,7 +656,7 @@ fn nat_matrix() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
-    let kinds = [Nat::Cone, Nat::FullCone, Nat::Symmetric];
+    let kinds = [Nat::Cone, Nat::FullCone, Nat::Symmetric, Nat::UdpBlocked];
     let data = ten_mib();
     let mut rows = Vec::new();
     for sharer in kinds {
@@ -676,9 +704,11 @@ fn nat_matrix() {
             to_direct,
             took
         );
-        let must_be_direct = *sharer == Nat::FullCone
-            || *getter == Nat::FullCone
-            || (*sharer != Nat::Symmetric && *getter != Nat::Symmetric);
+        let udp = *sharer != Nat::UdpBlocked && *getter != Nat::UdpBlocked;
+        let must_be_direct = udp
+            && (*sharer == Nat::FullCone
+                || *getter == Nat::FullCone
+                || (*sharer != Nat::Symmetric && *getter != Nat::Symmetric));
         if must_be_direct && direct.len() * 10 < n * 9 {
             failures.push(format!("{} ↔ {}", sharer.name(), getter.name()));
         }
