@@ -587,7 +587,9 @@ impl Runtime {
                     .conns
                     .get(&peer)
                     .is_some_and(|e| e.conn.stable_id() == conn_id);
-                if current || self.draining.get(&conn_id) == Some(&peer) {
+                let draining = self.draining.get(&conn_id) == Some(&peer)
+                    && self.node.punch_in_progress(&peer, now);
+                if current || draining {
                     self.node.handle_message(now, peer, msg);
                 }
             }
@@ -1013,15 +1015,19 @@ impl Runtime {
             self.stats.duplicates_closed += 1;
             if keep_existing {
                 debug!(%peer, "closing duplicate connection");
-                // The peer may have used it before it saw ours (both ends of a hole punch dial):
-                // what it sent still arrives during the grace period.
-                tokio::spawn(conn::accept_streams(
-                    conn.clone(),
-                    peer,
-                    self.inputs.clone(),
-                    self.app_streams.clone(),
-                ));
-                self.retire(peer, conn, b"duplicate connection");
+                if self.node.punch_in_progress(&peer, self.clock.now()) {
+                    // Both ends of a hole punch dial, and the peer may have used this one before
+                    // it saw ours: what it sent still arrives during the grace period.
+                    tokio::spawn(conn::accept_streams(
+                        conn.clone(),
+                        peer,
+                        self.inputs.clone(),
+                        self.app_streams.clone(),
+                    ));
+                    self.retire(peer, conn, b"duplicate connection");
+                } else {
+                    conn.close(close_code::DUPLICATE.into(), b"duplicate connection");
+                }
                 if self.node.peer(&peer).is_some_and(|p| p.ready) {
                     self.finish_dials(peer, Ok(()));
                 }
@@ -1029,7 +1035,12 @@ impl Runtime {
             }
             debug!(%peer, "replacing connection with the one both sides keep");
             if let Some(old) = self.unregister(peer) {
-                self.retire(peer, old.conn, b"duplicate connection");
+                if self.node.punch_in_progress(&peer, self.clock.now()) {
+                    self.retire(peer, old.conn, b"duplicate connection");
+                } else {
+                    old.conn
+                        .close(close_code::DUPLICATE.into(), b"duplicate connection");
+                }
             }
             // Both ends of a hole punch dial: the node keeps the peer's state if that explains
             // the second connection, and starts afresh otherwise (a restarted peer redialing).

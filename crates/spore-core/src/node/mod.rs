@@ -524,6 +524,12 @@ impl Node {
         self.punch.set_extra_candidates(addrs);
     }
 
+    /// Whether a hole punch to `peer` is under way or just ended on a direct path: while it
+    /// lasts, a replaced connection keeps the peer's state.
+    pub fn punch_in_progress(&self, peer: &PeerId, now: Instant) -> bool {
+        self.punch.is_upgrading(peer, now)
+    }
+
     /// Hole punching's counters.
     pub fn punch_stats(&self) -> crate::nat::punch::Stats {
         self.punch.stats()
