@@ -360,59 +360,8 @@ async fn accept_incoming(
     write_msg(&mut send, &Reply::Ok { secs: 0, bytes: 0 }).await?;
     let path = socket.open_path();
     debug!(%from, relay = %relay_peer, addr = %path.addr, "incoming circuit");
-    pump(socket, path, send, recv).await;
+    pump(socket, path, recv, send).await;
     Ok(())
-}
-
-/// Carries a relayed path: quinn's packets for it go framed onto the circuit, framed packets
-/// from the circuit are received as if from the path's address. Ends when either side does.
-async fn pump(
-    socket: Arc<NodeSocket>,
-    path: PathEnds,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let PathEnds {
-        addr,
-        mut outgoing,
-        incoming,
-    } = path;
-    let up = async {
-        while let Some(packet) = outgoing.recv().await {
-            let mut frame = Vec::with_capacity(packet.len() + 2);
-            frame.extend_from_slice(&(packet.len() as u16).to_be_bytes());
-            frame.extend_from_slice(&packet);
-            if send.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-    };
-    let down = async {
-        loop {
-            let mut len = [0u8; 2];
-            match tokio::time::timeout(IDLE_TIMEOUT, recv.read_exact(&mut len)).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-            let len = usize::from(u16::from_be_bytes(len));
-            if len == 0 || len > relay::MAX_PACKET_LEN {
-                break;
-            }
-            let mut packet = vec![0u8; len];
-            if recv.read_exact(&mut packet).await.is_err() {
-                break;
-            }
-            if incoming.send((addr, Bytes::from(packet))).await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::select! {
-        () = up => {}
-        () = down => {}
-    }
-    socket.close_path(&addr);
-    debug!(%addr, "relayed path closed");
 }
 
 impl NodeHandle {
@@ -476,7 +425,7 @@ impl NodeHandle {
         }
         let path = socket.open_path();
         let addr = path.addr;
-        tokio::spawn(pump(socket.clone(), path, send, recv));
+        tokio::spawn(pump(socket.clone(), path, recv, send));
         let result = self.dial(peer, addr).await;
         if let Err(e) = &result {
             socket.close_path(&addr);
@@ -538,7 +487,7 @@ pub(crate) async fn serve_tcp(listener: tokio::net::TcpListener, socket: Arc<Nod
         let socket = socket.clone();
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
-            pump_io(socket, path, read, write).await;
+            pump(socket, path, read, write).await;
             drop(permit);
         });
     }
@@ -565,7 +514,7 @@ pub(crate) async fn dial_tcp(
     let path = socket.open_path();
     let path_addr = path.addr;
     let (read, write) = stream.into_split();
-    tokio::spawn(pump_io(socket.clone(), path, read, write));
+    tokio::spawn(pump(socket.clone(), path, read, write));
     if let Err(e) = handle.dial(peer, path_addr).await {
         socket.close_path(&path_addr);
         return Err(RequestError::Stream(format!("dial over TCP: {e}")));
@@ -573,8 +522,11 @@ pub(crate) async fn dial_tcp(
     Ok(())
 }
 
-/// [`pump`] over any byte stream (a TCP link).
-async fn pump_io(
+/// Carries a relayed path over a byte stream (a circuit's QUIC streams, or a TCP link):
+/// quinn's packets for the path go out framed, framed packets that come in are received as if
+/// from the path's address. Ends when either direction does, or after [`IDLE_TIMEOUT`] without
+/// a packet.
+async fn pump(
     socket: Arc<NodeSocket>,
     path: PathEnds,
     mut read: impl tokio::io::AsyncRead + Unpin,
@@ -621,7 +573,7 @@ async fn pump_io(
         () = down => {}
     }
     socket.close_path(&addr);
-    debug!(%addr, "TCP link closed");
+    debug!(%addr, "relayed path closed");
 }
 
 /// The address of a relayed path is not a place anyone can dial.

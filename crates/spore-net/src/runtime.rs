@@ -899,22 +899,12 @@ impl Runtime {
         tokio::spawn(async move {
             let mut last = DialError::Timeout(peer);
             for (endpoint, addr) in targets {
-                let attempt =
-                    crate::dial::connect(&endpoint, &keypair, peer, addr, transport.clone());
-                match tokio::time::timeout(timeout, attempt).await {
-                    Ok(Ok(conn)) => {
-                        let direction = Direction::Outbound;
-                        let _ = inputs
-                            .send(Input::Connected {
-                                conn,
-                                peer,
-                                direction,
-                            })
-                            .await;
-                        return;
-                    }
-                    Ok(Err(e)) => last = e,
-                    Err(_) => last = DialError::Timeout(peer),
+                let transport = transport.clone();
+                match connect_within(&endpoint, &keypair, peer, addr, transport, timeout, &inputs)
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(e) => last = e,
                 }
             }
             let _ = inputs.send(Input::DialFailed { peer, error: last }).await;
@@ -935,20 +925,10 @@ impl Runtime {
             let transport = transport.clone();
             let timeout = self.config.node.punch.attempt_timeout;
             tokio::spawn(async move {
-                let attempt = crate::dial::connect(&endpoint, &keypair, peer, addr, transport);
-                match tokio::time::timeout(timeout, attempt).await {
-                    Ok(Ok(conn)) => {
-                        let direction = Direction::Outbound;
-                        let _ = inputs
-                            .send(Input::Connected {
-                                conn,
-                                peer,
-                                direction,
-                            })
-                            .await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, %addr, error = %e, "punch dial failed"),
-                    Err(_) => debug!(%peer, %addr, "punch dial timed out"),
+                let attempt =
+                    connect_within(&endpoint, &keypair, peer, addr, transport, timeout, &inputs);
+                if let Err(e) = attempt.await {
+                    debug!(%peer, %addr, error = %e, "punch dial failed");
                 }
             });
         }
@@ -1402,6 +1382,31 @@ fn sheddable(msg: &Message) -> bool {
         Message::PubSub(pubsub::Message::Control(c)) => c.graft.is_empty() && c.prune.is_empty(),
         _ => false,
     }
+}
+
+/// One outbound connection attempt within `timeout`; on success the runtime learns of the
+/// connection as `Input::Connected`.
+async fn connect_within(
+    endpoint: &quinn::Endpoint,
+    keypair: &Keypair,
+    peer: PeerId,
+    addr: SocketAddr,
+    transport: Arc<quinn::TransportConfig>,
+    timeout: Duration,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<(), DialError> {
+    let attempt = crate::dial::connect(endpoint, keypair, peer, addr, transport);
+    let conn = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| DialError::Timeout(peer))??;
+    let direction = Direction::Outbound;
+    let connected = Input::Connected {
+        conn,
+        peer,
+        direction,
+    };
+    let _ = inputs.send(connected).await;
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

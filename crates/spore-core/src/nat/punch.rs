@@ -231,17 +231,21 @@ impl Punch {
     /// The connection to a ready peer moved to a new path (the runtime replaced it): if it is
     /// direct now, an upgrade under way succeeded.
     pub fn path_changed(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
-        if is_relayed_addr(&info.addr) {
-            return;
+        if !is_relayed_addr(&info.addr) {
+            self.succeeded(cx, info.peer);
         }
-        if let Some(u) = self.upgrades.remove(&info.peer) {
-            self.upgraded.insert(info.peer, cx.now);
+    }
+
+    /// The connection to `peer` is direct now: an upgrade under way ends well.
+    fn succeeded(&mut self, cx: &mut Context<'_>, peer: PeerId) {
+        if let Some(u) = self.upgrades.remove(&peer) {
+            self.upgraded.insert(peer, cx.now);
             self.stats.succeeded += 1;
             if u.attempt == 1 {
                 self.stats.first_attempt += 1;
             }
             cx.emit(Event::Direct {
-                peer: info.peer,
+                peer,
                 attempts: u.attempt,
                 took: cx.now.saturating_duration_since(u.started),
             });
@@ -371,18 +375,7 @@ impl Protocol for Punch {
                         self.observed.insert(info.peer, observed);
                     }
                     // A direct connection replaced the relayed one: done.
-                    if let Some(u) = self.upgrades.remove(&info.peer) {
-                        self.upgraded.insert(info.peer, cx.now);
-                        self.stats.succeeded += 1;
-                        if u.attempt == 1 {
-                            self.stats.first_attempt += 1;
-                        }
-                        cx.emit(Event::Direct {
-                            peer: info.peer,
-                            attempts: u.attempt,
-                            took: cx.now.saturating_duration_since(u.started),
-                        });
-                    }
+                    self.succeeded(cx, info.peer);
                 } else if info.direction == Direction::Outbound
                     && !self.upgrades.contains_key(&info.peer)
                 {

@@ -621,14 +621,7 @@ impl Node {
                 if self.peers.len() > self.config.target_peers && self.next_prune.is_none() {
                     self.next_prune = Some(now + self.prune_interval());
                 }
-                let hello = Hello {
-                    versions: vec![PROTOCOL_VERSION],
-                    capabilities: self.config.capabilities,
-                    listen_addrs: self.config.listen_addrs.clone(),
-                    observed_addr: addr,
-                    stamp: self.stamp,
-                    agent: self.config.agent.clone(),
-                };
+                let hello = self.hello(addr);
                 self.send(peer, Message::Hello(hello));
             }
             ConnectionEvent::Replaced {
@@ -658,14 +651,7 @@ impl Node {
                 p.info.addr = addr;
                 p.info.direction = direction;
                 let info = p.info.clone();
-                let hello = Hello {
-                    versions: vec![PROTOCOL_VERSION],
-                    capabilities: self.config.capabilities,
-                    listen_addrs: self.config.listen_addrs.clone(),
-                    observed_addr: addr,
-                    stamp: self.stamp,
-                    agent: self.config.agent.clone(),
-                };
+                let hello = self.hello(addr);
                 self.send(peer, Message::Hello(hello));
                 let mut cx = context!(self);
                 self.punch.path_changed(&mut cx, &info);
@@ -1223,6 +1209,18 @@ impl Node {
         let event = PeerEvent::Ready(Box::new(info.clone()));
         self.out.push_event(Event::PeerReady { peer: from, info });
         self.for_each_protocol(|p, cx| p.handle_peer_event(cx, &event));
+    }
+
+    /// Our `Hello` for a connection that comes from `observed`.
+    fn hello(&self, observed: SocketAddr) -> Hello {
+        Hello {
+            versions: vec![PROTOCOL_VERSION],
+            capabilities: self.config.capabilities,
+            listen_addrs: self.config.listen_addrs.clone(),
+            observed_addr: observed,
+            stamp: self.stamp,
+            agent: self.config.agent.clone(),
+        }
     }
 
     /// The `Hello` a ready peer sends on a connection that replaced its old one: checked like
