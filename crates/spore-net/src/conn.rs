@@ -127,25 +127,11 @@ pub(crate) async fn accept_streams(
             }
             Some(kind @ (StreamKind::Control | StreamKind::Bulk)) => {
                 let err = WireError::Malformed(format!("second {kind:?} stream"));
-                let _ = inputs
-                    .send(Input::WireError {
-                        peer,
-                        conn_id,
-                        error: err,
-                    })
-                    .await;
-                return;
+                return report(&inputs, peer, conn_id, err).await;
             }
             Some(StreamKind::Relay) => {
                 let err = WireError::Malformed("relay stream opened unidirectional".into());
-                let _ = inputs
-                    .send(Input::WireError {
-                        peer,
-                        conn_id,
-                        error: err,
-                    })
-                    .await;
-                return;
+                return report(&inputs, peer, conn_id, err).await;
             }
             Some(StreamKind::App) => {
                 if let Err(mpsc::error::TrySendError::Full((_, mut recv))) =
@@ -157,17 +143,21 @@ pub(crate) async fn accept_streams(
             }
             None => {
                 let err = WireError::Malformed(format!("unknown stream kind {:#04x}", kind[0]));
-                let _ = inputs
-                    .send(Input::WireError {
-                        peer,
-                        conn_id,
-                        error: err,
-                    })
-                    .await;
-                return;
+                return report(&inputs, peer, conn_id, err).await;
             }
         }
     }
+}
+
+/// Tells the runtime that `peer`'s connection broke the stream rules (it closes the connection).
+async fn report(inputs: &mpsc::Sender<Input>, peer: PeerId, conn_id: usize, error: WireError) {
+    let _ = inputs
+        .send(Input::WireError {
+            peer,
+            conn_id,
+            error,
+        })
+        .await;
 }
 
 /// Accepts the peer's bidirectional streams: relay streams only (reservations and circuits);
