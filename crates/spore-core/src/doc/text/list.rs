@@ -419,17 +419,7 @@ impl List {
     /// item `item` of chunk `chunk` (`item` may be the chunk's length; an empty document has
     /// only the gap `(0, 0)`). Extends the item before the gap when `new` continues it.
     pub(super) fn insert(&mut self, chunk: usize, item: usize, new: Item, text: &str) {
-        if self.chunks.is_empty() {
-            self.chunks.push(Chunk {
-                items: Vec::new(),
-                text: String::new(),
-                chars: 0,
-                start: 0,
-                key: 0,
-            });
-            self.key_pos = vec![0];
-            self.valid = 0;
-        }
+        self.ensure_chunk();
         let before = self.chars_before(chunk, item);
         let c = &mut self.chunks[chunk];
         let at = byte_offset(&c.text, c.chars, before);
@@ -465,6 +455,45 @@ impl List {
             c.items.splice(item..item, pieces);
         }
         self.balance(chunk);
+    }
+
+    /// Gives an empty document its first (empty) chunk, where the first item goes.
+    fn ensure_chunk(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks.push(Chunk {
+                items: Vec::new(),
+                text: String::new(),
+                chars: 0,
+                start: 0,
+                key: 0,
+            });
+            self.key_pos = vec![0];
+            self.valid = 0;
+        }
+    }
+
+    /// Appends `new` at the end of the document: a visible run with its `text` (`new.len`
+    /// characters), or a tombstone (no text). Builds a text back from its canonical form; the
+    /// caller checks that the ids are new.
+    pub(super) fn push(&mut self, new: Item, text: &str) {
+        let c = self.chunks.len().saturating_sub(1);
+        let i = self.chunks.last().map_or(0, |c| c.items.len());
+        if !new.deleted {
+            self.insert(c, i, new, text);
+            return;
+        }
+        self.ensure_chunk();
+        let c = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[c];
+        match chunk.items.last_mut() {
+            Some(prev) if prev.continues(&new) => prev.len += new.len,
+            _ => {
+                chunk.items.push(new);
+                self.index.insert((new.id.actor, new.id.counter), chunk.key);
+            }
+        }
+        self.tombstones += new.len as usize;
+        self.balance(c);
     }
 
     /// Deletes `k` visible characters from `loc` on, all in `loc`'s item.
@@ -566,7 +595,6 @@ impl List {
 
     /// Every item in document order, continuation runs merged: two replicas that converged
     /// have equal canonical forms, however their items happen to be split.
-    #[cfg(test)]
     pub(super) fn canonical(&self) -> Vec<Item> {
         let mut out: Vec<Item> = Vec::new();
         for it in self.chunks.iter().flat_map(|c| &c.items) {

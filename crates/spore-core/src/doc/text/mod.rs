@@ -172,6 +172,17 @@ pub enum TextError {
     CounterExhausted,
 }
 
+/// A text's whole state in canonical form, for document snapshots: every item in document
+/// order (continuation runs merged), the visible text, and the next counter. Replicas that
+/// applied the same operations have equal snapshots, however their items happen to be split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextSnapshot {
+    next_counter: u32,
+    /// `(first id, length, left origin, right origin, deleted)`.
+    items: Vec<(OpId, u32, Option<OpId>, Option<OpId>, bool)>,
+    text: String,
+}
+
 /// A replicated text. See the [module docs](self).
 #[derive(Clone, Default)]
 pub struct Text {
@@ -213,6 +224,80 @@ impl Text {
     /// Whether this replica has the character `id` (visible or deleted).
     pub fn contains(&self, id: OpId) -> bool {
         id != NONE && self.list.find(id).is_some()
+    }
+
+    /// The whole state in canonical form (see [`TextSnapshot`]).
+    pub fn snapshot(&self) -> TextSnapshot {
+        TextSnapshot {
+            next_counter: self.next_counter,
+            items: self
+                .list
+                .canonical()
+                .into_iter()
+                .map(|it| (it.id, it.len, some(it.left), some(it.right), it.deleted))
+                .collect(),
+            text: self.to_string(),
+        }
+    }
+
+    /// Rebuilds a text from a snapshot, checking it as it would check operations: ids that do
+    /// not overlap or overflow, origins that exist and precede their runs, text that fills the
+    /// visible runs exactly. A snapshot that fails the checks builds nothing.
+    pub fn from_snapshot(snapshot: &TextSnapshot) -> Result<Text, TextError> {
+        let mut text = Text::new();
+        let mut rest = snapshot.text.as_str();
+        let mut max_end = 0u32;
+        for &(id, len, left, right, deleted) in &snapshot.items {
+            if len == 0 || id == NONE {
+                return Err(TextError::Malformed("empty or reserved id in snapshot"));
+            }
+            let end = id
+                .counter
+                .checked_add(len)
+                .ok_or(TextError::Malformed("id range overflows"))?;
+            if text.list.find(id).is_some() || text.list.any_start_in(id.actor, id.counter, end) {
+                return Err(TextError::Conflict(id));
+            }
+            if [left, right]
+                .into_iter()
+                .flatten()
+                .any(|o| o == NONE || o.counter >= id.counter)
+            {
+                return Err(TextError::Malformed("origin does not precede the run"));
+            }
+            let mut run = "";
+            if !deleted {
+                let bytes = rest
+                    .char_indices()
+                    .nth(len as usize)
+                    .map_or(rest.len(), |(b, _)| b);
+                (run, rest) = rest.split_at(bytes);
+                if run.chars().count() != len as usize {
+                    return Err(TextError::Malformed("snapshot text shorter than its runs"));
+                }
+            }
+            let item = Item {
+                id,
+                len,
+                left: left.unwrap_or(NONE),
+                right: right.unwrap_or(NONE),
+                deleted,
+            };
+            text.list.push(item, run);
+            max_end = max_end.max(end);
+        }
+        if !rest.is_empty() {
+            return Err(TextError::Malformed("snapshot text longer than its runs"));
+        }
+        let origins = snapshot.items.iter().flat_map(|&(_, _, l, r, _)| [l, r]);
+        if let Some(missing) = origins.flatten().find(|o| text.list.find(*o).is_none()) {
+            return Err(TextError::MissingDependency(missing));
+        }
+        if snapshot.next_counter < max_end {
+            return Err(TextError::Malformed("next counter below an id in use"));
+        }
+        text.next_counter = snapshot.next_counter;
+        Ok(text)
     }
 
     /// Inserts `text` at code point `pos` as `actor`, and returns the operation to send to the

@@ -257,6 +257,51 @@ proptest! {
         }
     }
 
+    /// A text rebuilt from its snapshot is the same text, and stays the same under the
+    /// operations that follow (concurrent ones from another replica included).
+    #[test]
+    fn a_snapshot_rebuilds_the_same_text(
+        before in prop::collection::vec(step_strategy(2), 1..60),
+        after in prop::collection::vec(step_strategy(2), 1..30),
+    ) {
+        let mut replicas = vec![Replica::new(1), Replica::new(2)];
+        let run = |replicas: &mut Vec<Replica>, steps: &[Step]| {
+            for step in steps {
+                match step {
+                    Step::Edit(r, e) => replicas[*r].edit(e),
+                    Step::Sync { from, to, .. } => {
+                        let ops = replicas[*from].log.clone();
+                        replicas[*to].deliver(ops);
+                    }
+                }
+            }
+        };
+        run(&mut replicas, &before);
+        let snap = replicas[0].text.snapshot();
+        let rebuilt = Text::from_snapshot(&snap).expect("a snapshot of a real text rebuilds");
+        rebuilt.list.check();
+        assert_same_state(&rebuilt, &replicas[0].text);
+        prop_assert_eq!(rebuilt.next_counter(), replicas[0].text.next_counter());
+        prop_assert_eq!(rebuilt.snapshot(), snap);
+        let mut twin = Replica::new(1);
+        twin.text = rebuilt;
+        twin.clock = replicas[0].clock;
+        replicas.push(twin);
+        // The twin follows replica 0 from here: the same local edits, the same deliveries.
+        let mut steps = Vec::new();
+        for step in &after {
+            steps.push(step.clone());
+            match step {
+                Step::Edit(0, e) => steps.push(Step::Edit(2, e.clone())),
+                Step::Sync { from, to: 0, mask, seed } => steps.push(Step::Sync { from: *from, to: 2, mask: *mask, seed: *seed }),
+                _ => {}
+            }
+        }
+        run(&mut replicas, &steps);
+        replicas[2].text.list.check();
+        assert_same_state(&replicas[2].text, &replicas[0].text);
+    }
+
     /// Arbitrary operations never panic; a refused one changes nothing.
     #[test]
     fn hostile_ops_change_nothing_when_refused(
@@ -413,6 +458,39 @@ fn malformed_ops_are_refused_and_change_nothing() {
         assert_eq!(text.tombstones(), 0);
     }
     text.list.check();
+}
+
+#[test]
+fn malformed_snapshots_are_refused() {
+    let (mut text, _) = hello();
+    text.local_delete(1, 2).unwrap();
+    let good = text.snapshot();
+    assert!(Text::from_snapshot(&good).is_ok());
+    let mut cases = Vec::new();
+    let mut s = good.clone();
+    s.items.push(s.items[0]); // the same ids twice
+    cases.push(s);
+    let mut s = good.clone();
+    s.text.push('!'); // text left over
+    cases.push(s);
+    let mut s = good.clone();
+    s.text.pop(); // text missing
+    cases.push(s);
+    let mut s = good.clone();
+    s.items[1].2 = Some(OpId::new(9, 0)); // an origin nobody inserted
+    cases.push(s);
+    let mut s = good.clone();
+    s.items[0].1 = 0; // an empty run
+    cases.push(s);
+    let mut s = good.clone();
+    s.items[0].0 = OpId::new(1, u32::MAX - 1); // ids past the end of the counters
+    cases.push(s);
+    let mut s = good.clone();
+    s.next_counter = 0;
+    cases.push(s);
+    for s in cases {
+        assert!(Text::from_snapshot(&s).is_err(), "{s:?}");
+    }
 }
 
 #[test]
