@@ -408,6 +408,9 @@ pub enum DocError {
     /// This node may not write the document.
     #[error("not a writer of this document")]
     NotAWriter,
+    /// A checkpoint or the state it names is malformed, not the owner's, or does not match.
+    #[error("bad checkpoint: {0}")]
+    BadCheckpoint(&'static str),
     /// The key holds no text / a position is out of range.
     #[error("{0}")]
     Edit(String),

@@ -81,7 +81,7 @@ impl std::fmt::Display for Value {
 }
 
 /// A grow-only counter: one total per writer, the value is their sum.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GCounter {
     totals: BTreeMap<Actor, u64>,
 }
@@ -100,7 +100,7 @@ impl GCounter {
 }
 
 /// A counter that goes up and down: a pair of grow-only counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PnCounter {
     up: GCounter,
     down: GCounter,
@@ -124,7 +124,7 @@ impl PnCounter {
 }
 
 /// A last-writer-wins register: the write with the greatest [`Stamp`] wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwRegister {
     current: Option<(Stamp, Value)>,
 }
@@ -151,7 +151,7 @@ impl LwwRegister {
 /// An observed-remove set: an element is present while some add of it has not been removed. A
 /// remove takes away only the adds its author had seen, so an add concurrent with a remove
 /// wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrSet {
     elements: BTreeMap<Value, BTreeSet<Tag>>,
 }
@@ -200,5 +200,10 @@ impl OrSet {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.elements.is_empty()
+    }
+
+    /// Whether every element has an add (what operations keep true; checked on decoding).
+    pub(super) fn is_well_formed(&self) -> bool {
+        self.elements.values().all(|tags| !tags.is_empty())
     }
 }

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::change::{Access, Change, DocError, DocId, MAX_WRITERS, Op, Writer};
+use super::checkpoint::{self, Checkpoint, Clock};
 use super::crdt::{Actor, GCounter, LwwRegister, OrSet, PnCounter, Stamp, Tag, Value};
 use super::reconcile::{Id, IdSet};
 use super::text::{Text, TextOp};
@@ -29,7 +32,7 @@ impl Default for Limits {
 
 /// What kind of value a key holds. Keys of different kinds do not collide: the same key can
 /// name a register and a text at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     /// A last-writer-wins register.
     Register,
@@ -44,7 +47,7 @@ pub enum Kind {
 }
 
 #[derive(Clone)]
-enum Entry {
+pub(super) enum Entry {
     Register(LwwRegister),
     Counter(PnCounter),
     GCounter(GCounter),
@@ -88,17 +91,30 @@ pub struct Document {
     access: Access,
     limits: Limits,
     /// For each writer, how many of its changes are applied (they apply in order).
-    clock: BTreeMap<Actor, u64>,
+    clock: Clock,
     lamport: u64,
+    /// Applied changes not folded into a checkpoint.
     log: BTreeMap<Id, Change>,
-    /// Applied change ids by (author, seq), for catch-up by clock.
-    by_dot: BTreeMap<(Actor, u64), Id>,
+    /// The log's ids and encoded sizes by (author, seq), for catch-up by clock and folding.
+    by_dot: BTreeMap<(Actor, u64), (Id, usize)>,
     pending: BTreeMap<Id, Change>,
     entries: BTreeMap<(Kind, String), Entry>,
+    /// Bytes of the state at the checkpoint plus the log's changes (what the quota counts).
     bytes: usize,
     /// Operations that failed to apply (a writer referring to what its change did not depend
     /// on); skipped identically on every replica that delivers the same causal history.
     skipped_ops: u64,
+    /// The checkpoint the log was last folded into, with the encoded state at it: served to
+    /// replicas that lack changes it covers.
+    base: Option<(Checkpoint, Vec<u8>)>,
+    /// The owner's newer checkpoint, waiting to be folded in (see [`Document::fold`]).
+    next: Option<Checkpoint>,
+    /// What each writer is known to have applied, from its changes and from what it says when
+    /// syncing: the owner's view of causal stability.
+    seen: BTreeMap<Actor, Clock>,
+    /// Counts changes of the log (growth and folds), so the caller knows when its
+    /// reconciliation set is stale.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Document {
@@ -106,6 +122,7 @@ impl std::fmt::Debug for Document {
         f.debug_struct("Document")
             .field("id", &self.id())
             .field("changes", &self.log.len())
+            .field("checkpoint", &self.base.as_ref().map(|(c, _)| c.number()))
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -137,6 +154,10 @@ impl Document {
             entries: BTreeMap::new(),
             bytes: 0,
             skipped_ops: 0,
+            base: None,
+            next: None,
+            seen: BTreeMap::new(),
+            generation: 0,
         })
     }
 
@@ -334,7 +355,13 @@ impl Document {
     /// its causal predecessors are applied, and otherwise keeps it until they are.
     pub fn apply(&mut self, change: Change) -> Result<Applied, DocError> {
         let id = change.id();
-        if self.log.contains_key(&id) || self.pending.contains_key(&id) {
+        // A change numbered at or below its writer's applied count is known (in the log or a
+        // checkpoint), or a second change its writer signed under a used number: either way
+        // nothing to apply.
+        if self.log.contains_key(&id)
+            || self.pending.contains_key(&id)
+            || change.seq() <= self.clock.get(&change.author()).copied().unwrap_or(0)
+        {
             return Ok(Applied {
                 duplicate: true,
                 pending: self.pending.len(),
@@ -385,27 +412,7 @@ impl Document {
                 if self.bytes + size > self.limits.quota_bytes {
                     continue;
                 }
-                self.lamport = self.lamport.max(change.lamport());
-                for (i, op) in change.ops().iter().enumerate() {
-                    let tag = Tag {
-                        actor: change.author(),
-                        seq: change.seq(),
-                        op: i as u32,
-                    };
-                    let stamp = Stamp {
-                        lamport: change.lamport(),
-                        actor: change.author(),
-                        op: i as u32,
-                    };
-                    let (kind, key) = slot_of(op);
-                    let entry = self
-                        .entries
-                        .entry((kind, key))
-                        .or_insert_with(|| new_entry(kind));
-                    if apply_op(entry, op, tag, stamp).is_err() {
-                        self.skipped_ops += 1;
-                    }
-                }
+                self.skipped_ops += apply_change(&mut self.entries, &change);
                 self.record(change, size);
                 applied += 1;
             }
@@ -424,9 +431,21 @@ impl Document {
         let id = change.id();
         self.clock.insert(change.author(), change.seq());
         self.lamport = self.lamport.max(change.lamport());
-        self.by_dot.insert((change.author(), change.seq()), id);
+        // Its author had applied its causal context, and its own earlier changes.
+        let seen = self.seen.entry(change.author()).or_default();
+        for &(a, n) in change
+            .deps()
+            .iter()
+            .chain([(change.author(), change.seq())].iter())
+        {
+            let e = seen.entry(a).or_default();
+            *e = (*e).max(n);
+        }
+        self.by_dot
+            .insert((change.author(), change.seq()), (id, size));
         self.bytes += size;
         self.log.insert(id, change);
+        self.generation += 1;
     }
 
     /// How many changes of each writer are applied.
@@ -434,14 +453,25 @@ impl Document {
         &self.clock
     }
 
-    /// Number of applied changes.
+    /// Number of changes in the log: applied and not folded into a checkpoint.
     pub fn len(&self) -> usize {
         self.log.len()
     }
 
-    /// Whether no change is applied.
+    /// Whether the log is empty.
     pub fn is_empty(&self) -> bool {
         self.log.is_empty()
+    }
+
+    /// Number of applied changes, folded ones included.
+    pub fn applied(&self) -> u64 {
+        self.clock.values().sum()
+    }
+
+    /// Changes since the replica was made whenever its log grew or was folded: a
+    /// reconciliation set built at one generation is current while it stays.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes of applied changes (what the quota counts).
@@ -469,7 +499,8 @@ impl Document {
         self.log.get(id)
     }
 
-    /// Applied changes a replica at `clock` lacks, in causal order (for catch-up).
+    /// Changes of the log a replica at `clock` lacks, ordered by writer and number (for
+    /// catch-up; a replica that lacks changes of the checkpoint needs its state first).
     pub fn changes_since<'a>(
         &'a self,
         clock: &'a BTreeMap<Actor, u64>,
@@ -477,7 +508,278 @@ impl Document {
         self.by_dot
             .iter()
             .filter(|((a, s), _)| *s > clock.get(a).copied().unwrap_or(0))
-            .filter_map(|(_, id)| self.log.get(id))
+            .filter_map(|(_, (id, _))| self.log.get(id))
+    }
+
+    /// What `writer` says it has applied (when syncing): taken into the owner's view of
+    /// causal stability. Only ever raises what is known.
+    pub fn note_clock(&mut self, writer: Actor, clock: &[(Actor, u64)]) {
+        if (writer as usize) >= self.access.writers().len() {
+            return;
+        }
+        let seen = self.seen.entry(writer).or_default();
+        for &(a, n) in clock.iter().take(MAX_WRITERS) {
+            if (a as usize) < self.access.writers().len() {
+                let e = seen.entry(a).or_default();
+                *e = (*e).max(n);
+            }
+        }
+    }
+
+    /// The causally stable changes, as the owner's replica sees them: those this replica and
+    /// every writer not revoked are known to have applied. A writer never heard from holds
+    /// everything back (revoke writers that are gone for good). Revoked writers make no new
+    /// changes, so only their changes that others applied count.
+    pub fn stable(&self) -> Clock {
+        let mut stable = self.clock.clone();
+        for (i, w) in self.access.writers().iter().enumerate().skip(1) {
+            if w.until.is_some() {
+                continue;
+            }
+            let seen = self.seen.get(&(i as Actor));
+            for (a, n) in stable.iter_mut() {
+                *n = (*n).min(seen.and_then(|s| s.get(a)).copied().unwrap_or(0));
+            }
+        }
+        stable.retain(|_, n| *n > 0);
+        stable
+    }
+
+    /// The checkpoint the log was last folded into.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.base.as_ref().map(|(c, _)| c)
+    }
+
+    /// The checkpoint and the encoded state at it, for a replica that lacks its changes.
+    pub fn snapshot(&self) -> Option<(&Checkpoint, &[u8])> {
+        self.base.as_ref().map(|(c, s)| (c, s.as_slice()))
+    }
+
+    /// As the owner, folds the stable changes into a new checkpoint once they take at least
+    /// `min_bytes` in the log. Returns the checkpoint, for the other replicas; `None` if there
+    /// was not enough to fold.
+    pub fn make_checkpoint(
+        &mut self,
+        owner: &Keypair,
+        min_bytes: usize,
+    ) -> Result<Option<Checkpoint>, DocError> {
+        if owner.peer_id() != *self.access.owner() {
+            return Err(DocError::NotAWriter);
+        }
+        let mut target = self.stable();
+        if let Some((cp, _)) = &self.base {
+            for (a, n) in cp.clock() {
+                let e = target.entry(a).or_default();
+                *e = (*e).max(n);
+            }
+        }
+        self.close(&mut target);
+        let foldable: usize = self
+            .by_dot
+            .iter()
+            .filter(|((a, s), _)| *s <= target.get(a).copied().unwrap_or(0))
+            .map(|(_, (_, size))| size)
+            .sum();
+        if foldable == 0 || foldable < min_bytes {
+            return Ok(None);
+        }
+        let state = self.state_at(&target)?;
+        let number = self.base.as_ref().map_or(0, |(c, _)| c.number()) + 1;
+        let cp = Checkpoint::new(owner, self.id(), number, &target, &state);
+        self.fold_into(cp.clone(), state);
+        Ok(Some(cp))
+    }
+
+    /// Takes the owner's checkpoint, if newer than the last one seen: it is folded in by
+    /// [`fold`](Self::fold) once this replica has applied every change it covers. True if it
+    /// was new.
+    pub fn offer_checkpoint(&mut self, cp: Checkpoint) -> Result<bool, DocError> {
+        let newest = self
+            .next
+            .as_ref()
+            .or(self.checkpoint())
+            .map_or(0, |c| c.number());
+        if cp.number() <= newest {
+            return Ok(false);
+        }
+        cp.verify(&self.access)?;
+        self.next = Some(cp);
+        Ok(true)
+    }
+
+    /// Whether an offered checkpoint is ready to fold: every change it covers is applied.
+    pub fn can_fold(&self) -> bool {
+        self.next
+            .as_ref()
+            .is_some_and(|c| c.is_covered_by(&self.clock))
+    }
+
+    /// Folds the offered checkpoint in if ready: computes the state at it, checks it against
+    /// the owner's hash and drops the changes it covers from the log. Returns how many were
+    /// dropped. A state that does not match (a bug, or an owner that signed a false state)
+    /// discards the checkpoint and keeps the log.
+    pub fn fold(&mut self) -> Result<usize, DocError> {
+        if !self.can_fold() {
+            return Ok(0);
+        }
+        let Some(cp) = self.next.take() else {
+            return Ok(0);
+        };
+        let mut closed = cp.clock();
+        self.close(&mut closed);
+        if closed != cp.clock() {
+            return Err(DocError::BadCheckpoint(
+                "covers a change but not its causal context",
+            ));
+        }
+        let state = self.state_at(&cp.clock())?;
+        if !cp.matches(&state) {
+            return Err(DocError::BadCheckpoint("state does not match the owner's"));
+        }
+        Ok(self.fold_into(cp, state))
+    }
+
+    /// Replaces the replica's state by a checkpoint's state received from another replica,
+    /// for one that lacks changes the checkpoint covers. The checkpoint must be the owner's
+    /// and newer than the replica's, and `state` must be the state it names. Changes of the
+    /// log beyond it are applied again on top. False if the checkpoint was not newer.
+    pub fn restore(&mut self, cp: Checkpoint, state: Vec<u8>) -> Result<bool, DocError> {
+        if cp.number() <= self.checkpoint().map_or(0, |c| c.number()) {
+            return Ok(false);
+        }
+        cp.verify(&self.access)?;
+        if !cp.matches(&state) {
+            return Err(DocError::BadCheckpoint(
+                "state does not match the checkpoint",
+            ));
+        }
+        if state.len() > self.limits.quota_bytes {
+            return Err(DocError::Quota {
+                quota: self.limits.quota_bytes,
+            });
+        }
+        let decoded = checkpoint::decode(&state)?;
+        if decoded.clock != cp.clock() {
+            return Err(DocError::BadCheckpoint("state is at another clock"));
+        }
+        if cp.is_covered_by(&self.clock) {
+            // Nothing is missing: fold as usual (same state, computed here).
+            self.next = Some(cp);
+            return self.fold().map(|_| true);
+        }
+        let covered = |c: &Change| c.seq() <= cp.covers_of(c.author());
+        let mut keep: BTreeMap<Id, Change> = std::mem::take(&mut self.log)
+            .into_iter()
+            .chain(std::mem::take(&mut self.pending))
+            .filter(|(_, c)| !covered(c))
+            .collect();
+        if keep.len() > self.limits.max_pending {
+            // More than the waiting room takes: the newest by Lamport clock wait for sync.
+            let mut order: Vec<(u64, Id)> = keep.iter().map(|(id, c)| (c.lamport(), *id)).collect();
+            order.sort_unstable();
+            for (_, id) in order.into_iter().skip(self.limits.max_pending) {
+                keep.remove(&id);
+            }
+        }
+        self.clock = decoded.clock;
+        self.lamport = decoded.lamport;
+        self.entries = decoded.entries;
+        self.by_dot.clear();
+        self.bytes = state.len();
+        self.base = Some((cp, state));
+        if self
+            .next
+            .as_ref()
+            .is_some_and(|n| n.number() <= self.checkpoint().map_or(0, |c| c.number()))
+        {
+            self.next = None;
+        }
+        self.pending = keep;
+        self.generation += 1;
+        self.deliver_pending();
+        Ok(true)
+    }
+
+    /// Lowers `target` (at or above the checkpoint's clock, at or below the applied one)
+    /// until it is causally closed: every change it covers has its causal context covered
+    /// too. What writers say they applied need not be closed, and a state must be.
+    fn close(&self, target: &mut Clock) {
+        let base = |a: Actor| self.checkpoint().map_or(0, |c| c.covers_of(a));
+        loop {
+            let mut lowered = false;
+            for (a, n) in target.clone() {
+                let mut m = n;
+                while m > base(a) {
+                    let fits = self
+                        .by_dot
+                        .get(&(a, m))
+                        .and_then(|(id, _)| self.log.get(id))
+                        .is_some_and(|c| {
+                            c.deps()
+                                .iter()
+                                .all(|(b, k)| target.get(b).copied().unwrap_or(0) >= *k)
+                        });
+                    if fits {
+                        break;
+                    }
+                    m -= 1;
+                }
+                if m != n {
+                    target.insert(a, m);
+                    lowered = true;
+                }
+            }
+            if !lowered {
+                target.retain(|_, n| *n > 0);
+                return;
+            }
+        }
+    }
+
+    /// The encoded state after exactly the changes in `target` (which this replica has
+    /// applied, and which includes the checkpoint's): the checkpoint's state with the log's
+    /// changes up to `target` applied again, in causal order.
+    fn state_at(&self, target: &Clock) -> Result<Vec<u8>, DocError> {
+        let (mut entries, mut lamport) = match &self.base {
+            Some((_, bytes)) => {
+                let s = checkpoint::decode(bytes)?;
+                (s.entries, s.lamport)
+            }
+            None => (BTreeMap::new(), 0),
+        };
+        let mut changes: Vec<&Change> = self
+            .by_dot
+            .iter()
+            .filter(|((a, s), _)| *s <= target.get(a).copied().unwrap_or(0))
+            .filter_map(|(_, (id, _))| self.log.get(id))
+            .collect();
+        changes.sort_by_key(|c| (c.lamport(), c.author(), c.seq()));
+        for c in changes {
+            apply_change(&mut entries, c);
+            lamport = lamport.max(c.lamport());
+        }
+        Ok(checkpoint::encode(target, lamport, &entries))
+    }
+
+    /// Makes `cp` (with its verified `state`) the base and drops the changes it covers.
+    fn fold_into(&mut self, cp: Checkpoint, state: Vec<u8>) -> usize {
+        let covered: Vec<(Actor, u64)> = self
+            .by_dot
+            .keys()
+            .filter(|(a, s)| *s <= cp.covers_of(*a))
+            .copied()
+            .collect();
+        for dot in &covered {
+            if let Some((id, size)) = self.by_dot.remove(dot) {
+                self.log.remove(&id);
+                self.bytes -= size;
+            }
+        }
+        let old = self.base.as_ref().map_or(0, |(_, s)| s.len());
+        self.bytes = self.bytes - old + state.len();
+        self.base = Some((cp, state));
+        self.generation += 1;
+        covered.len()
     }
 
     /// The value of register `key`.
@@ -566,6 +868,31 @@ fn slot_of(op: &Op) -> (Kind, String) {
         Op::Text { .. } => Kind::Text,
     };
     (kind, op.key().to_string())
+}
+
+/// Applies a change's operations to `entries`; returns how many could not apply.
+fn apply_change(entries: &mut BTreeMap<(Kind, String), Entry>, change: &Change) -> u64 {
+    let mut skipped = 0;
+    for (i, op) in change.ops().iter().enumerate() {
+        let tag = Tag {
+            actor: change.author(),
+            seq: change.seq(),
+            op: i as u32,
+        };
+        let stamp = Stamp {
+            lamport: change.lamport(),
+            actor: change.author(),
+            op: i as u32,
+        };
+        let (kind, key) = slot_of(op);
+        let entry = entries
+            .entry((kind, key))
+            .or_insert_with(|| new_entry(kind));
+        if apply_op(entry, op, tag, stamp).is_err() {
+            skipped += 1;
+        }
+    }
+    skipped
 }
 
 fn apply_op(entry: &mut Entry, op: &Op, tag: Tag, stamp: Stamp) -> Result<(), String> {

@@ -31,6 +31,7 @@
 //! that writer concurrent with the revocation may be kept by replicas that applied them first.
 
 pub mod change;
+pub mod checkpoint;
 pub mod crdt;
 mod document;
 pub mod reconcile;
@@ -38,6 +39,7 @@ pub mod sync;
 pub mod text;
 
 pub use change::{Access, Change, DOC_TOPIC_PREFIX, DocError, DocId, Op, Writer};
+pub use checkpoint::Checkpoint;
 pub use crdt::{Actor, Value};
 pub use document::{Applied, Document, Edit, Kind, Limits};
 

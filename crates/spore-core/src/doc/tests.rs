@@ -144,6 +144,215 @@ proptest! {
     }
 }
 
+/// Plays `actions` on the writers' replicas.
+fn play(kind: Kind, keys: &[Keypair], replicas: &mut [Document], actions: &[Action]) {
+    for a in actions {
+        match *a {
+            Action::Edit { writer, a, b } => {
+                if let Some(e) = edit(kind, &replicas[writer], a, b) {
+                    replicas[writer].change(&keys[writer], vec![e]).unwrap();
+                }
+            }
+            Action::Sync { from, to } if from != to => {
+                let src = replicas[from].clone();
+                catch_up(&src, &mut replicas[to]);
+            }
+            Action::Sync { .. } => {}
+        }
+    }
+}
+
+/// What a sync session does: the checkpoint's state first if `to` lacks changes it covers,
+/// then the log.
+fn catch_up(from: &Document, to: &mut Document) {
+    if let Some((cp, state)) = from.snapshot()
+        && !cp.is_covered_by(to.clock())
+    {
+        assert!(to.restore(cp.clone(), state.to_vec()).unwrap());
+    }
+    sync(from, to);
+}
+
+fn everyone_syncs(replicas: &mut [Document]) {
+    for _ in 0..2 {
+        for from in 0..replicas.len() {
+            let src = replicas[from].clone();
+            for to in replicas.iter_mut() {
+                catch_up(&src, to);
+            }
+        }
+    }
+}
+
+fn clock_of(doc: &Document) -> Vec<(Actor, u64)> {
+    doc.clock().iter().map(|(a, n)| (*a, *n)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Folding stable changes into a checkpoint changes no replica's state; replicas that
+    /// folded it, restored from its state (a reader that was away) or never compacted keep
+    /// converging as editing goes on.
+    #[test]
+    fn checkpoints_change_no_state_and_replicas_keep_converging(
+        kind in 0..5usize,
+        before in prop::collection::vec(action(), 1..40),
+        after in prop::collection::vec(action(), 0..30),
+        reader_saw_some in any::<bool>(),
+    ) {
+        let kind = KINDS[kind];
+        let (keys, mut replicas) = writers();
+        let access = replicas[0].access().clone();
+        play(kind, &keys, &mut replicas, &before);
+        let mut reader = Document::open(access.clone(), Limits::default()).unwrap();
+        if reader_saw_some {
+            sync(&replicas[2].clone(), &mut reader);
+        }
+        everyone_syncs(&mut replicas);
+        // A replica that never compacts, as the reference.
+        let mut plain = Document::open(access, Limits::default()).unwrap();
+        sync(&replicas[0], &mut plain);
+        for w in 1..3 {
+            let clock = clock_of(&replicas[w]);
+            replicas[0].note_clock(w as Actor, &clock);
+        }
+        prop_assert_eq!(replicas[0].stable(), replicas[0].clock().clone());
+        let rendered = replicas[0].render();
+        match replicas[0].make_checkpoint(&keys[0], 0).unwrap() {
+            Some(cp) => {
+                prop_assert_eq!(replicas[0].len(), 0);
+                prop_assert_eq!(cp.changes(), replicas[0].applied());
+                for r in &mut replicas[1..] {
+                    prop_assert!(r.offer_checkpoint(cp.clone()).unwrap());
+                    prop_assert!(r.can_fold());
+                    prop_assert_eq!(r.fold().unwrap() as u64, cp.changes());
+                    prop_assert_eq!(r.len(), 0);
+                }
+            }
+            None => prop_assert_eq!(replicas[0].applied(), 0),
+        }
+        for r in &replicas {
+            prop_assert_eq!(r.render(), rendered.clone());
+        }
+        catch_up(&replicas[1].clone(), &mut reader);
+        prop_assert_eq!(reader.render(), rendered);
+        prop_assert_eq!(reader.clock(), replicas[1].clock());
+
+        replicas.push(reader);
+        play(kind, &keys, &mut replicas[..3], &after);
+        everyone_syncs(&mut replicas);
+        for r in &replicas {
+            sync(r, &mut plain);
+        }
+        for r in &replicas {
+            prop_assert_eq!(r.render(), plain.render());
+            prop_assert_eq!(r.clock(), plain.clock());
+            prop_assert_eq!(r.pending(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_waits_for_every_writer_and_frees_the_log() {
+    let (keys, mut r) = writers();
+    let text = |n: usize| format!("line {n} of a text that is typed and then deleted\n");
+    for n in 0..200 {
+        r[0].change(&keys[0], vec![Edit::Insert("t".into(), 0, text(n))])
+            .unwrap();
+        let len = r[0].text("t").unwrap().chars().count();
+        r[0].change(&keys[0], vec![Edit::Delete("t".into(), 0, len)])
+            .unwrap();
+    }
+    r[0].change(
+        &keys[0],
+        vec![Edit::Set("title".into(), Value::Str("kept".into()))],
+    )
+    .unwrap();
+    // Writers 1 and 2 have not said what they applied: nothing is stable yet.
+    assert!(r[0].stable().is_empty());
+    assert_eq!(r[0].make_checkpoint(&keys[0], 0).unwrap(), None);
+    let owner = r[0].clone();
+    sync(&owner, &mut r[1]);
+    let clock = clock_of(&r[1]);
+    r[0].note_clock(1, &clock);
+    assert!(r[0].stable().is_empty(), "writer 2 still holds it back");
+    sync(&owner, &mut r[2]);
+    let clock = clock_of(&r[2]);
+    r[0].note_clock(2, &clock);
+    assert_eq!(r[0].stable(), *r[0].clock());
+    // Not worth it below the threshold.
+    let before = r[0].size();
+    assert_eq!(r[0].make_checkpoint(&keys[0], before + 1).unwrap(), None);
+    let cp = r[0].make_checkpoint(&keys[0], 0).unwrap().unwrap();
+    assert_eq!(cp.changes(), 401);
+    assert_eq!(r[0].len(), 0);
+    let after = r[0].size();
+    assert!(
+        after * 10 < before,
+        "{before} B of changes became {after} B of state"
+    );
+    assert_eq!(r[0].get("title"), Some(&Value::Str("kept".into())));
+    assert_eq!(r[0].text("t").as_deref(), Some(""));
+    // A stranger's checkpoint, a truncated state, a state from another checkpoint: refused.
+    let stranger = Checkpoint::new(
+        &key(9),
+        r[0].id(),
+        1,
+        &cp.clock(),
+        r[0].snapshot().unwrap().1,
+    );
+    assert!(matches!(
+        r[1].offer_checkpoint(stranger.clone()),
+        Err(DocError::BadCheckpoint(_))
+    ));
+    let state = r[0].snapshot().unwrap().1.to_vec();
+    let mut fresh = Document::open(r[0].access().clone(), Limits::default()).unwrap();
+    assert!(
+        fresh
+            .restore(cp.clone(), state[..state.len() - 1].to_vec())
+            .is_err()
+    );
+    assert!(fresh.restore(stranger, state.clone()).is_err());
+    assert!(fresh.restore(cp.clone(), state).unwrap());
+    assert_eq!(fresh.render(), r[0].render());
+    // Writing goes on after the fold, on every replica.
+    let more = r[1]
+        .change(&keys[1], vec![Edit::Insert("t".into(), 0, "after".into())])
+        .unwrap();
+    r[1].offer_checkpoint(cp.clone()).unwrap();
+    assert_eq!(r[1].fold().unwrap(), 401);
+    r[0].apply(more.clone()).unwrap();
+    fresh.apply(more).unwrap();
+    assert_eq!(r[0].render(), r[1].render());
+    assert_eq!(fresh.render(), r[1].render());
+}
+
+#[test]
+fn a_checkpoint_that_cuts_causal_context_is_refused() {
+    let (keys, mut r) = writers();
+    let a = r[0]
+        .change(&keys[0], vec![Edit::Insert("t".into(), 0, "ab".into())])
+        .unwrap();
+    r[1].apply(a).unwrap();
+    r[1].change(&keys[1], vec![Edit::Insert("t".into(), 1, "X".into())])
+        .unwrap();
+    let owner = r[1].clone();
+    sync(&owner, &mut r[0]);
+    // An owner that signs writer 1's change without the owner's change it depends on.
+    let cut: checkpoint::Clock = [(1, 1)].into_iter().collect();
+    let state = r[0].snapshot().map(|(_, s)| s.to_vec()).unwrap_or_default();
+    let cp = Checkpoint::new(&keys[0], r[0].id(), 1, &cut, &state);
+    r[1].offer_checkpoint(cp).unwrap();
+    assert!(matches!(r[1].fold(), Err(DocError::BadCheckpoint(_))));
+    assert_eq!(r[1].len(), 2);
+    // What writers claim need not be closed; the owner's checkpoint is.
+    r[0].note_clock(1, &[(1, 1)]);
+    r[0].note_clock(2, &[(1, 1)]);
+    assert_eq!(r[0].stable(), cut);
+    assert_eq!(r[0].make_checkpoint(&keys[0], 0).unwrap(), None);
+}
+
 #[test]
 fn concurrent_add_wins_over_remove_and_lww_picks_one_winner() {
     let (keys, mut r) = writers();

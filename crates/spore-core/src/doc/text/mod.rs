@@ -178,10 +178,12 @@ pub enum TextError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextSnapshot {
     next_counter: u32,
-    /// `(first id, length, left origin, right origin, deleted)`.
-    items: Vec<(OpId, u32, Option<OpId>, Option<OpId>, bool)>,
+    items: Vec<SnapshotRun>,
     text: String,
 }
+
+/// One run of a [`TextSnapshot`]: first id, length, left origin, right origin, deleted.
+type SnapshotRun = (OpId, u32, Option<OpId>, Option<OpId>, bool);
 
 /// A replicated text. See the [module docs](self).
 #[derive(Clone, Default)]
