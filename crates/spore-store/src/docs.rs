@@ -13,9 +13,14 @@
 //! |---|---|---|
 //! | `doc_access_v1` | document id (32 bytes) | postcard [`Access`]: the newest version stored |
 //! | `doc_changes_v1` | document id ‖ change id (64 bytes) | the change's encoding ([`Change::encode`], postcard) |
+//! | `doc_checkpoint_v1` | document id (32 bytes) | postcard ([`Checkpoint`], state bytes): the newest checkpoint and the state it names |
 //!
 //! A change's id is the BLAKE3 hash of its encoding ([`Change::id`]), so a change saved twice
 //! is one entry, and a value that does not hash to its key is known to be damaged.
+//!
+//! A checkpoint replaces the changes it covers: [`save_checkpoint`](DocStore::save_checkpoint)
+//! stores it (only if newer than the stored one, only if it carries the owner's signature and
+//! its state hashes as it says) and deletes the covered changes in the same transaction.
 //!
 //! Only one access list is kept per document: [`save_access`](DocStore::save_access) replaces
 //! the stored one only with a higher [`version`](Access::version), so an older list arriving
@@ -96,7 +101,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use spore_core::doc::reconcile::Id;
 use spore_core::doc::sync::{DocStore, StoreError};
-use spore_core::doc::{Access, Change, DocId};
+use spore_core::doc::{Access, Change, Checkpoint, DocId};
 
 /// Name of the document database in the data directory.
 pub const DOCS_FILE: &str = "docs.redb";
@@ -114,6 +119,8 @@ type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const ACCESS: BytesTable = TableDefinition::new("doc_access_v1");
 /// document id ‖ change id (64 bytes) → [`Change::encode`].
 const CHANGES: BytesTable = TableDefinition::new("doc_changes_v1");
+/// document id (32 bytes) → postcard ([`Checkpoint`], state).
+const CHECKPOINTS: BytesTable = TableDefinition::new("doc_checkpoint_v1");
 
 /// Bounds of a [`RedbDocStore`]. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +229,14 @@ pub enum DocsError {
         /// Why.
         reason: String,
     },
+    /// A checkpoint that is not the owner's or whose state does not match it.
+    #[error("checkpoint of document {doc} refused: {reason}")]
+    BadCheckpoint {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<DocsError> for StoreError {
@@ -289,6 +304,10 @@ pub struct LoadReport {
     /// Change entries skipped: a malformed key, no valid access list for the document, a value
     /// that does not hash to its key or does not decode, or a change that does not verify.
     pub skipped_changes: usize,
+    /// Checkpoints not returned: undecodable, not the owner's, or with a state that does not
+    /// match. The document's changes beyond it are returned; a replica then fetches the
+    /// state again from its peers.
+    pub skipped_checkpoints: usize,
     /// Why, for the first few entries skipped (at most 16), to log.
     pub notes: Vec<String>,
 }
@@ -296,7 +315,7 @@ pub struct LoadReport {
 impl LoadReport {
     /// Entries skipped, access lists and changes.
     pub fn skipped(&self) -> usize {
-        self.skipped_docs + self.skipped_changes
+        self.skipped_docs + self.skipped_changes + self.skipped_checkpoints
     }
 
     fn note(&mut self, note: impl FnOnce() -> String) {
@@ -375,6 +394,16 @@ fn check_change(key: &[u8], value: &[u8], doc: &DocId, access: &Access) -> Resul
     Ok(change)
 }
 
+/// Checks a checkpoint against its document's access list (the owner's signature) and its
+/// state against the checkpoint (size and hash).
+fn check_checkpoint(cp: &Checkpoint, state: &[u8], access: &Access) -> Result<(), String> {
+    cp.verify(access).map_err(|e| e.to_string())?;
+    if !cp.matches(state) {
+        return Err("the state does not match the checkpoint".into());
+    }
+    Ok(())
+}
+
 /// The keys of `doc`'s change entries (any key that starts with its id).
 fn change_keys_of(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -445,6 +474,7 @@ impl RedbDocStore {
         let txn = self.db.begin_write()?;
         {
             txn.open_table(ACCESS)?;
+            txn.open_table(CHECKPOINTS)?;
             let changes = txn.open_table(CHANGES)?;
             for entry in changes.iter()? {
                 let (k, v) = entry?;
@@ -623,6 +653,7 @@ impl RedbDocStore {
             let found = {
                 let mut access = txn.open_table(ACCESS)?;
                 let mut changes = txn.open_table(CHANGES)?;
+                txn.open_table(CHECKPOINTS)?.remove(&doc.0[..])?;
                 let had_access = access.remove(&doc.0[..])?.is_some();
                 let keys = change_keys_of(&changes, doc)?;
                 for k in &keys {
@@ -638,6 +669,110 @@ impl RedbDocStore {
         let found = write().map_err(db_error("remove a document"))?;
         self.usage.remove(doc);
         Ok(found)
+    }
+
+    /// Stores `checkpoint` with its `state` if newer than the stored checkpoint of `doc`, and
+    /// deletes the changes it covers, in one transaction, durable on return; returns how many
+    /// changes were deleted (`None` if the stored checkpoint was as new). Refuses a
+    /// checkpoint of a document whose access list is not stored, one not signed by the owner,
+    /// and a state that does not match it.
+    pub fn put_checkpoint(
+        &mut self,
+        doc: &DocId,
+        checkpoint: &Checkpoint,
+        state: &[u8],
+    ) -> Result<Option<u64>, DocsError> {
+        let refused =
+            |reason: String| TxError::Refused(DocsError::BadCheckpoint { doc: *doc, reason });
+        let value =
+            postcard::to_allocvec(&(checkpoint, state)).map_err(|e| DocsError::BadCheckpoint {
+                doc: *doc,
+                reason: format!("does not encode: {e}"),
+            })?;
+        let write = || -> Result<Option<DocUsage>, TxError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            let dropped = {
+                let access = match txn.open_table(ACCESS)?.get(&doc.0[..])? {
+                    Some(v) => check_access(&doc.0, v.value()).map_err(refused)?,
+                    None => return Err(TxError::Refused(DocsError::NoAccess { doc: *doc })),
+                };
+                check_checkpoint(checkpoint, state, &access).map_err(refused)?;
+                let mut table = txn.open_table(CHECKPOINTS)?;
+                let stored = table.get(&doc.0[..])?.map(|v| v.value().to_vec());
+                if let Some(old) =
+                    stored.and_then(|v| postcard::from_bytes::<(Checkpoint, Vec<u8>)>(&v).ok())
+                    && old.0.number() >= checkpoint.number()
+                {
+                    return Ok(None);
+                }
+                table.insert(&doc.0[..], &value[..])?;
+                let mut changes = txn.open_table(CHANGES)?;
+                let mut dropped = DocUsage::default();
+                let keys = change_keys_of(&changes, doc).map_err(TxError::Db)?;
+                for key in keys {
+                    let covered = changes.get(&key[..])?.and_then(|v| {
+                        let c: Change = postcard::from_bytes(v.value()).ok()?;
+                        (c.seq() <= checkpoint.covers_of(c.author()))
+                            .then_some(v.value().len() as u64)
+                    });
+                    if let Some(bytes) = covered {
+                        changes.remove(&key[..])?;
+                        dropped.changes += 1;
+                        dropped.bytes += bytes;
+                    }
+                }
+                dropped
+            };
+            txn.commit()?;
+            Ok(Some(dropped))
+        };
+        let Some(dropped) = write().map_err(tx_error("store a checkpoint"))? else {
+            return Ok(None);
+        };
+        if let Some(u) = self.usage.get_mut(doc) {
+            u.changes -= dropped.changes.min(u.changes);
+            u.bytes -= dropped.bytes.min(u.bytes);
+        }
+        Ok(Some(dropped.changes))
+    }
+
+    /// The stored checkpoint of `doc` and its state, if there is one and it checks out against
+    /// the stored access list (a damaged one is reported in [`last_load`](Self::last_load) and
+    /// not returned).
+    pub fn get_checkpoint(
+        &mut self,
+        doc: &DocId,
+    ) -> Result<Option<(Checkpoint, Vec<u8>)>, DocsError> {
+        // The stored checkpoint and access list (empty if missing).
+        let read = || -> Result<[Vec<u8>; 2], DbError> {
+            let txn = self.db.begin_read()?;
+            let get = |table: BytesTable| -> Result<Vec<u8>, DbError> {
+                let v = txn.open_table(table)?.get(&doc.0[..])?;
+                Ok(v.map(|v| v.value().to_vec()).unwrap_or_default())
+            };
+            Ok([get(CHECKPOINTS)?, get(ACCESS)?])
+        };
+        let [value, access] = read().map_err(db_error("read a checkpoint"))?;
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let checked = || -> Result<(Checkpoint, Vec<u8>), String> {
+            let access = check_access(&doc.0, &access)?;
+            let (cp, state): (Checkpoint, Vec<u8>) = postcard::from_bytes(&value)
+                .map_err(|e| format!("checkpoint of {doc} does not decode: {e}"))?;
+            check_checkpoint(&cp, &state, &access)?;
+            Ok((cp, state))
+        };
+        match checked() {
+            Ok(found) => Ok(Some(found)),
+            Err(reason) => {
+                self.last_load.skipped_checkpoints += 1;
+                self.last_load
+                    .note(|| format!("checkpoint of {doc}: {reason}"));
+                Ok(None)
+            }
+        }
     }
 
     /// Reads and checks every document; see the [module docs](self#loading).
@@ -698,6 +833,23 @@ impl DocStore for RedbDocStore {
     fn save_changes(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), StoreError> {
         self.put_changes(doc, changes)?;
         Ok(())
+    }
+
+    fn save_checkpoint(
+        &mut self,
+        doc: &DocId,
+        checkpoint: &Checkpoint,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.put_checkpoint(doc, checkpoint, state)?;
+        Ok(())
+    }
+
+    fn load_checkpoint(
+        &mut self,
+        doc: &DocId,
+    ) -> Result<Option<(Checkpoint, Vec<u8>)>, StoreError> {
+        Ok(self.get_checkpoint(doc)?)
     }
 
     fn remove(&mut self, doc: &DocId) -> Result<(), StoreError> {

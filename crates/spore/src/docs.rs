@@ -115,12 +115,17 @@ pub async fn run(data_dir: Option<PathBuf>, command: DocCommand) -> Result<()> {
 }
 
 fn print_view(view: &DocView) {
+    let folded = match view.checkpoint {
+        0 => String::new(),
+        n => format!(", {} in checkpoint {n}", view.changes - view.log as u64),
+    };
     println!(
-        "document {}  (owner {}, {} writers, {} changes)",
+        "document {}  (owner {}, {} writers, {} changes{folded}, {} bytes)",
         view.doc,
         view.owner.short(),
         view.writers.len(),
-        view.changes
+        view.changes,
+        view.bytes,
     );
     for (k, v) in &view.entries {
         println!("  {k} = {v}");

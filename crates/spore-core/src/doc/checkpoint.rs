@@ -104,6 +104,11 @@ impl Checkpoint {
         self.clock.iter().copied().collect()
     }
 
+    /// Number of writers in its clock.
+    pub fn writers(&self) -> usize {
+        self.clock.len()
+    }
+
     /// How many of `author`'s changes it covers.
     pub fn covers_of(&self, author: Actor) -> u64 {
         self.clock

@@ -457,7 +457,8 @@ impl Node {
         );
         pex.set_listen_addrs(config.listen_addrs.clone());
         let gossip = Gossip::new(keypair.clone(), config.difficulty, config.gossip.clone());
-        let docs = DocSync::new(keypair.peer_id(), config.docs.clone());
+        let mut docs = DocSync::new(keypair.peer_id(), config.docs.clone());
+        docs.set_signer(keypair.clone());
         let pubsub = PubSub::new(
             keypair.clone(),
             stamp,
@@ -988,6 +989,7 @@ impl Node {
         store: Box<dyn doc::sync::DocStore + Send>,
     ) -> Result<usize, doc::sync::StoreError> {
         let mut docs = DocSync::with_store(self.keypair.peer_id(), self.config.docs.clone(), store);
+        docs.set_signer(self.keypair.clone());
         let loaded = docs.load()?;
         self.docs = docs;
         let ids: Vec<DocId> = self.docs.docs().map(|d| d.id()).collect();

@@ -443,3 +443,63 @@ fn doc_sync_reloads_its_documents_after_a_restart() {
     let mut store = RedbDocStore::open(&path, DocLimits::default()).unwrap();
     assert_eq!(store.load().unwrap()[0].1.len(), 4);
 }
+
+#[test]
+fn a_checkpoint_replaces_the_changes_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let (mut doc, changes) = doc_with(&owner, 1, 10);
+    let id = doc.id();
+    let mut store = open(&dir);
+    store.put_access(doc.access()).unwrap();
+    store.put_changes(&id, &changes).unwrap();
+    // The owner is the only writer: all ten changes are stable.
+    let cp = doc.make_checkpoint(&owner, 0).unwrap().unwrap();
+    let later = doc.change(&owner, set("k", "later")).unwrap();
+    store
+        .put_changes(&id, std::slice::from_ref(&later))
+        .unwrap();
+    let state = doc.snapshot().unwrap().1.to_vec();
+
+    // A state that does not match, a checkpoint of another document: refused, nothing lost.
+    let (mut other, _) = doc_with(&owner, 2, 1);
+    store.put_access(other.access()).unwrap();
+    let theirs = other.make_checkpoint(&owner, 0).unwrap().unwrap();
+    assert!(matches!(
+        store.put_checkpoint(&id, &cp, &state[1..]),
+        Err(DocsError::BadCheckpoint { .. })
+    ));
+    assert!(matches!(
+        store.put_checkpoint(&id, &theirs, other.snapshot().unwrap().1),
+        Err(DocsError::BadCheckpoint { .. })
+    ));
+    assert_eq!(store.usage(&id).changes, 11);
+
+    assert_eq!(store.put_checkpoint(&id, &cp, &state).unwrap(), Some(10));
+    assert_eq!(store.put_checkpoint(&id, &cp, &state).unwrap(), None);
+    assert_eq!(store.usage(&id).changes, 1);
+    drop(store);
+
+    let mut store = open(&dir);
+    let loaded = store.load().unwrap();
+    let ours = loaded.iter().find(|(a, _)| a.doc() == id).unwrap();
+    assert_eq!(ours.1, vec![later]);
+    assert_eq!(
+        store.get_checkpoint(&id).unwrap(),
+        Some((cp.clone(), state))
+    );
+    assert_eq!(store.last_load().skipped(), 0);
+    drop(store);
+
+    // Document sync restarts from the checkpoint and the change after it.
+    let path = dir.path().join(DOCS_FILE);
+    let store = RedbDocStore::open(&path, DocLimits::default()).unwrap();
+    let mut sync = DocSync::with_store(owner.peer_id(), Config::default(), Box::new(store));
+    assert_eq!(sync.load().unwrap(), 2);
+    let restored = sync.doc(&id).unwrap();
+    assert_eq!(restored.render(), doc.render());
+    assert_eq!(restored.checkpoint(), Some(&cp));
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored.applied(), 11);
+    assert_eq!(sync.stats().load_refused, 0);
+}

@@ -163,8 +163,17 @@ pub struct DocView {
     pub owner: PeerId,
     /// Writers not revoked.
     pub writers: Vec<PeerId>,
-    /// Changes applied.
-    pub changes: usize,
+    /// Changes applied (folded into the checkpoint or in the log).
+    pub changes: u64,
+    /// Of those, changes still in the log (not folded into a checkpoint).
+    #[serde(default)]
+    pub log: usize,
+    /// The number of the owner's checkpoint the log was last folded into (0: none yet).
+    #[serde(default)]
+    pub checkpoint: u64,
+    /// Bytes the document takes: the checkpoint's state and the log (what the quota counts).
+    #[serde(default)]
+    pub bytes: usize,
     /// Its state: `"Kind:key"` → value.
     pub entries: BTreeMap<String, String>,
 }
@@ -181,7 +190,10 @@ impl DocView {
                 .filter(|w| w.until.is_none())
                 .map(|w| w.peer)
                 .collect(),
-            changes: d.len(),
+            changes: d.applied(),
+            log: d.len(),
+            checkpoint: d.checkpoint().map_or(0, |c| c.number()),
+            bytes: d.size(),
             entries: d.render(),
         }
     }

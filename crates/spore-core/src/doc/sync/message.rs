@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::doc::change::{Access, Change, DocId, MAX_OPS, MAX_WRITERS};
+use crate::doc::checkpoint::Checkpoint;
+use crate::doc::crdt::Actor;
 use crate::doc::reconcile::{self, Id, Range};
 use crate::wire::{MAX_FRAME_LEN, WireError, check_bound};
 
@@ -17,6 +19,8 @@ pub const MAX_CHANGES_BYTES: usize = 512 * 1024;
 pub const MAX_CHANGE_BYTES: usize = MAX_FRAME_LEN - 4096;
 /// Most ids in one [`Message::Sync`]'s `want`.
 pub const MAX_WANT: usize = reconcile::MAX_IDS;
+/// Most bytes of state in one [`Message::Snapshot`].
+pub const MAX_SNAPSHOT_CHUNK: usize = 256 * 1024;
 
 /// Document sync's messages. All of them name the document; a session is the pair (peer, doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +40,25 @@ pub enum Message {
         /// Ids of changes the sender lacks and the receiver showed it has (in an id list the
         /// receiver sent): send them.
         want: Vec<Id>,
+        /// How many changes of each writer the sender applied: in round 0 and in the
+        /// responder's first answer. A receiver whose checkpoint covers changes this lacks
+        /// sends the checkpoint's state; the owner learns what writers applied.
+        clock: Option<Vec<(Actor, u64)>>,
+        /// The sender's latest checkpoint, with its clock. A receiver folds it in once it
+        /// has applied what it covers.
+        checkpoint: Option<Box<Checkpoint>>,
+    },
+    /// A piece of the state a checkpoint names, for a receiver that lacks changes it covers;
+    /// sent before the session's changes, acknowledged like them.
+    Snapshot {
+        /// The document.
+        doc: DocId,
+        /// The checkpoint, in the first piece (offset 0) only.
+        checkpoint: Option<Box<Checkpoint>>,
+        /// Where the piece starts in the state.
+        offset: u64,
+        /// At most [`MAX_SNAPSHOT_CHUNK`] bytes.
+        data: Vec<u8>,
     },
     /// Changes the receiver lacks, in causal order.
     Changes {
@@ -68,6 +91,7 @@ impl Message {
     pub fn doc(&self) -> DocId {
         match self {
             Message::Sync { doc, .. }
+            | Message::Snapshot { doc, .. }
             | Message::Changes { doc, .. }
             | Message::Ack { doc }
             | Message::Unknown { doc }
@@ -82,13 +106,29 @@ impl Message {
                 access,
                 ranges,
                 want,
+                clock,
+                checkpoint,
                 ..
             } => {
                 if let Some(a) = access {
                     check_bound("doc.sync.access.writers", a.writers().len(), MAX_WRITERS)?;
                 }
+                if let Some(c) = clock {
+                    check_bound("doc.sync.clock", c.len(), MAX_WRITERS)?;
+                }
+                if let Some(c) = checkpoint {
+                    check_bound("doc.sync.checkpoint", c.writers(), MAX_WRITERS)?;
+                }
                 reconcile::validate(ranges)?;
                 check_bound("doc.sync.want", want.len(), MAX_WANT)
+            }
+            Message::Snapshot {
+                checkpoint, data, ..
+            } => {
+                if let Some(c) = checkpoint {
+                    check_bound("doc.snapshot.checkpoint", c.writers(), MAX_WRITERS)?;
+                }
+                check_bound("doc.snapshot.data", data.len(), MAX_SNAPSHOT_CHUNK)
             }
             Message::Changes { changes, .. } => {
                 check_bound("doc.changes", changes.len(), MAX_CHANGES)?;
@@ -106,6 +146,7 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Sync { .. } => "doc-sync",
+            Message::Snapshot { .. } => "doc-snapshot",
             Message::Changes { .. } => "doc-changes",
             Message::Ack { .. } => "doc-ack",
             Message::Unknown { .. } => "doc-unknown",

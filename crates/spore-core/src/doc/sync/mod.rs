@@ -106,13 +106,15 @@ use serde::{Deserialize, Serialize};
 
 use super::change::{Access, Change, DocError, DocId};
 use super::reconcile::{self, Id, IdSet, Mode};
-use super::{Applied, Document, Edit, Limits};
+use super::{Actor, Applied, Checkpoint, Document, Edit, Limits};
 use crate::identity::{Keypair, PeerId};
 use crate::random;
 use crate::time::Instant;
 
 use message::encoded_len;
-pub use message::{MAX_CHANGE_BYTES, MAX_CHANGES, MAX_CHANGES_BYTES, MAX_WANT, Message};
+pub use message::{
+    MAX_CHANGE_BYTES, MAX_CHANGES, MAX_CHANGES_BYTES, MAX_SNAPSHOT_CHUNK, MAX_WANT, Message,
+};
 use session::{Role, Session, fit};
 pub use store::{DocStore, MemoryStore, StoreError};
 
@@ -138,8 +140,11 @@ pub struct Config {
     /// Mean interval of anti-entropy syncs (each document with one random replica peer);
     /// `None` turns them off. Default 30 s.
     pub anti_entropy: Option<Duration>,
-    /// Most unacknowledged `Changes` messages per session. Default 32.
+    /// Most unacknowledged `Changes` (and `Snapshot`) messages per session. Default 32.
     pub window: usize,
+    /// The owner folds causally stable changes into a checkpoint once they take this many
+    /// bytes of the log. Default 1 MiB; `usize::MAX` never compacts.
+    pub checkpoint_bytes: usize,
     /// Reconciliation tuning.
     pub reconcile: reconcile::Config,
 }
@@ -155,6 +160,7 @@ impl Default for Config {
             session_timeout: Duration::from_secs(30),
             anti_entropy: Some(Duration::from_secs(30)),
             window: 32,
+            checkpoint_bytes: 1 << 20,
             reconcile: reconcile::Config::default(),
         }
     }
@@ -320,6 +326,19 @@ pub struct Stats {
     pub load_refused: u64,
     /// Outputs dropped at the queue bound.
     pub dropped: u64,
+    /// Checkpoints this node made, as the owner.
+    pub checkpoints_made: u64,
+    /// The owner's checkpoints folded in (as the owner's own, computed here and checked).
+    pub checkpoints_folded: u64,
+    /// Changes dropped from logs by folding.
+    pub changes_folded: u64,
+    /// Checkpoints refused: not the owner's, not matching the state here, or cutting causal
+    /// context.
+    pub checkpoints_refused: u64,
+    /// Checkpoint states sent whole to peers that lacked their changes.
+    pub snapshots_sent: u64,
+    /// Checkpoint states received and restored.
+    pub snapshots_received: u64,
 }
 
 /// A replicated document and who else replicates it.
@@ -327,9 +346,8 @@ struct Replica {
     doc: Document,
     /// Replica peers, with when we last heard from them about this document.
     peers: BTreeMap<PeerId, Instant>,
-    /// The reconciliation set, rebuilt when the log has grown (logs only grow, so an equal
-    /// length means an equal set).
-    ids: Option<IdSet>,
+    /// The reconciliation set and the log generation it was built at.
+    ids: Option<(u64, IdSet)>,
 }
 
 impl Replica {
@@ -342,10 +360,14 @@ impl Replica {
     }
 
     fn ids(&mut self) -> &IdSet {
-        if self.ids.as_ref().is_some_and(|s| s.len() != self.doc.len()) {
+        let generation = self.doc.generation();
+        if self.ids.as_ref().is_some_and(|(g, _)| *g != generation) {
             self.ids = None;
         }
-        self.ids.get_or_insert_with(|| self.doc.change_ids())
+        let (_, set) = self
+            .ids
+            .get_or_insert_with(|| (generation, self.doc.change_ids()));
+        set
     }
 
     /// Remembers `peer` as a replica peer, evicting the least recently heard one if full.
@@ -412,6 +434,8 @@ impl Out {
 /// The document sync state machine. See the [module docs](self).
 pub struct DocSync {
     local: PeerId,
+    /// The node's key, to sign checkpoints of the documents it owns.
+    signer: Option<Keypair>,
     config: Config,
     store: Box<dyn DocStore + Send>,
     docs: BTreeMap<DocId, Replica>,
@@ -443,6 +467,7 @@ impl DocSync {
     pub fn with_store(local: PeerId, config: Config, store: Box<dyn DocStore + Send>) -> Self {
         Self {
             local,
+            signer: None,
             config,
             store,
             docs: BTreeMap::new(),
@@ -450,6 +475,14 @@ impl DocSync {
             ready: BTreeSet::new(),
             out: Out::default(),
             next_anti_entropy: None,
+        }
+    }
+
+    /// Gives document sync the node's key (whose id must be `local`), so that it makes
+    /// checkpoints of the documents the node owns. Without it, it only follows the owners'.
+    pub fn set_signer(&mut self, keypair: Keypair) {
+        if keypair.peer_id() == self.local {
+            self.signer = Some(keypair);
         }
     }
 
@@ -466,6 +499,13 @@ impl DocSync {
                 self.out.stats.load_refused += changes.len() as u64;
                 continue;
             };
+            if let Some((cp, state)) = self.store.load_checkpoint(&id)?
+                && doc.restore(cp, state).is_err()
+            {
+                // The changes it covered are gone from the store: the replica catches up from
+                // its peers (a checkpoint's state is fetched whole when needed).
+                self.out.stats.load_refused += 1;
+            }
             changes.sort_by_key(|c| (c.lamport(), c.author(), c.seq()));
             for c in changes {
                 if doc.apply(c).is_err() {
@@ -573,6 +613,10 @@ impl DocSync {
         let changes: Vec<Change> = doc.changes_since(&BTreeMap::new()).cloned().collect();
         let saved = self.store.save_changes(&id, &changes);
         self.out.store_result(id, saved);
+        if let Some((cp, state)) = doc.snapshot() {
+            let saved = self.store.save_checkpoint(&id, cp, state);
+            self.out.store_result(id, saved);
+        }
         self.docs.insert(id, Replica::new(doc));
         Ok(id)
     }
@@ -722,6 +766,7 @@ impl DocSync {
             self.out.stats.invalid_messages += 1;
             return;
         }
+        let doc_of = msg.doc();
         match msg {
             Message::Sync {
                 doc,
@@ -729,7 +774,25 @@ impl DocSync {
                 access,
                 ranges,
                 want,
-            } => self.on_sync(now, from, doc, step, access, ranges, want, bytes),
+                clock,
+                checkpoint,
+            } => {
+                let round = Round {
+                    step,
+                    access,
+                    ranges,
+                    want,
+                    clock,
+                    checkpoint,
+                };
+                self.on_sync(now, from, doc, round, bytes)
+            }
+            Message::Snapshot {
+                doc,
+                checkpoint,
+                offset,
+                data,
+            } => self.on_snapshot(now, from, doc, checkpoint, offset, data, bytes),
             Message::Changes { doc, changes, last } => {
                 self.on_changes(now, from, doc, changes, last, bytes)
             }
@@ -737,6 +800,7 @@ impl DocSync {
             Message::Unknown { doc } => self.on_refused(from, doc, FailReason::Unknown),
             Message::Busy { doc } => self.on_refused(from, doc, FailReason::Busy),
         }
+        self.settle(doc_of);
     }
 
     /// Input: `peer` is ready (connected, `Hello` verified). Every document it is known to
@@ -769,6 +833,7 @@ impl DocSync {
             .collect();
         for key in ended {
             self.fail(key, FailReason::Gone);
+            self.settle(key.1);
         }
     }
 
@@ -784,6 +849,7 @@ impl DocSync {
             .collect();
         for key in idle {
             self.fail(key, FailReason::Timeout);
+            self.settle(key.1);
         }
         let Some(interval) = self.config.anti_entropy else {
             return;
@@ -891,12 +957,15 @@ impl DocSync {
         let (ranges, _) = fit(set.initiate(&self.config.reconcile), set);
         let mut session = Session::new(Role::Initiator, now);
         session.access_sent = true;
+        session.clock_sent = true;
         let msg = Message::Sync {
             doc,
             step: 0,
             access: Some(replica.doc.access().clone()),
             ranges,
             want: Vec::new(),
+            clock: Some(clock_vec(&replica.doc)),
+            checkpoint: replica.doc.checkpoint().cloned().map(Box::new),
         };
         self.out.send(peer, msg, Some(&mut session));
         self.sessions.insert((peer, doc), session);
@@ -926,18 +995,15 @@ impl DocSync {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_sync(
-        &mut self,
-        now: Instant,
-        from: PeerId,
-        doc: DocId,
-        step: u32,
-        access: Option<Access>,
-        ranges: Vec<reconcile::Range>,
-        want: Vec<Id>,
-        bytes: u64,
-    ) {
+    fn on_sync(&mut self, now: Instant, from: PeerId, doc: DocId, round: Round, bytes: u64) {
+        let Round {
+            step,
+            access,
+            ranges,
+            want,
+            clock,
+            checkpoint,
+        } = round;
         let Self {
             local,
             config,
@@ -959,6 +1025,18 @@ impl DocSync {
         {
             bad_peer(sessions, out, replica, from, doc, reason);
             return;
+        }
+        if let Some(cp) = checkpoint
+            && let Err(reason) = replica.doc.offer_checkpoint(*cp)
+        {
+            out.stats.checkpoints_refused += 1;
+            bad_peer(sessions, out, replica, from, doc, reason);
+            return;
+        }
+        if let Some(c) = &clock
+            && let Some(writer) = replica.doc.access().actor_of(&from)
+        {
+            replica.doc.note_clock(writer, c);
         }
         replica.touch(from, now, config.max_replica_peers);
         let key = (from, doc);
@@ -998,6 +1076,14 @@ impl DocSync {
         s.rounds += 1;
         if peer_version.is_some() {
             s.peer_version = peer_version;
+        }
+        if let Some(c) = clock {
+            let peer_clock: BTreeMap<Actor, u64> = c.into_iter().collect();
+            if let Some(cp) = replica.doc.checkpoint()
+                && !cp.is_covered_by(&peer_clock)
+            {
+                s.snapshot_out = Some((cp.number(), 0));
+            }
         }
         for id in want {
             if replica.doc.get_change(&id).is_some() {
@@ -1039,12 +1125,23 @@ impl DocSync {
         }
         let done = reply.is_empty();
         let access = access_for(s, &replica.doc);
+        let (clock, checkpoint) = if s.clock_sent {
+            (None, None)
+        } else {
+            s.clock_sent = true;
+            (
+                Some(clock_vec(&replica.doc)),
+                replica.doc.checkpoint().cloned().map(Box::new),
+            )
+        };
         let msg = Message::Sync {
             doc,
             step: next,
             access,
             ranges: reply,
             want,
+            clock,
+            checkpoint,
         };
         out.send(from, msg, Some(s));
         if done {
@@ -1052,6 +1149,126 @@ impl DocSync {
             s.flush(&replica.doc);
             pump(out, config, from, doc, &replica.doc, s);
             complete(sessions, out, key);
+        }
+    }
+
+    /// A piece of a checkpoint's state from the peer: collected, and restored once whole.
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        doc: DocId,
+        checkpoint: Option<Box<Checkpoint>>,
+        offset: u64,
+        data: Vec<u8>,
+        bytes: u64,
+    ) {
+        let Self {
+            config,
+            store,
+            docs,
+            sessions,
+            out,
+            ..
+        } = self;
+        let Some(replica) = docs.get_mut(&doc) else {
+            out.stats.unknown_docs += 1;
+            return;
+        };
+        let key = (from, doc);
+        let Some(s) = sessions.get_mut(&key) else {
+            out.stats.stray += 1;
+            return;
+        };
+        s.last_active = now;
+        s.bytes_received += bytes;
+        if let Some(cp) = checkpoint {
+            // A first piece (again, if the sender's checkpoint moved on): start over.
+            s.snapshot_in = None;
+            if offset != 0 {
+                let reason = DocError::BadCheckpoint("checkpoint with a later piece");
+                bad_peer(sessions, out, replica, from, doc, reason);
+                return;
+            }
+            if cp.size() > config.limits.quota_bytes as u64 {
+                // Not the sender's fault: our quota is smaller. The pieces are ignored.
+                out.stats.changes_refused += 1;
+            } else {
+                let room = usize::try_from(cp.size()).unwrap_or(0).min(1 << 20);
+                s.snapshot_in = Some((*cp, Vec::with_capacity(room)));
+            }
+        }
+        let mut restored = None;
+        if let Some((cp, state)) = &mut s.snapshot_in {
+            if offset != state.len() as u64 || state.len() as u64 + data.len() as u64 > cp.size() {
+                let reason = DocError::BadCheckpoint("state pieces out of order or too long");
+                bad_peer(sessions, out, replica, from, doc, reason);
+                return;
+            }
+            state.extend_from_slice(&data);
+            if state.len() as u64 == cp.size() {
+                restored = s.snapshot_in.take();
+            }
+        }
+        if let Some((cp, state)) = restored {
+            match replica.doc.restore(cp, state) {
+                Ok(true) => {
+                    out.stats.snapshots_received += 1;
+                    if let Some((cp, state)) = replica.doc.snapshot() {
+                        let saved = store.save_checkpoint(&doc, cp, state);
+                        out.store_result(doc, saved);
+                    }
+                    out.emit(Event::Changed { doc });
+                }
+                Ok(false) => {}
+                Err(e) if is_peer_fault(&e) => {
+                    out.stats.checkpoints_refused += 1;
+                    bad_peer(sessions, out, replica, from, doc, e);
+                    return;
+                }
+                Err(_) => out.stats.changes_refused += 1,
+            }
+        }
+        out.send(from, Message::Ack { doc }, sessions.get_mut(&key));
+    }
+
+    /// Once no session is running on `doc`: folds in the owner's checkpoint if this replica
+    /// has what it covers, and, on the owner's node, makes a new one when enough of the log
+    /// is stable. (Not during sessions, so a session's view of the log and of the checkpoint
+    /// it may be sending stays put.)
+    fn settle(&mut self, doc: DocId) {
+        if self.sessions.keys().any(|(_, d)| *d == doc) {
+            return;
+        }
+        let Some(replica) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let before = replica.doc.len();
+        let mut folded = false;
+        if replica.doc.can_fold() {
+            match replica.doc.fold() {
+                Ok(_) => {
+                    self.out.stats.checkpoints_folded += 1;
+                    folded = true;
+                }
+                Err(_) => self.out.stats.checkpoints_refused += 1,
+            }
+        }
+        if !folded
+            && let Some(signer) = &self.signer
+            && replica.doc.access().owner() == &signer.peer_id()
+            && let Ok(Some(_)) = replica
+                .doc
+                .make_checkpoint(signer, self.config.checkpoint_bytes)
+        {
+            self.out.stats.checkpoints_made += 1;
+            folded = true;
+        }
+        self.out.stats.changes_folded += before.saturating_sub(replica.doc.len()) as u64;
+        if folded && let Some((cp, state)) = replica.doc.snapshot() {
+            let saved = self.store.save_checkpoint(&doc, cp, state);
+            self.out.store_result(doc, saved);
         }
     }
 
@@ -1182,6 +1399,7 @@ fn is_peer_fault(e: &DocError) -> bool {
     matches!(
         e,
         DocError::BadSignature
+            | DocError::BadCheckpoint(_)
             | DocError::WrongDocument
             | DocError::TooLarge(_)
             | DocError::Invalid(_)
@@ -1223,6 +1441,29 @@ fn pump(
     s: &mut Session,
 ) {
     while s.reconciled && !s.sent_last && s.in_flight < config.window.max(1) {
+        if let Some((number, offset)) = s.snapshot_out {
+            let Some((cp, state)) = doc.snapshot() else {
+                s.snapshot_out = None;
+                continue;
+            };
+            // The checkpoint moved on (a newer state restored here): send the new one.
+            let from = if cp.number() == number { offset } else { 0 };
+            let start = usize::try_from(from).unwrap_or(usize::MAX).min(state.len());
+            let end = (start + MAX_SNAPSHOT_CHUNK).min(state.len());
+            let msg = Message::Snapshot {
+                doc: doc_id,
+                checkpoint: (start == 0).then(|| Box::new(cp.clone())),
+                offset: start as u64,
+                data: state[start..end].to_vec(),
+            };
+            out.send(peer, msg, Some(s));
+            s.in_flight += 1;
+            s.snapshot_out = (end < state.len()).then_some((cp.number(), end as u64));
+            if end == state.len() {
+                out.stats.snapshots_sent += 1;
+            }
+            continue;
+        }
         let mut changes = Vec::new();
         let mut size = 0;
         while let Some(id) = s.outbox.front() {
@@ -1280,6 +1521,21 @@ fn complete(
         bytes_received: s.bytes_received,
         rounds: s.rounds,
     });
+}
+
+/// A round of [`Message::Sync`], unpacked.
+struct Round {
+    step: u32,
+    access: Option<Access>,
+    ranges: Vec<reconcile::Range>,
+    want: Vec<Id>,
+    clock: Option<Vec<(Actor, u64)>>,
+    checkpoint: Option<Box<Checkpoint>>,
+}
+
+/// The document's clock as it travels.
+fn clock_vec(doc: &Document) -> Vec<(Actor, u64)> {
+    doc.clock().iter().map(|(a, n)| (*a, *n)).collect()
 }
 
 /// `interval` scaled by a random factor in [0.5, 1.5), so replicas do not sync in lockstep.

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::doc::Document;
 use crate::doc::reconcile::{Fingerprint, Id, IdSet, MAX_IDS, MAX_RANGES, Mode, Range};
+use crate::doc::{Checkpoint, Document};
 use crate::time::Instant;
 
 /// Which side started the session.
@@ -26,6 +26,13 @@ pub(super) struct Session {
     pub(super) access_sent: bool,
     /// The version of the peer's access list, if it sent one.
     pub(super) peer_version: Option<u64>,
+    /// Our clock went out in this session.
+    pub(super) clock_sent: bool,
+    /// The peer lacks changes our checkpoint covers: the number of the checkpoint whose state
+    /// we are sending, and the offset of the next piece.
+    pub(super) snapshot_out: Option<(u64, u64)>,
+    /// A checkpoint's state arriving from the peer, so far.
+    pub(super) snapshot_in: Option<(Checkpoint, Vec<u8>)>,
     /// Reconciliation is over; what we owe the peer is in `outbox`.
     pub(super) reconciled: bool,
     /// Changes the peer lacks, found so far.
@@ -53,6 +60,9 @@ impl Session {
             answered: false,
             access_sent: false,
             peer_version: None,
+            clock_sent: false,
+            snapshot_out: None,
+            snapshot_in: None,
             reconciled: false,
             to_send: BTreeSet::new(),
             outbox: VecDeque::new(),

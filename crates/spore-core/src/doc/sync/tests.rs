@@ -35,7 +35,11 @@ impl Net {
         let keys: Vec<Keypair> = (0..n).map(|i| key(i as u8 + 1)).collect();
         let nodes = keys
             .iter()
-            .map(|k| DocSync::new(k.peer_id(), config.clone()))
+            .map(|k| {
+                let mut sync = DocSync::new(k.peer_id(), config.clone());
+                sync.set_signer(k.clone());
+                sync
+            })
             .collect();
         Self {
             keys,
@@ -227,7 +231,12 @@ fn sync_difference(n: usize) -> (u64, usize) {
             .unwrap();
     }
     let doc = a.id();
-    let mut net = Net::new(2, quiet());
+    // The log's size is the measure here: no checkpoint folds it.
+    let config = Config {
+        checkpoint_bytes: usize::MAX,
+        ..quiet()
+    };
+    let mut net = Net::new(2, config);
     net.nodes[0].insert(a).unwrap();
     net.nodes[1].insert(b).unwrap();
     net.connect(0, 1);
@@ -241,7 +250,7 @@ fn sync_difference(n: usize) -> (u64, usize) {
         net.nodes[0].doc(&doc).unwrap(),
         net.nodes[1].doc(&doc).unwrap(),
     );
-    assert_eq!(a.len(), n + 10);
+    assert_eq!(a.applied(), (n + 10) as u64);
     assert_eq!(a.render(), b.render());
     assert_eq!(a.counter("n"), (n + 10) as i64);
     assert_eq!(
@@ -776,6 +785,8 @@ fn messages_out_of_bounds_are_refused() {
         access,
         ranges,
         want,
+        clock: None,
+        checkpoint: None,
     };
     assert!(
         sync(Vec::new(), vec![[0; 32]; MAX_WANT], None)
@@ -878,6 +889,20 @@ fn the_store_sees_every_change_and_restores_the_replicas() {
         fn save_changes(&mut self, _: &DocId, _: &[Change]) -> Result<(), StoreError> {
             Err(StoreError("disk gone".into()))
         }
+        fn save_checkpoint(
+            &mut self,
+            _: &DocId,
+            _: &Checkpoint,
+            _: &[u8],
+        ) -> Result<(), StoreError> {
+            Err(StoreError("disk gone".into()))
+        }
+        fn load_checkpoint(
+            &mut self,
+            _: &DocId,
+        ) -> Result<Option<(Checkpoint, Vec<u8>)>, StoreError> {
+            Err(StoreError("disk gone".into()))
+        }
         fn remove(&mut self, _: &DocId) -> Result<(), StoreError> {
             Err(StoreError("disk gone".into()))
         }
@@ -923,4 +948,154 @@ fn the_same_inputs_give_the_same_run() {
     let again = run();
     assert_eq!(trace, again.0);
     assert_eq!(events, again.1);
+}
+
+#[test]
+fn the_owner_checkpoints_what_every_writer_applied_and_a_newcomer_gets_the_state() {
+    let config = Config {
+        checkpoint_bytes: 8 * 1024,
+        ..quiet()
+    };
+    let mut net = Net::new(4, config.clone());
+    let reader_store = MemoryStore::new();
+    net.nodes[3] = DocSync::with_store(net.id(3), config.clone(), Box::new(reader_store.clone()));
+    let owner = net.keys[0].clone();
+    let doc = net.nodes[0].create(&owner, 7).unwrap();
+    let (w1, w2, now) = (net.id(1), net.id(2), net.now);
+    net.nodes[0].add_writer(now, &owner, &doc, w1).unwrap();
+    let access = net.nodes[0].add_writer(now, &owner, &doc, w2).unwrap();
+    let group: Vec<PeerId> = (0..3).map(|i| net.id(i)).collect();
+    for i in 1..3 {
+        net.nodes[i].open(net.now, access.clone(), &group).unwrap();
+    }
+    net.nodes[0]
+        .add_replica_peers(net.now, &doc, &group)
+        .unwrap();
+    net.connect_all(&[0, 1, 2]);
+    net.run();
+    // The three writers type lines and delete some; every change goes live to the others.
+    let type_lines = |net: &mut Net, rounds: std::ops::Range<usize>, to: &[usize]| {
+        for round in rounds {
+            for w in 0..3 {
+                let others: Vec<usize> = to.iter().copied().filter(|o| *o != w).collect();
+                let line = format!("line {round} by writer {w}, typed and maybe deleted\n");
+                net.edit_live(w, &doc, vec![Edit::Insert("t".into(), 0, line)], &others);
+            }
+            if round % 2 == 1 {
+                let w = round % 3;
+                let text = net.nodes[w].doc(&doc).unwrap().text("t").unwrap();
+                let first = text.find('\n').unwrap() + 1;
+                let others: Vec<usize> = to.iter().copied().filter(|o| *o != w).collect();
+                net.edit_live(w, &doc, vec![Edit::Delete("t".into(), 0, first)], &others);
+            }
+        }
+    };
+    type_lines(&mut net, 0..60, &[0, 1, 2]);
+    let size_before = net.nodes[0].doc(&doc).unwrap().size();
+    assert_eq!(
+        net.nodes[0].stats().checkpoints_made,
+        0,
+        "no writer has said what it applied"
+    );
+
+    // Sessions tell the owner what each writer applied; once every one has, it folds.
+    let sync_with_owner = |net: &mut Net| {
+        for w in 1..3 {
+            let owner = net.id(0);
+            net.nodes[w].sync_with(net.now, owner, doc).unwrap();
+        }
+        net.run();
+    };
+    sync_with_owner(&mut net);
+    let stats = net.nodes[0].stats();
+    assert_eq!(stats.checkpoints_made, 1);
+    let d0 = net.nodes[0].doc(&doc).unwrap();
+    let cp = d0.checkpoint().unwrap().clone();
+    assert_eq!(cp.changes(), d0.applied());
+    assert_eq!(d0.len(), 0);
+    assert!(
+        d0.size() * 3 < size_before,
+        "{size_before} B of changes became {} B of state",
+        d0.size()
+    );
+    // The writers fold it in after their next session with the owner, which carries it.
+    sync_with_owner(&mut net);
+    for w in 1..3 {
+        let d = net.nodes[w].doc(&doc).unwrap();
+        assert_eq!(d.checkpoint(), Some(&cp), "writer {w}");
+        assert_eq!(d.len(), 0);
+        assert_eq!(net.nodes[w].stats().checkpoints_folded, 1);
+        assert_eq!(net.render(w, &doc), net.render(0, &doc));
+    }
+    type_lines(&mut net, 60..64, &[0, 1, 2]);
+
+    // A reader that joins now, from writer 1: the state first, then the changes beyond it.
+    let (peer, now) = (net.id(1), net.now);
+    net.nodes[3].open(now, access.clone(), &[peer]).unwrap();
+    net.connect(1, 3);
+    net.run();
+    let reader = net.nodes[3].doc(&doc).unwrap();
+    assert_eq!(reader.checkpoint(), Some(&cp));
+    assert_eq!(reader.len(), net.nodes[1].doc(&doc).unwrap().len());
+    assert_eq!(net.render(3, &doc), net.render(1, &doc));
+    assert_eq!(net.nodes[3].stats().snapshots_received, 1);
+    assert_eq!(net.nodes[1].stats().snapshots_sent, 1);
+    assert_eq!(reader_store.checkpoint(&doc), Some(cp.number()));
+
+    // Editing goes on; everyone converges, the reader included, and it restarts from its
+    // store with the same state.
+    net.connect(0, 3);
+    net.connect(2, 3);
+    type_lines(&mut net, 64..70, &[0, 1, 2, 3]);
+    net.run();
+    for i in 1..4 {
+        assert_eq!(net.render(i, &doc), net.render(0, &doc), "replica {i}");
+    }
+    let mut restarted = DocSync::with_store(net.id(3), config, Box::new(reader_store));
+    assert_eq!(restarted.load(), Ok(1));
+    assert_eq!(restarted.doc(&doc).unwrap().render(), net.render(0, &doc));
+    assert_eq!(restarted.stats().load_refused, 0);
+}
+
+#[test]
+fn state_pieces_out_of_order_are_the_senders_fault() {
+    let mut net = Net::new(2, quiet());
+    let doc = shared_doc(&mut net);
+    net.connect(0, 1);
+    net.run();
+    let owner = net.keys[0].clone();
+    net.nodes[0]
+        .edit(&owner, &doc, vec![Edit::Set("k".into(), Value::Int(1))])
+        .unwrap();
+    // A session in progress on node 1, then a piece that does not start at 0.
+    let peer = net.id(1);
+    net.nodes[0].sync_with(net.now, peer, doc).unwrap();
+    let (round0, _) = {
+        let (to, m) = net.nodes[0].poll_transmit().unwrap();
+        (m, to)
+    };
+    let from = net.id(0);
+    net.nodes[1].handle_message(net.now, from, round0);
+    while net.nodes[1].poll_transmit().is_some() {}
+    let piece = Message::Snapshot {
+        doc,
+        checkpoint: None,
+        offset: 0,
+        data: vec![1, 2, 3],
+    };
+    // Without a checkpoint first there is nothing to add to: ignored, acknowledged.
+    net.nodes[1].handle_message(net.now, from, piece);
+    assert_eq!(net.nodes[1].stats().bad_peers, 0);
+    let d = net.nodes[0].doc(&doc).unwrap();
+    let state = d.snapshot().map(|(_, s)| s.to_vec()).unwrap_or_default();
+    let cp = Checkpoint::new(&owner, doc, 1, &d.clock().clone(), &state);
+    let late_start = Message::Snapshot {
+        doc,
+        checkpoint: Some(Box::new(cp)),
+        offset: 5,
+        data: Vec::new(),
+    };
+    net.nodes[1].handle_message(net.now, from, late_start);
+    assert_eq!(net.nodes[1].stats().bad_peers, 1);
+    assert!(!net.nodes[1].is_syncing(&from, &doc));
 }
