@@ -25,10 +25,14 @@
 //! Replicas find the changes they lack by [range-based set reconciliation](reconcile) over
 //! change ids: traffic grows with the difference, not the document.
 //!
-//! Limits: a quota on the bytes of changes, bounded operations per change, key and value sizes,
-//! writers, and waiting changes. Known limits: tombstones and change logs are not compacted
-//! yet; a revocation cuts a writer's changes at the number the owner had seen, and changes of
-//! that writer concurrent with the revocation may be kept by replicas that applied them first.
+//! Changes that every writer has applied are folded into an owner-signed [`Checkpoint`]: the
+//! log keeps only what is newer, and a replica that lacks folded changes receives the state
+//! itself (see [`checkpoint`]).
+//!
+//! Limits: a quota on the bytes of the checkpoint's state and the log, bounded operations per
+//! change, key and value sizes, writers, and waiting changes. Known limits: a revocation cuts a
+//! writer's changes at the number the owner had seen, and changes of that writer concurrent
+//! with the revocation may be kept by replicas that applied them first.
 
 pub mod change;
 pub mod checkpoint;

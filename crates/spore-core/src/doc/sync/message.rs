@@ -48,18 +48,6 @@ pub enum Message {
         /// has applied what it covers.
         checkpoint: Option<Box<Checkpoint>>,
     },
-    /// A piece of the state a checkpoint names, for a receiver that lacks changes it covers;
-    /// sent before the session's changes, acknowledged like them.
-    Snapshot {
-        /// The document.
-        doc: DocId,
-        /// The checkpoint, in the first piece (offset 0) only.
-        checkpoint: Option<Box<Checkpoint>>,
-        /// Where the piece starts in the state.
-        offset: u64,
-        /// At most [`MAX_SNAPSHOT_CHUNK`] bytes.
-        data: Vec<u8>,
-    },
     /// Changes the receiver lacks, in causal order.
     Changes {
         /// The document.
@@ -83,6 +71,18 @@ pub enum Message {
     Busy {
         /// The document.
         doc: DocId,
+    },
+    /// A piece of the state a checkpoint names, for a receiver that lacks changes it covers;
+    /// sent before the session's changes, acknowledged like them.
+    Snapshot {
+        /// The document.
+        doc: DocId,
+        /// The checkpoint, in the first piece (offset 0) only.
+        checkpoint: Option<Box<Checkpoint>>,
+        /// Where the piece starts in the state.
+        offset: u64,
+        /// At most [`MAX_SNAPSHOT_CHUNK`] bytes.
+        data: Vec<u8>,
     },
 }
 

@@ -66,9 +66,20 @@
 //! document and so read all of it; nothing else is checked. Writing needs the owner's signed
 //! admission in the access list. Share a document's id (its ticket) only with its readers.
 //!
+//! **Checkpoints.** Round 0 and the responder's first answer also carry the sender's clock and
+//! its latest [`Checkpoint`]. The clock tells the document's owner what a writer applied; once
+//! every live writer has applied enough of the log ([`Config::checkpoint_bytes`]), the owner's
+//! node ([`set_signer`](DocSync::set_signer)) folds it into a new checkpoint
+//! ([`Document::make_checkpoint`]). A replica that receives a checkpoint folds it once it has
+//! applied what it covers, checking the state against the owner's hash ([`Document::fold`]). A
+//! side whose checkpoint covers changes the peer's clock lacks sends the checkpoint's state
+//! ([`Message::Snapshot`] pieces, under the same window) before its changes, and the peer
+//! restores from it ([`Document::restore`]). Folding waits until no session on the document
+//! runs. The store keeps the checkpoint and drops the changes it covers.
+//!
 //! **Bounds.** Documents ([`Config::max_docs`]), per-document [`Limits`], replica peers per
-//! document, sessions ([`Config::max_sessions`]; a peer asking for more is answered
-//! [`Message::Busy`]), rounds per session ([`Config::max_rounds`]; then "done", and the next
+//! document, sessions ([`Config::max_sessions`], and [`Config::max_sessions_per_peer`]: ours
+//! beyond it wait their turn, a peer asking for more is answered [`Message::Busy`]), rounds per session ([`Config::max_rounds`]; then "done", and the next
 //! session continues), idle sessions dropped after [`Config::session_timeout`], message sizes
 //! ([`Message::validate`]; a reconciliation reply that would exceed them is cut short with one
 //! fingerprint over its tail), and the output queues.
@@ -121,6 +132,9 @@ pub use store::{DocStore, MemoryStore, StoreError};
 /// Most outputs of each kind held between two drains; beyond it they are dropped and counted.
 const MAX_QUEUED: usize = 65_536;
 
+/// Most sessions waiting for a peer's session slots; beyond it, anti-entropy catches up.
+const MAX_WAITING: usize = 4096;
+
 /// Document sync's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -132,6 +146,10 @@ pub struct Config {
     pub max_replica_peers: usize,
     /// Most sessions at once, over all peers and documents. Default 64.
     pub max_sessions: usize,
+    /// Most sessions at once with one peer. Default 16. Sessions this node would start beyond
+    /// it wait in a queue and start as the peer's sessions end; a peer asking for more is
+    /// answered [`Message::Busy`].
+    pub max_sessions_per_peer: usize,
     /// Most reconciliation rounds in one session; then the session moves on to sending what
     /// it found. Default 32 (100,000 ids need about 6).
     pub max_rounds: u32,
@@ -156,6 +174,7 @@ impl Default for Config {
             limits: Limits::default(),
             max_replica_peers: 32,
             max_sessions: 64,
+            max_sessions_per_peer: 16,
             max_rounds: 32,
             session_timeout: Duration::from_secs(30),
             anti_entropy: Some(Duration::from_secs(30)),
@@ -440,6 +459,8 @@ pub struct DocSync {
     store: Box<dyn DocStore + Send>,
     docs: BTreeMap<DocId, Replica>,
     sessions: BTreeMap<(PeerId, DocId), Session>,
+    /// Sessions to start once the peer has a session slot free.
+    waiting: BTreeSet<(PeerId, DocId)>,
     ready: BTreeSet<PeerId>,
     out: Out,
     next_anti_entropy: Option<Instant>,
@@ -472,6 +493,7 @@ impl DocSync {
             store,
             docs: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            waiting: BTreeSet::new(),
             ready: BTreeSet::new(),
             out: Out::default(),
             next_anti_entropy: None,
@@ -767,6 +789,7 @@ impl DocSync {
             return;
         }
         let doc_of = msg.doc();
+        let ended = !matches!(msg, Message::Sync { .. });
         match msg {
             Message::Sync {
                 doc,
@@ -801,6 +824,9 @@ impl DocSync {
             Message::Busy { doc } => self.on_refused(from, doc, FailReason::Busy),
         }
         self.settle(doc_of);
+        if ended {
+            self.start_waiting(now, from);
+        }
     }
 
     /// Input: `peer` is ready (connected, `Hello` verified). Every document it is known to
@@ -825,6 +851,7 @@ impl DocSync {
     /// Input: `peer` is gone; its sessions fail.
     pub fn peer_gone(&mut self, _now: Instant, peer: PeerId) {
         self.ready.remove(&peer);
+        self.waiting.retain(|(p, _)| *p != peer);
         let ended: Vec<(PeerId, DocId)> = self
             .sessions
             .keys()
@@ -850,6 +877,7 @@ impl DocSync {
         for key in idle {
             self.fail(key, FailReason::Timeout);
             self.settle(key.1);
+            self.start_waiting(now, key.0);
         }
         let Some(interval) = self.config.anti_entropy else {
             return;
@@ -887,6 +915,32 @@ impl DocSync {
     /// Output: the next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.out.events.pop_front()
+    }
+
+    fn sessions_with(&self, peer: &PeerId) -> usize {
+        self.sessions
+            .range((*peer, DocId([0; 32]))..=(*peer, DocId([0xff; 32])))
+            .count()
+    }
+
+    /// Starts the sessions waiting for `peer`'s slots, as far as they allow.
+    fn start_waiting(&mut self, now: Instant, peer: PeerId) {
+        while self.sessions_with(&peer) < self.config.max_sessions_per_peer
+            && self.sessions.len() < self.config.max_sessions
+        {
+            let next = self
+                .waiting
+                .range((peer, DocId([0; 32]))..=(peer, DocId([0xff; 32])))
+                .next()
+                .copied();
+            let Some(key) = next else {
+                return;
+            };
+            self.waiting.remove(&key);
+            if self.ready.contains(&peer) && self.docs.contains_key(&key.1) {
+                let _ = self.start(now, peer, key.1);
+            }
+        }
     }
 
     fn check_room(&self) -> Result<(), SyncError> {
@@ -950,6 +1004,12 @@ impl DocSync {
         }
         if self.sessions.len() >= self.config.max_sessions {
             return Err(SyncError::TooManySessions);
+        }
+        if self.sessions_with(&peer) >= self.config.max_sessions_per_peer {
+            if self.waiting.len() < MAX_WAITING {
+                self.waiting.insert((peer, doc));
+            }
+            return Ok(());
         }
         let replica = self.docs.get_mut(&doc).ok_or(SyncError::UnknownDoc)?;
         let set = replica.ids();
@@ -1059,7 +1119,8 @@ impl DocSync {
             {
                 out.stats.collisions += 1;
             }
-            if sessions.len() >= config.max_sessions {
+            let with_peer = sessions.keys().filter(|(p, _)| *p == from).count();
+            if sessions.len() >= config.max_sessions || with_peer >= config.max_sessions_per_peer {
                 out.stats.busy += 1;
                 out.send(from, Message::Busy { doc }, None);
                 return;

@@ -1099,3 +1099,56 @@ fn state_pieces_out_of_order_are_the_senders_fault() {
     assert_eq!(net.nodes[1].stats().bad_peers, 1);
     assert!(!net.nodes[1].is_syncing(&from, &doc));
 }
+
+#[test]
+fn sessions_with_one_peer_are_bounded_and_the_rest_wait_their_turn() {
+    let mut net = Net::new(2, quiet());
+    let owner = net.keys[0].clone();
+    let (me, now) = (net.id(0), net.now);
+    let mut docs = Vec::new();
+    for nonce in 0..20 {
+        let doc = net.nodes[0].create(&owner, nonce).unwrap();
+        net.nodes[0]
+            .edit(
+                &owner,
+                &doc,
+                vec![Edit::Increment("n".into(), nonce as i64)],
+            )
+            .unwrap();
+        let access = net.nodes[0].doc(&doc).unwrap().access().clone();
+        net.nodes[1].open(now, access, &[me]).unwrap();
+        docs.push(doc);
+    }
+    net.connect(0, 1);
+    assert_eq!(net.nodes[1].sessions(), 16, "16 start, 4 wait");
+    net.run();
+    assert_eq!(net.synced(1), 20);
+    assert_eq!(net.nodes[0].stats().busy + net.nodes[1].stats().busy, 0);
+    for (nonce, doc) in docs.iter().enumerate() {
+        assert_eq!(net.nodes[1].doc(doc).unwrap().counter("n"), nonce as i64);
+    }
+    // A peer that asks for more than its share is answered Busy.
+    let config = Config {
+        max_sessions_per_peer: 2,
+        ..quiet()
+    };
+    let mut strict = DocSync::new(net.id(1), config);
+    for doc in &docs[..3] {
+        let access = net.nodes[0].doc(doc).unwrap().access().clone();
+        strict.open(now, access, &[]).unwrap();
+    }
+    let mut asker = DocSync::new(me, quiet());
+    for doc in &docs[..3] {
+        let access = net.nodes[0].doc(doc).unwrap().access().clone();
+        asker.open(now, access, &[]).unwrap();
+    }
+    asker.peer_ready(now, net.id(1));
+    for doc in &docs[..3] {
+        asker.sync_with(now, net.id(1), *doc).unwrap();
+    }
+    while let Some((_, m)) = asker.poll_transmit() {
+        strict.handle_message(now, me, m);
+    }
+    assert_eq!(strict.sessions(), 2);
+    assert_eq!(strict.stats().busy, 1);
+}

@@ -71,10 +71,11 @@
 //!   (none without concurrency). As in every YATA-family CRDT, a peer that floods one place
 //!   with concurrent insertions can make this scan long; the document layer rate-limits peers.
 //!
-//! Not done yet: tombstones are never discarded. Dropping one safely needs every replica to
-//! have seen its deletion *and* no operation still in flight to name it as an origin, which
-//! only the document layer's causal-stability tracking can tell; [`Text::tombstones`] reports
-//! how many there are.
+//! Tombstones stay: a deleted character's id may still be named as an origin (a later local
+//! insertion takes the item after it, tombstones included, as its right origin). They cost
+//! one id range per deleted run and no text; [`Text::tombstones`] reports how many characters
+//! they cover. What a document's compaction frees is the operations (the deleted text itself
+//! among them): a checkpoint keeps this structure as a [`TextSnapshot`].
 
 mod integrate;
 mod list;
