@@ -768,7 +768,7 @@ async fn doc_tour(nodes: &[DemoNode]) -> Result<DocFigures> {
         }
         let renders: Vec<_> = replicas
             .iter()
-            .map(|r| r.as_ref().map(|d| (d.len(), d.render())))
+            .map(|r| r.as_ref().map(|d| (d.applied() as usize, d.render())))
             .collect();
         if renders
             .iter()
@@ -826,7 +826,7 @@ async fn doc_tour(nodes: &[DemoNode]) -> Result<DocFigures> {
     println!(
         "      all {writers} replicas converged in {:.1} ms, {} changes each, identical state:",
         elapsed.as_secs_f64() * 1e3,
-        state.len()
+        state.applied()
     );
     println!(
         "        title    {title:?}: last writer wins (highest Lamport clock, then writer number)"

@@ -549,3 +549,63 @@ fn replicas_reconcile_their_change_sets() {
     assert_eq!(r[1].counter("c"), 300);
     assert_eq!(r[1].pending(), 0);
 }
+
+/// The figure for compaction: `cargo test -p spore-core --release compaction_of_an_editing_trace
+/// -- --ignored --nocapture`. The first 30,000 edits of the automerge-paper trace (one change
+/// per edit, one writer), then one checkpoint: the log's bytes against the state's.
+#[test]
+#[ignore = "replays 30,000 signed edits; run with --ignored"]
+fn compaction_of_an_editing_trace() {
+    #[derive(serde::Deserialize)]
+    struct Trace {
+        txns: Vec<Txn>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Txn {
+        patches: Vec<(usize, usize, String)>,
+    }
+    let Some(path) = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/data/editing-traces/automerge-paper.json.gz"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: shared/data/editing-traces not found");
+        return;
+    };
+    let file = std::fs::File::open(path).unwrap();
+    let trace: Trace =
+        serde_json::from_reader(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+            .unwrap();
+    let owner = key(1);
+    let mut doc = Document::create(&owner, 1, Limits::default());
+    let started = std::time::Instant::now();
+    let mut edits = 0;
+    for txn in trace.txns.iter().take(30_000) {
+        let mut ops = Vec::new();
+        for (pos, del, ins) in &txn.patches {
+            if *del > 0 {
+                ops.push(Edit::Delete("paper".into(), *pos, *del));
+            }
+            if !ins.is_empty() {
+                ops.push(Edit::Insert("paper".into(), *pos, ins.clone()));
+            }
+        }
+        doc.change(&owner, ops).unwrap();
+        edits += 1;
+    }
+    let replayed = started.elapsed();
+    let (log_bytes, text) = (doc.size(), doc.text("paper").unwrap());
+    let started = std::time::Instant::now();
+    let cp = doc.make_checkpoint(&owner, 0).unwrap().unwrap();
+    let folded = started.elapsed();
+    assert_eq!(doc.text("paper").unwrap(), text);
+    assert_eq!(cp.changes(), edits);
+    eprintln!(
+        "{edits} edits ({replayed:.1?}): log {log_bytes} B; checkpoint state {} B ({:.1} % of \
+         the log; visible text {} B), folded in {folded:.1?}",
+        doc.size(),
+        100.0 * doc.size() as f64 / log_bytes as f64,
+        text.len()
+    );
+    assert!(doc.size() * 5 < log_bytes);
+}
