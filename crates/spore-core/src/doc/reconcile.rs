@@ -101,6 +101,8 @@ pub struct Step {
     pub they_lack: Vec<Id>,
     /// Ids the peer has that we lack: expect or ask for them.
     pub we_lack: Vec<Id>,
+    /// The reply had to be cut to fit a message's bounds (see [`IdSet::respond`]).
+    pub cut: bool,
 }
 
 /// A sorted set of ids with prefix sums, answering reconciliation messages.
@@ -163,11 +165,21 @@ impl IdSet {
         } else {
             Mode::Fingerprint(self.fingerprint(0, self.ids.len()))
         };
-        vec![Range { upper: None, mode }]
+        self.fit(vec![Range { upper: None, mode }]).0
     }
 
     /// Processes the peer's message. Ranges out of order are treated as ending where the
     /// previous one did (they cover nothing), so a malformed message cannot make us panic.
+    ///
+    /// The reply always fits a message's bounds ([`MAX_RANGES`], [`MAX_IDS`]), which an answer
+    /// to many mismatching ranges would exceed (each splits into [`Config::branches`]
+    /// sub-ranges). Two steps cut it, each keeping reconciliation correct, and set
+    /// [`Step::cut`]:
+    ///
+    /// 1. lists of ids the peer lacks (`Ids` without `reply`) become `Skip`: the caller sends
+    ///    what they stand for anyway ([`Step::they_lack`]), so the peer need not hear them;
+    /// 2. if still too large, the first ranges are kept and the rest of the reply is covered by
+    ///    one fingerprint of our ids there, which the peer splits again in a later round.
     pub fn respond(&self, message: &[Range], config: &Config) -> Step {
         let mut step = Step::default();
         let mut lower = 0usize;
@@ -250,8 +262,55 @@ impl IdSet {
             step.reply.clear();
         } else {
             merge_skips(&mut step.reply);
+            (step.reply, step.cut) = self.fit(std::mem::take(&mut step.reply));
         }
         step
+    }
+
+    /// The fingerprint of our ids in `[lower, upper)` (`None`: the start / the end).
+    pub fn fingerprint_of(&self, lower: Option<&Id>, upper: Option<&Id>) -> Fingerprint {
+        let from = lower.map_or(0, |l| self.ids.partition_point(|id| id < l));
+        let to = upper
+            .map_or(self.ids.len(), |u| self.ids.partition_point(|id| id < u))
+            .max(from);
+        self.fingerprint(from, to)
+    }
+
+    /// Cuts a reply to the bounds (see [`respond`](Self::respond)); returns it, empty if
+    /// nothing but `Skip` is left, and whether it had to change.
+    fn fit(&self, mut reply: Vec<Range>) -> (Vec<Range>, bool) {
+        let cut = !fits(&reply);
+        if cut {
+            for r in &mut reply {
+                if matches!(r.mode, Mode::Ids { reply: false, .. }) {
+                    r.mode = Mode::Skip;
+                }
+            }
+            merge_skips(&mut reply);
+        }
+        if !fits(&reply) {
+            let end = reply.last().and_then(|r| r.upper);
+            let mut kept: Vec<Range> = Vec::new();
+            let mut ids = 0;
+            for r in reply {
+                let n = id_count(&r);
+                if kept.len() + 2 > MAX_RANGES || ids + n > MAX_IDS {
+                    break;
+                }
+                ids += n;
+                kept.push(r);
+            }
+            let lower = kept.last().and_then(|r| r.upper);
+            kept.push(Range {
+                upper: end,
+                mode: Mode::Fingerprint(self.fingerprint_of(lower.as_ref(), end.as_ref())),
+            });
+            reply = kept;
+        }
+        if reply.iter().all(|r| r.mode == Mode::Skip) {
+            reply.clear();
+        }
+        (reply, cut)
     }
 
     /// Splits `ids[lower..upper]` into fingerprinted sub-ranges of about equal count, the last
@@ -306,6 +365,17 @@ fn sorted_within(ids: &[Id], lower: Option<&Id>, upper: Option<&Id>) -> Vec<Id> 
     v.sort_unstable();
     v.dedup();
     v
+}
+
+fn id_count(r: &Range) -> usize {
+    match &r.mode {
+        Mode::Ids { ids, .. } => ids.len(),
+        _ => 0,
+    }
+}
+
+fn fits(reply: &[Range]) -> bool {
+    reply.len() <= MAX_RANGES && reply.iter().map(id_count).sum::<usize>() <= MAX_IDS
 }
 
 /// Joins neighbouring `Skip` ranges into one.
@@ -424,7 +494,7 @@ mod tests {
 
     #[test]
     fn traffic_grows_with_the_difference_not_the_set() {
-        let base: Vec<Id> = (0..100_000).map(id).collect();
+        let base: Vec<Id> = (0..30_000).map(id).collect();
         let a = IdSet::new(base.clone());
         let mut with_ten = base.clone();
         with_ten.extend((200_000..200_010).map(id));
@@ -462,5 +532,39 @@ mod tests {
         ];
         let _ = a.respond(&weird, &config);
         let _ = IdSet::default().respond(&weird, &config);
+    }
+
+    /// Every range of a full message mismatching, each split 256 ways with tiny id lists: the
+    /// reply is cut to the bounds, and the exchange still finds the whole difference.
+    #[test]
+    fn replies_always_fit_a_message() {
+        let config = Config {
+            branches: 256,
+            max_ids: 2,
+        };
+        let ours = IdSet::new((0..30_000).map(id).collect());
+        let theirs = IdSet::new((0..30_000).filter(|n| n % 7 != 0).map(id).collect());
+        let mut msg = theirs.initiate(&config);
+        let (mut lack, mut cuts) = (Vec::new(), 0);
+        let mut sides = [&ours, &theirs];
+        for _ in 0..2000 {
+            let step = sides[0].respond(&msg, &config);
+            validate(&step.reply).unwrap();
+            cuts += usize::from(step.cut);
+            if std::ptr::eq(sides[0], &ours) {
+                lack.extend(step.they_lack);
+            } else {
+                lack.extend(step.we_lack);
+            }
+            if step.reply.is_empty() {
+                break;
+            }
+            msg = step.reply;
+            sides.swap(0, 1);
+        }
+        lack.sort_unstable();
+        lack.dedup();
+        assert_eq!(lack.len(), 30_000usize.div_ceil(7));
+        assert!(cuts > 0, "the bounds were never reached");
     }
 }

@@ -126,7 +126,7 @@ use message::encoded_len;
 pub use message::{
     MAX_CHANGE_BYTES, MAX_CHANGES, MAX_CHANGES_BYTES, MAX_SNAPSHOT_CHUNK, MAX_WANT, Message,
 };
-use session::{Role, Session, fit};
+use session::{Role, Session};
 pub use store::{DocStore, MemoryStore, StoreError};
 
 /// Most outputs of each kind held between two drains; beyond it they are dropped and counted.
@@ -1012,9 +1012,7 @@ impl DocSync {
             return Ok(());
         }
         let replica = self.docs.get_mut(&doc).ok_or(SyncError::UnknownDoc)?;
-        let set = replica.ids();
-        // `fit` matters only if `reconcile.max_ids` is set above what a message may carry.
-        let (ranges, _) = fit(set.initiate(&self.config.reconcile), set);
+        let ranges = replica.ids().initiate(&self.config.reconcile);
         let mut session = Session::new(Role::Initiator, now);
         session.access_sent = true;
         session.clock_sent = true;
@@ -1178,8 +1176,8 @@ impl DocSync {
             .collect();
         s.to_send.extend(step_out.they_lack);
         let next = step.saturating_add(1);
-        let (mut reply, cut) = fit(step_out.reply, set);
-        out.stats.replies_cut += u64::from(cut);
+        let mut reply = step_out.reply;
+        out.stats.replies_cut += u64::from(step_out.cut);
         if next >= config.max_rounds && !reply.is_empty() {
             out.stats.round_limited += 1;
             reply.clear();

@@ -1,9 +1,8 @@
-//! One sync session's state, and the pure helpers it uses: fitting a reconciliation reply into
-//! a message's bounds, and putting changes in causal order.
+//! One sync session's state, and putting changes in causal order.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::doc::reconcile::{Fingerprint, Id, IdSet, MAX_IDS, MAX_RANGES, Mode, Range};
+use crate::doc::reconcile::Id;
 use crate::doc::{Checkpoint, Document};
 use crate::time::Instant;
 
@@ -103,108 +102,4 @@ pub(super) fn causal_order(doc: &Document, ids: impl IntoIterator<Item = Id>) ->
         .collect();
     keyed.sort_unstable();
     keyed.into_iter().map(|(.., id)| id).collect()
-}
-
-/// Makes a reconciliation reply fit the bounds every receiver checks ([`MAX_RANGES`],
-/// [`MAX_IDS`]); an answer to many mismatching ranges can exceed them (each splits into
-/// `branches` sub-ranges). Two steps, each keeping reconciliation correct:
-///
-/// 1. lists of ids the peer lacks (`Ids` without `reply`) become `Skip`: we send those changes
-///    anyway, so the peer need not hear their ids;
-/// 2. if still too large, the first ranges are kept and the rest of the reply is covered by one
-///    fingerprint of our ids there, which the peer splits again in a later round.
-///
-/// Returns an empty reply if nothing but `Skip` is left (the exchange is over), and whether the
-/// reply had to be changed.
-pub(super) fn fit(mut reply: Vec<Range>, set: &IdSet) -> (Vec<Range>, bool) {
-    let cut = !fits(&reply);
-    if cut {
-        for r in &mut reply {
-            if matches!(r.mode, Mode::Ids { reply: false, .. }) {
-                r.mode = Mode::Skip;
-            }
-        }
-        reply = merge_skips(reply);
-    }
-    if !fits(&reply) {
-        let end = reply.last().and_then(|r| r.upper);
-        let mut kept: Vec<Range> = Vec::new();
-        let mut ids = 0;
-        for r in reply {
-            let n = id_count(&r);
-            if kept.len() + 2 > MAX_RANGES || ids + n > MAX_IDS {
-                break;
-            }
-            ids += n;
-            kept.push(r);
-        }
-        let lower = kept.last().and_then(|r| r.upper);
-        kept.push(Range {
-            upper: end,
-            mode: Mode::Fingerprint(fingerprint(set, lower.as_ref(), end.as_ref())),
-        });
-        reply = kept;
-    }
-    if reply.iter().all(|r| r.mode == Mode::Skip) {
-        reply.clear();
-    }
-    (reply, cut)
-}
-
-fn id_count(r: &Range) -> usize {
-    match &r.mode {
-        Mode::Ids { ids, .. } => ids.len(),
-        _ => 0,
-    }
-}
-
-fn fits(reply: &[Range]) -> bool {
-    reply.len() <= MAX_RANGES && reply.iter().map(id_count).sum::<usize>() <= MAX_IDS
-}
-
-fn merge_skips(ranges: Vec<Range>) -> Vec<Range> {
-    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        if let Some(last) = out.last_mut()
-            && last.mode == Mode::Skip
-            && r.mode == Mode::Skip
-        {
-            last.upper = r.upper;
-            continue;
-        }
-        out.push(r);
-    }
-    out
-}
-
-/// The reconciliation fingerprint of our ids in `[lower, upper)`, computed exactly as
-/// [`reconcile`](crate::doc::reconcile) documents it: BLAKE3 over the 256-bit little-endian sum
-/// of the ids and their count, first 16 bytes. (Linear in the range; only used for the rare
-/// reply that must be cut short.)
-pub(super) fn fingerprint(set: &IdSet, lower: Option<&Id>, upper: Option<&Id>) -> Fingerprint {
-    let ids = set.ids();
-    let from = lower.map_or(0, |l| ids.partition_point(|id| id < l));
-    let to = upper
-        .map_or(ids.len(), |u| ids.partition_point(|id| id < u))
-        .max(from);
-    let mut sum = [0u64; 4];
-    for id in &ids[from..to] {
-        let mut carry = false;
-        for (i, limb) in sum.iter_mut().enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&id[i * 8..i * 8 + 8]);
-            let (s, c1) = limb.overflowing_add(u64::from_le_bytes(b));
-            let (s, c2) = s.overflowing_add(u64::from(carry));
-            *limb = s;
-            carry = c1 || c2;
-        }
-    }
-    let mut h = blake3::Hasher::new();
-    for limb in sum {
-        h.update(&limb.to_le_bytes());
-    }
-    h.update(&((to - from) as u64).to_le_bytes());
-    let mut fp = [0u8; 16];
-    fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    Fingerprint(fp)
 }

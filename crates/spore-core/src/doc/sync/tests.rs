@@ -729,14 +729,14 @@ fn the_cut_fingerprint_matches_reconciliation() {
         .collect();
     let set = IdSet::new(ids);
     let config = reconcile::Config::default();
-    let whole = session::fingerprint(&set, None, None);
+    let whole = set.fingerprint_of(None, None);
     let msg = vec![Range {
         upper: None,
         mode: Mode::Fingerprint(whole),
     }];
     assert!(set.respond(&msg, &config).reply.is_empty());
     let (lo, hi) = (set.ids()[10], set.ids()[150]);
-    let part = session::fingerprint(&set, Some(&lo), Some(&hi));
+    let part = set.fingerprint_of(Some(&lo), Some(&hi));
     let msg = vec![
         Range {
             upper: Some(lo),
