@@ -9,7 +9,7 @@ use super::change::{Access, Change, DocError, DocId, MAX_WRITERS, Op, Writer};
 use super::checkpoint::{self, Checkpoint, Clock};
 use super::crdt::{Actor, GCounter, LwwRegister, OrSet, PnCounter, Stamp, Tag, Value};
 use super::reconcile::{Id, IdSet};
-use super::text::{Text, TextOp};
+use super::text::{MAX_INSERT_BYTES, Text, TextError, TextOp};
 use crate::identity::{Keypair, PeerId};
 
 /// Bounds of one document.
@@ -245,110 +245,59 @@ impl Document {
         {
             return Err(DocError::Revoked);
         }
-        // Edits are turned into operations against a scratch copy of the touched entries, so
-        // an invalid edit leaves the document as it was.
+        // The checks a text edit can fail come first, so an invalid edit changes nothing.
+        // Edits then apply to the touched entries, moved out of the document (never copied:
+        // a text can be large); should something else fail (the quota), the entries are
+        // computed again from the checkpoint and the log.
+        check_text_edits(&self.entries, &edits)?;
         let lamport = self.lamport + 1;
         let mut scratch: BTreeMap<(Kind, String), Entry> = BTreeMap::new();
-        let mut ops = Vec::with_capacity(edits.len());
-        for (i, edit) in edits.into_iter().enumerate() {
-            let op = self.make_op(&mut scratch, actor, seq, i as u32, edit)?;
-            ops.push(op);
+        let build = || -> Result<(Change, usize), DocError> {
+            let mut ops = Vec::with_capacity(edits.len());
+            for (i, edit) in edits.into_iter().enumerate() {
+                let at = (actor, seq, i as u32, lamport);
+                ops.push(make_op(&mut self.entries, &mut scratch, at, edit)?);
+            }
+            let deps: Vec<(Actor, u64)> = self
+                .clock
+                .iter()
+                .filter(|(a, _)| **a != actor)
+                .map(|(a, n)| (*a, *n))
+                .collect();
+            let change = Change::new(keypair, self.id(), actor, seq, lamport, deps, ops);
+            change.verify(&self.access)?;
+            let size = change.encode().len();
+            if self.bytes + size > self.limits.quota_bytes {
+                return Err(DocError::Quota {
+                    quota: self.limits.quota_bytes,
+                });
+            }
+            Ok((change, size))
+        };
+        let built = build();
+        self.entries.extend(scratch);
+        match built {
+            Ok((change, size)) => {
+                self.record(change.clone(), size);
+                Ok(change)
+            }
+            Err(e) => {
+                self.rebuild();
+                Err(e)
+            }
         }
-        let deps: Vec<(Actor, u64)> = self
-            .clock
-            .iter()
-            .filter(|(a, _)| **a != actor)
-            .map(|(a, n)| (*a, *n))
-            .collect();
-        let change = Change::new(keypair, self.id(), actor, seq, lamport, deps, ops);
-        change.verify(&self.access)?;
-        let size = change.encode().len();
-        if self.bytes + size > self.limits.quota_bytes {
-            return Err(DocError::Quota {
-                quota: self.limits.quota_bytes,
-            });
-        }
-        for (key, entry) in scratch {
-            self.entries.insert(key, entry);
-        }
-        self.record(change.clone(), size);
-        Ok(change)
     }
 
-    /// Turns one local edit into an operation, applying it to `scratch` (a copy of the entry).
-    fn make_op(
-        &self,
-        scratch: &mut BTreeMap<(Kind, String), Entry>,
-        actor: Actor,
-        seq: u64,
-        index: u32,
-        edit: Edit,
-    ) -> Result<Op, DocError> {
-        let tag = Tag {
-            actor,
-            seq,
-            op: index,
-        };
-        let stamp = Stamp {
-            lamport: self.lamport + 1,
-            actor,
-            op: index,
-        };
-        let op = match edit {
-            Edit::Set(key, value) => Op::Set { key, value },
-            Edit::Increment(key, delta) => Op::Counter { key, delta },
-            Edit::GIncrement(key, by) => Op::GCounter { key, by },
-            Edit::Add(key, element) => Op::SetAdd { key, element },
-            Edit::Remove(key, element) => {
-                let slot = self.scratch_entry(scratch, Kind::Set, &key);
-                let observed = match slot {
-                    Entry::Set(s) => s.tags(&element),
-                    _ => Vec::new(),
-                };
-                Op::SetRemove {
-                    key,
-                    element,
-                    observed,
-                }
-            }
-            Edit::Insert(key, pos, text) => {
-                let Entry::Text(t) = self.scratch_entry(scratch, Kind::Text, &key) else {
-                    unreachable!("text slot holds a text")
-                };
-                let mut clock = t.next_counter();
-                let op = t
-                    .local_insert(actor, pos, &text, &mut clock)
-                    .map_err(|e| DocError::Edit(e.to_string()))?;
-                return Ok(Op::Text { key, op });
-            }
-            Edit::Delete(key, pos, len) => {
-                let Entry::Text(t) = self.scratch_entry(scratch, Kind::Text, &key) else {
-                    unreachable!("text slot holds a text")
-                };
-                let op = t
-                    .local_delete(pos, len)
-                    .map_err(|e| DocError::Edit(e.to_string()))?;
-                return Ok(Op::Text { key, op });
-            }
-        };
-        let (kind, key) = slot_of(&op);
-        let entry = self.scratch_entry(scratch, kind, &key);
-        apply_op(entry, &op, tag, stamp).map_err(DocError::Edit)?;
-        Ok(op)
-    }
-
-    fn scratch_entry<'a>(
-        &self,
-        scratch: &'a mut BTreeMap<(Kind, String), Entry>,
-        kind: Kind,
-        key: &str,
-    ) -> &'a mut Entry {
-        scratch.entry((kind, key.to_string())).or_insert_with(|| {
-            match self.entries.get(&(kind, key.to_string())) {
-                Some(e) => e.clone(),
-                None => new_entry(kind),
-            }
-        })
+    /// Computes the entries again from the checkpoint and the log, after a local edit failed
+    /// half-way.
+    fn rebuild(&mut self) {
+        let clock = self.clock.clone();
+        if let Ok(state) = self
+            .state_at(&clock)
+            .and_then(|bytes| checkpoint::decode(&bytes))
+        {
+            self.entries = state.entries;
+        }
     }
 
     /// Takes a change from another replica: verifies it, ignores it if known, applies it if
@@ -868,6 +817,135 @@ fn slot_of(op: &Op) -> (Kind, String) {
         Op::Text { .. } => Kind::Text,
     };
     (kind, op.key().to_string())
+}
+
+/// Turns one local edit into an operation and applies it to the entry it touches, moved from
+/// `entries` into `scratch` on first use. `at` is (actor, change number, index in the change,
+/// Lamport clock).
+fn make_op(
+    entries: &mut BTreeMap<(Kind, String), Entry>,
+    scratch: &mut BTreeMap<(Kind, String), Entry>,
+    (actor, seq, index, lamport): (Actor, u64, u32, u64),
+    edit: Edit,
+) -> Result<Op, DocError> {
+    let tag = Tag {
+        actor,
+        seq,
+        op: index,
+    };
+    let stamp = Stamp {
+        lamport,
+        actor,
+        op: index,
+    };
+    fn slot<'a>(
+        entries: &mut BTreeMap<(Kind, String), Entry>,
+        scratch: &'a mut BTreeMap<(Kind, String), Entry>,
+        kind: Kind,
+        key: &str,
+    ) -> &'a mut Entry {
+        let k = (kind, key.to_string());
+        scratch
+            .entry(k.clone())
+            .or_insert_with(|| entries.remove(&k).unwrap_or_else(|| new_entry(kind)))
+    }
+    let op = match edit {
+        Edit::Set(key, value) => Op::Set { key, value },
+        Edit::Increment(key, delta) => Op::Counter { key, delta },
+        Edit::GIncrement(key, by) => Op::GCounter { key, by },
+        Edit::Add(key, element) => Op::SetAdd { key, element },
+        Edit::Remove(key, element) => {
+            let observed = match slot(entries, scratch, Kind::Set, &key) {
+                Entry::Set(s) => s.tags(&element),
+                _ => Vec::new(),
+            };
+            Op::SetRemove {
+                key,
+                element,
+                observed,
+            }
+        }
+        Edit::Insert(key, pos, text) => {
+            let Entry::Text(t) = slot(entries, scratch, Kind::Text, &key) else {
+                unreachable!("text slot holds a text")
+            };
+            let mut clock = t.next_counter();
+            let op = t
+                .local_insert(actor, pos, &text, &mut clock)
+                .map_err(|e| DocError::Edit(e.to_string()))?;
+            return Ok(Op::Text { key, op });
+        }
+        Edit::Delete(key, pos, len) => {
+            let Entry::Text(t) = slot(entries, scratch, Kind::Text, &key) else {
+                unreachable!("text slot holds a text")
+            };
+            let op = t
+                .local_delete(pos, len)
+                .map_err(|e| DocError::Edit(e.to_string()))?;
+            return Ok(Op::Text { key, op });
+        }
+    };
+    let (kind, key) = slot_of(&op);
+    apply_op(slot(entries, scratch, kind, &key), &op, tag, stamp).map_err(DocError::Edit)?;
+    Ok(op)
+}
+
+/// The checks a local text edit can fail, made before any edit applies: positions within the
+/// text as the earlier edits of the same change leave it, nothing empty, inserts within
+/// [`MAX_INSERT_BYTES`], counters that do not run out.
+fn check_text_edits(
+    entries: &BTreeMap<(Kind, String), Entry>,
+    edits: &[Edit],
+) -> Result<(), DocError> {
+    let fail = |e: TextError| Err(DocError::Edit(e.to_string()));
+    let mut texts: BTreeMap<&str, (usize, u32)> = BTreeMap::new();
+    for edit in edits {
+        let (Edit::Insert(key, ..) | Edit::Delete(key, ..)) = edit else {
+            continue;
+        };
+        let (len, next) = texts.entry(key.as_str()).or_insert_with(|| {
+            match entries.get(&(Kind::Text, key.clone())) {
+                Some(Entry::Text(t)) => (t.len(), t.next_counter()),
+                _ => (0, 0),
+            }
+        });
+        match edit {
+            Edit::Insert(_, pos, text) => {
+                if *pos > *len {
+                    return fail(TextError::OutOfRange {
+                        pos: *pos,
+                        len: *len,
+                    });
+                }
+                if text.is_empty() {
+                    return fail(TextError::Empty);
+                }
+                if text.len() > MAX_INSERT_BYTES {
+                    return fail(TextError::TooLarge("insert text"));
+                }
+                let n = text.chars().count();
+                let Some(end) = u32::try_from(n).ok().and_then(|n| next.checked_add(n)) else {
+                    return fail(TextError::CounterExhausted);
+                };
+                (*len, *next) = (*len + n, end);
+            }
+            Edit::Delete(_, pos, n) => {
+                if *n == 0 {
+                    return fail(TextError::Empty);
+                }
+                let end = pos.saturating_add(*n);
+                if end > *len {
+                    return fail(TextError::OutOfRange {
+                        pos: end,
+                        len: *len,
+                    });
+                }
+                *len -= n;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Applies a change's operations to `entries`; returns how many could not apply.

@@ -483,6 +483,39 @@ fn an_invalid_edit_changes_nothing_and_the_quota_holds() {
         tiny.change(&keys[0], vec![Edit::Set("b".into(), big)]),
         Err(DocError::Quota { .. })
     ));
+    // Edits that applied before the quota refused the change are undone.
+    tiny.change(&keys[0], vec![Edit::Insert("t".into(), 0, "abc".into())])
+        .unwrap();
+    let before = tiny.render();
+    let err = tiny
+        .change(
+            &keys[0],
+            vec![
+                Edit::Delete("t".into(), 1, 1),
+                Edit::Insert("t".into(), 0, "x".repeat(400)),
+                Edit::Add("s".into(), Value::Int(1)),
+            ],
+        )
+        .unwrap_err();
+    assert!(matches!(err, DocError::Quota { .. }), "{err:?}");
+    assert_eq!(tiny.render(), before);
+    assert_eq!(tiny.text("t").as_deref(), Some("abc"));
+    // And a later edit of the same text that is out of range changes nothing either.
+    let err = tiny
+        .change(
+            &keys[0],
+            vec![
+                Edit::Delete("t".into(), 0, 2),
+                Edit::Delete("t".into(), 1, 1),
+                Edit::Insert("t".into(), 2, "!".into()),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        DocError::Edit("position 2 is past the end of the text (1 characters)".into())
+    );
+    assert_eq!(tiny.render(), before);
 }
 
 #[test]
