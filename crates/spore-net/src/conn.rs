@@ -205,13 +205,7 @@ async fn read_frames(
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {
                 if let Err(error) = decoder.finish() {
-                    let _ = inputs
-                        .send(Input::WireError {
-                            peer,
-                            conn_id,
-                            error,
-                        })
-                        .await;
+                    report(&inputs, peer, conn_id, error).await;
                 }
                 return;
             }
@@ -231,13 +225,7 @@ async fn read_frames(
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    let _ = inputs
-                        .send(Input::WireError {
-                            peer,
-                            conn_id,
-                            error,
-                        })
-                        .await;
+                    report(&inputs, peer, conn_id, error).await;
                     return;
                 }
             }
