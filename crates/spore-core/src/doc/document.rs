@@ -574,14 +574,15 @@ impl Document {
         let Some(cp) = self.next.take() else {
             return Ok(0);
         };
-        let mut closed = cp.clock();
+        let clock = cp.clock();
+        let mut closed = clock.clone();
         self.close(&mut closed);
-        if closed != cp.clock() {
+        if closed != clock {
             return Err(DocError::BadCheckpoint(
                 "covers a change but not its causal context",
             ));
         }
-        let state = self.state_at(&cp.clock())?;
+        let state = self.state_at(&clock)?;
         if !cp.matches(&state) {
             return Err(DocError::BadCheckpoint("state does not match the owner's"));
         }

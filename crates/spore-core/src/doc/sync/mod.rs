@@ -347,7 +347,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Checkpoints this node made, as the owner.
     pub checkpoints_made: u64,
-    /// The owner's checkpoints folded in (as the owner's own, computed here and checked).
+    /// Checkpoints of other nodes' owners folded in (the state computed here matched).
     pub checkpoints_folded: u64,
     /// Changes dropped from logs by folding.
     pub changes_folded: u64,
@@ -917,22 +917,12 @@ impl DocSync {
         self.out.events.pop_front()
     }
 
-    fn sessions_with(&self, peer: &PeerId) -> usize {
-        self.sessions
-            .range((*peer, DocId([0; 32]))..=(*peer, DocId([0xff; 32])))
-            .count()
-    }
-
     /// Starts the sessions waiting for `peer`'s slots, as far as they allow.
     fn start_waiting(&mut self, now: Instant, peer: PeerId) {
-        while self.sessions_with(&peer) < self.config.max_sessions_per_peer
+        while sessions_with(&self.sessions, &peer) < self.config.max_sessions_per_peer
             && self.sessions.len() < self.config.max_sessions
         {
-            let next = self
-                .waiting
-                .range((peer, DocId([0; 32]))..=(peer, DocId([0xff; 32])))
-                .next()
-                .copied();
+            let next = self.waiting.range(keys_of(&peer)).next().copied();
             let Some(key) = next else {
                 return;
             };
@@ -1005,7 +995,7 @@ impl DocSync {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(SyncError::TooManySessions);
         }
-        if self.sessions_with(&peer) >= self.config.max_sessions_per_peer {
+        if sessions_with(&self.sessions, &peer) >= self.config.max_sessions_per_peer {
             if self.waiting.len() < MAX_WAITING {
                 self.waiting.insert((peer, doc));
             }
@@ -1117,8 +1107,9 @@ impl DocSync {
             {
                 out.stats.collisions += 1;
             }
-            let with_peer = sessions.keys().filter(|(p, _)| *p == from).count();
-            if sessions.len() >= config.max_sessions || with_peer >= config.max_sessions_per_peer {
+            if sessions.len() >= config.max_sessions
+                || sessions_with(sessions, &from) >= config.max_sessions_per_peer
+            {
                 out.stats.busy += 1;
                 out.send(from, Message::Busy { doc }, None);
                 return;
@@ -1580,6 +1571,16 @@ fn complete(
         bytes_received: s.bytes_received,
         rounds: s.rounds,
     });
+}
+
+/// Every (peer, document) key of `peer`, for ranges over sessions and waiting sessions.
+fn keys_of(peer: &PeerId) -> std::ops::RangeInclusive<(PeerId, DocId)> {
+    (*peer, DocId([0; 32]))..=(*peer, DocId([0xff; 32]))
+}
+
+/// Number of sessions running with `peer`.
+fn sessions_with(sessions: &BTreeMap<(PeerId, DocId), Session>, peer: &PeerId) -> usize {
+    sessions.range(keys_of(peer)).count()
 }
 
 /// A round of [`Message::Sync`], unpacked.
