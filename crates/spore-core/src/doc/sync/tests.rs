@@ -798,6 +798,34 @@ fn messages_out_of_bounds_are_refused() {
             .validate()
             .is_err()
     );
+    // A clock and a checkpoint name at most MAX_WRITERS writers; a piece of state is bounded.
+    let wide: Vec<(Actor, u64)> = (0..=MAX_WRITERS as Actor).map(|a| (a, 1)).collect();
+    let with_clock = |clock: Vec<(Actor, u64)>| Message::Sync {
+        doc: id,
+        step: 0,
+        access: None,
+        ranges: Vec::new(),
+        want: Vec::new(),
+        clock: Some(clock),
+        checkpoint: None,
+    };
+    assert!(with_clock(wide[..MAX_WRITERS].to_vec()).validate().is_ok());
+    assert!(with_clock(wide.clone()).validate().is_err());
+    let clock: crate::doc::checkpoint::Clock = wide.into_iter().collect();
+    let cp = Checkpoint::new(&owner, id, 1, &clock, b"state");
+    let piece = |data: Vec<u8>, checkpoint: Option<Box<Checkpoint>>| Message::Snapshot {
+        doc: id,
+        checkpoint,
+        offset: 0,
+        data,
+    };
+    assert!(piece(vec![0; MAX_SNAPSHOT_CHUNK], None).validate().is_ok());
+    assert!(
+        piece(vec![0; MAX_SNAPSHOT_CHUNK + 1], None)
+            .validate()
+            .is_err()
+    );
+    assert!(piece(Vec::new(), Some(Box::new(cp))).validate().is_err());
     let skip = Range {
         upper: None,
         mode: Mode::Skip,
@@ -1151,4 +1179,44 @@ fn sessions_with_one_peer_are_bounded_and_the_rest_wait_their_turn() {
     }
     assert_eq!(strict.sessions(), 2);
     assert_eq!(strict.stats().busy, 1);
+}
+
+#[test]
+fn a_state_over_the_quota_is_declined_and_one_longer_than_announced_is_the_senders_fault() {
+    let config = Config {
+        limits: Limits {
+            quota_bytes: 1000,
+            ..Limits::default()
+        },
+        ..quiet()
+    };
+    let mut net = Net::new(2, config);
+    let doc = shared_doc(&mut net);
+    net.connect(0, 1);
+    net.run();
+    let (owner, from, peer) = (net.keys[0].clone(), net.id(0), net.id(1));
+    net.nodes[0].sync_with(net.now, peer, doc).unwrap();
+    let (_, round0) = net.nodes[0].poll_transmit().unwrap();
+    net.nodes[1].handle_message(net.now, from, round0);
+    while net.nodes[1].poll_transmit().is_some() {}
+    let clock = net.nodes[0].doc(&doc).unwrap().clock().clone();
+    let piece = |cp: Option<Checkpoint>, offset: u64, data: Vec<u8>| Message::Snapshot {
+        doc,
+        checkpoint: cp.map(Box::new),
+        offset,
+        data,
+    };
+    // 2000 bytes of state against a quota of 1000: not taken, not blamed, the rest ignored.
+    let big = Checkpoint::new(&owner, doc, 1, &clock, &[7; 2000]);
+    net.nodes[1].handle_message(net.now, from, piece(Some(big), 0, vec![7; 1000]));
+    net.nodes[1].handle_message(net.now, from, piece(None, 1000, vec![7; 1000]));
+    let stats = net.nodes[1].stats();
+    assert_eq!((stats.bad_peers, stats.changes_refused), (0, 1));
+    assert!(net.nodes[1].is_syncing(&from, &doc));
+    assert!(net.nodes[1].doc(&doc).unwrap().checkpoint().is_none());
+    // 10 bytes announced, 11 sent.
+    let small = Checkpoint::new(&owner, doc, 1, &clock, &[7; 10]);
+    net.nodes[1].handle_message(net.now, from, piece(Some(small), 0, vec![7; 11]));
+    assert_eq!(net.nodes[1].stats().bad_peers, 1);
+    assert!(!net.nodes[1].is_syncing(&from, &doc));
 }
