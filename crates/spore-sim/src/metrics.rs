@@ -49,6 +49,9 @@ pub struct Metrics {
     pub connections_opened: u64,
     /// Connections closed, by either end or by [`Sim::disconnect`](crate::Sim::disconnect).
     pub connections_closed: u64,
+    /// The most connections (open or opening) at any one time: with the node count, what sets
+    /// the simulation's peak memory.
+    pub connections_peak: u64,
     /// Close notifications not delivered because a newer connection between the same two nodes
     /// was already up at the receiving end.
     pub closes_superseded: u64,

@@ -175,6 +175,11 @@ impl Network {
         self.links.get(&pair(a, b))
     }
 
+    /// How many connections are open or opening.
+    pub(crate) fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
     pub(crate) fn links(&self) -> impl Iterator<Item = (&(NodeIndex, NodeIndex), &Link)> {
         self.links.iter()
     }

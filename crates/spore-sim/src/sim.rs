@@ -541,12 +541,15 @@ impl Sim {
             .network
             .open(dialer, listener, now)
             .ok_or(SimError::AlreadyConnected(dialer, listener))?;
+        let (conn, latency) = (link.conn, link.latency);
+        let open = self.network.link_count() as u64;
+        self.metrics.connections_peak = self.metrics.connections_peak.max(open);
         let pending = Pending::LinkUp {
-            conn: link.conn,
+            conn,
             a: dialer,
             b: listener,
         };
-        self.queue.push(now + link.latency, pending);
+        self.queue.push(now + latency, pending);
         Ok(())
     }
 

@@ -515,7 +515,8 @@ pub struct Stats {
 #[derive(Debug)]
 struct PeerState {
     topics: BTreeSet<String>,
-    record: Option<PeerRecord>,
+    /// Boxed: most peers never send one, and every connection has a `PeerState`.
+    record: Option<Box<PeerRecord>>,
     /// Whether we sent this peer our subscriptions with our record yet.
     told: bool,
     tokens: f64,
@@ -912,7 +913,7 @@ impl PubSub {
             let records: Vec<PeerRecord> = self
                 .topic_peers(topic)
                 .filter(|p| **p != peer)
-                .filter_map(|p| self.peers.get(p).and_then(|s| s.record.clone()))
+                .filter_map(|p| self.peers.get(p).and_then(|s| s.record.as_deref().cloned()))
                 .collect();
             random::sample(cx.rng, records, MAX_PX)
         } else {
@@ -957,7 +958,7 @@ impl PubSub {
         if let Some(r) = record {
             if *r.peer() == from && r.verify(cx.now, &self.limits).is_ok() {
                 if let Some(s) = self.peers.get_mut(&from) {
-                    s.record = Some(r);
+                    s.record = Some(Box::new(r));
                 }
             } else {
                 self.stats.invalid_records += 1;

@@ -100,6 +100,8 @@ pub(super) struct Scores {
     params: ScoreParams,
     peers: BTreeMap<PeerId, PeerScore>,
     per_ip: BTreeMap<IpAddr, usize>,
+    /// How many of `peers` are disconnected and remembered (`expires` set).
+    retained: usize,
     last_decay: Option<Instant>,
 }
 
@@ -109,6 +111,7 @@ impl Scores {
             params,
             peers: BTreeMap::new(),
             per_ip: BTreeMap::new(),
+            retained: 0,
             last_decay: None,
         }
     }
@@ -143,7 +146,9 @@ impl Scores {
         let _ = now;
         let ip = super::colocation_ip(ip);
         let s = self.peers.entry(*peer).or_default();
-        s.expires = None;
+        if s.expires.take().is_some() {
+            self.retained -= 1;
+        }
         if s.ip != ip {
             if let Some(old) = s.ip.take() {
                 dec(&mut self.per_ip, old);
@@ -166,12 +171,12 @@ impl Scores {
         for t in s.topics.values_mut() {
             t.mesh_since = None;
         }
-        let retained = self.peers.values().filter(|s| s.expires.is_some()).count();
-        if negative && retained < MAX_RETAINED {
-            if let Some(s) = self.peers.get_mut(peer) {
-                s.expires = Some(now + self.params.retain_score);
-            }
+        let was_retained = s.expires.is_some();
+        if negative && (was_retained || self.retained < MAX_RETAINED) {
+            s.expires = Some(now + self.params.retain_score);
+            self.retained += usize::from(!was_retained);
         } else {
+            self.retained -= usize::from(was_retained);
             self.peers.remove(peer);
         }
     }
@@ -239,7 +244,14 @@ impl Scores {
             None => 0.0,
         };
         self.last_decay = Some(now);
-        self.peers.retain(|_, s| s.expires.is_none_or(|t| t > now));
+        let retained = &mut self.retained;
+        self.peers.retain(|_, s| {
+            let keep = s.expires.is_none_or(|t| t > now);
+            if !keep {
+                *retained -= 1;
+            }
+            keep
+        });
         if elapsed <= 0.0 {
             return;
         }

@@ -1176,6 +1176,7 @@ impl<'a> Runner<'a> {
             ("bytes_delivered".to_string(), m.bytes_delivered),
             ("connections_opened".to_string(), m.connections_opened),
             ("connections_closed".to_string(), m.connections_closed),
+            ("connections_peak".to_string(), m.connections_peak),
             ("connections_cut".to_string(), m.connections_cut),
             ("dials_failed".to_string(), m.dials_failed),
             ("dials_refused_nat".to_string(), m.dials_refused_nat),

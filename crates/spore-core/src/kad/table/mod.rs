@@ -22,9 +22,13 @@
 //! A full bucket never drops a live entry for a newcomer. Stale tables, full of contacts that
 //! left long ago, are the common failure of deployed DHTs, and the Kademlia paper's measurement
 //! is that the longer a node has been up, the likelier it is to stay up. So when a bucket is full
-//! the newcomer goes to the replacement cache and the table asks the caller to ping the
-//! least-recently-seen entry ([`InsertOutcome::Pending`]), recording a deadline of
-//! [`Config::ping_timeout`]. An answer ([`mark_seen`]) keeps the old entry and moves it to the
+//! the newcomer goes to the replacement cache and, if the least-recently-seen entry has not been
+//! heard from for [`Config::stale_after`], the table asks the caller to ping it
+//! ([`InsertOutcome::Pending`]), recording a deadline of [`Config::ping_timeout`]. An entry heard
+//! from more recently is presumed alive, as BEP 5 treats a node that answered in the last 15
+//! minutes as good: without that rule every newcomer to a full bucket costs a ping (and, with idle
+//! connections closed, a handshake), and in a busy network each ping's own connection brings the
+//! pinged node a newcomer of its own, so pings beget pings. An answer ([`mark_seen`]) keeps the old entry and moves it to the
 //! most-recently-seen end; a failure ([`ping_failed`]) or the deadline passing
 //! ([`handle_timeout`]) evicts it and promotes the best candidate. There is at most one eviction
 //! ping outstanding per bucket: a newcomer arriving meanwhile is just cached
@@ -97,6 +101,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use self::ip::{BucketPrefix, TablePrefix};
+use super::key::Distance;
 use super::{Contact, Key};
 use crate::identity::PeerId;
 use crate::time::Instant;
@@ -125,6 +130,9 @@ pub struct Config {
     /// How long an eviction ping may take before it counts as failed. Default 10 s. The table
     /// only records the deadline; the caller sends the ping.
     pub ping_timeout: Duration,
+    /// A full bucket's least-recently-seen entry is pinged for a newcomer only if it has not been
+    /// seen for this long. Default 15 min (BEP 5's "good node" window).
+    pub stale_after: Duration,
 }
 
 impl Default for Config {
@@ -138,6 +146,7 @@ impl Default for Config {
             max_per_ipv6_32_in_table: 10,
             ip_limits: true,
             ping_timeout: Duration::from_secs(10),
+            stale_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -177,7 +186,8 @@ pub enum InsertOutcome {
         ping: PeerId,
     },
     /// The bucket is full and the node is kept (or refreshed) in the replacement cache; an
-    /// eviction ping for the bucket is already outstanding, so there is nothing to send.
+    /// eviction ping for the bucket is already outstanding, or its least-recently-seen entry was
+    /// seen within [`Config::stale_after`], so there is nothing to send.
     Cached,
     /// The bucket and its replacement cache are both full, and the cache keeps its older
     /// candidates: the node is not kept. If `ping` is `Some`, the table started an eviction ping
@@ -315,12 +325,18 @@ impl Bucket {
         }
     }
 
-    /// Starts an eviction ping to the least-recently-seen entry unless one is outstanding.
-    fn start_ping(&mut self, timeout: Duration, now: Instant) -> Option<PeerId> {
+    /// Starts an eviction ping to the least-recently-seen entry unless one is outstanding or
+    /// that entry was seen within `stale_after`.
+    fn start_ping(&mut self, config: &Config, now: Instant) -> Option<PeerId> {
         if self.pending.is_some() {
             return None;
         }
-        let peer = self.entries.first()?.contact.peer;
+        let oldest = self.entries.first()?;
+        if now.saturating_duration_since(oldest.last_seen) < config.stale_after {
+            return None;
+        }
+        let peer = oldest.contact.peer;
+        let timeout = config.ping_timeout;
         self.pending = Some(PendingPing {
             peer,
             deadline: now + timeout,
@@ -573,7 +589,7 @@ impl RoutingTable {
         } else {
             false
         };
-        let ping = bucket.start_ping(config.ping_timeout, now);
+        let ping = bucket.start_ping(config, now);
         match (kept, ping) {
             (true, Some(ping)) => InsertOutcome::Pending { ping },
             (true, None) => InsertOutcome::Cached,
@@ -687,18 +703,22 @@ impl RoutingTable {
             if out.len() >= n {
                 break;
             }
-            let mut found: Vec<&Entry> = self
+            // Distances are computed once, and only the `room` nearest are sorted. Distinct
+            // entries have distinct keys, so the distance alone orders them.
+            let mut found: Vec<(Distance, &Entry)> = self
                 .buckets
                 .range(group)
                 .iter()
                 .flat_map(|b| b.entries.iter())
+                .map(|e| (target.distance(&e.key), e))
                 .collect();
-            found.sort_unstable_by(|a, b| {
-                (target.distance(&a.key), a.contact.peer)
-                    .cmp(&(target.distance(&b.key), b.contact.peer))
-            });
             let room = n.saturating_sub(out.len());
-            out.extend(found.into_iter().take(room));
+            if found.len() > room && room > 0 {
+                found.select_nth_unstable_by(room - 1, |a, b| a.0.cmp(&b.0));
+                found.truncate(room);
+            }
+            found.sort_unstable_by_key(|&(d, _)| d);
+            out.extend(found.into_iter().take(room).map(|(_, e)| e));
         }
         out
     }

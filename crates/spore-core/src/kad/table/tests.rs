@@ -60,11 +60,20 @@ fn table(config: Config) -> RoutingTable {
     RoutingTable::new(local(), config)
 }
 
+/// The default settings, except that a full bucket pings its least-recently-seen entry for every
+/// newcomer however recently it was seen: what the eviction tests exercise.
+fn eager() -> Config {
+    Config {
+        stale_after: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
 fn small(k: usize, replacement_cache: usize) -> Config {
     Config {
         k,
         replacement_cache,
-        ..Config::default()
+        ..eager()
     }
 }
 
@@ -305,7 +314,7 @@ fn unknown_peers_are_ignored() {
 
 #[test]
 fn full_bucket_asks_once_for_a_ping_to_the_least_recently_seen() {
-    let mut t = table(Config::default());
+    let mut t = table(eager());
     let (entries, candidates) = fill_255(&mut t, 3);
     let now = secs(100);
     let outcome = t.insert(contact(candidates[0]), v4(1, 0, 0, 1), now);
@@ -325,8 +334,36 @@ fn full_bucket_asks_once_for_a_ping_to_the_least_recently_seen() {
 }
 
 #[test]
-fn answered_ping_keeps_the_entry_and_the_candidates() {
+fn recently_seen_entries_are_not_pinged_for_newcomers() {
     let mut t = table(Config::default());
+    let stale_after = t.config.stale_after;
+    let (entries, candidates) = fill_255(&mut t, 3);
+    // Every entry was seen within `stale_after`: the newcomer waits in the cache, unpinged.
+    let outcome = t.insert(contact(candidates[0]), v4(1, 0, 0, 1), secs(100));
+    assert_eq!(outcome, InsertOutcome::Cached);
+    assert_eq!(t.poll_timeout(), None);
+    assert_eq!(t.stats().pings_started, 0);
+    // Once the least-recently-seen entry (seen at 1 s) has been quiet that long, it is pinged.
+    let later = secs(1) + stale_after;
+    let outcome = t.insert(contact(candidates[1]), v4(2, 0, 0, 1), later);
+    assert_eq!(outcome, InsertOutcome::Pending { ping: entries[0] });
+    // An answer makes it fresh again; the next entry in line was seen at 2 s.
+    t.mark_seen(&entries[0], later);
+    let outcome = t.insert(contact(candidates[2]), v4(3, 0, 0, 1), later);
+    assert_eq!(outcome, InsertOutcome::Cached);
+    let outcome = t.insert(
+        contact(candidates[2]),
+        v4(3, 0, 0, 1),
+        secs(2) + stale_after,
+    );
+    assert_eq!(outcome, InsertOutcome::Pending { ping: entries[1] });
+    assert_eq!(t.len(), 20);
+    check_invariants(&t);
+}
+
+#[test]
+fn answered_ping_keeps_the_entry_and_the_candidates() {
+    let mut t = table(eager());
     let (entries, candidates) = fill_255(&mut t, 3);
     t.insert(contact(candidates[0]), v4(1, 0, 0, 1), secs(100));
     t.insert(contact(candidates[1]), v4(2, 0, 0, 1), secs(101));
@@ -358,7 +395,7 @@ fn update_answers_the_ping_too() {
 
 #[test]
 fn failed_ping_evicts_and_promotes_the_oldest_candidate() {
-    let mut t = table(Config::default());
+    let mut t = table(eager());
     let (entries, candidates) = fill_255(&mut t, 3);
     assert_eq!(
         t.insert(contact(candidates[0]), v4(1, 0, 0, 1), secs(100)),
@@ -389,7 +426,7 @@ fn failed_ping_evicts_and_promotes_the_oldest_candidate() {
 
 #[test]
 fn expired_ping_evicts() {
-    let mut t = table(Config::default());
+    let mut t = table(eager());
     let (entries, candidates) = fill_255(&mut t, 1);
     let start = secs(100);
     t.insert(contact(candidates[0]), v4(1, 0, 0, 1), start);
@@ -415,7 +452,7 @@ fn expired_ping_evicts() {
 fn ping_timeout_is_configurable() {
     let config = Config {
         ping_timeout: Duration::from_secs(3),
-        ..Config::default()
+        ..eager()
     };
     let mut t = table(config);
     let (_, candidates) = fill_255(&mut t, 1);
@@ -425,7 +462,7 @@ fn ping_timeout_is_configurable() {
 
 #[test]
 fn failed_request_to_any_entry_evicts() {
-    let mut t = table(Config::default());
+    let mut t = table(eager());
     let (entries, candidates) = fill_255(&mut t, 1);
     t.insert(contact(candidates[0]), v4(1, 0, 0, 1), secs(100));
     // Not the entry being pinged: the ping stays outstanding.
@@ -1101,10 +1138,10 @@ fn config() -> impl Strategy<Value = Config> {
         (0usize..5, 0usize..4),
         (0usize..3, 0usize..5, 0usize..3, 0usize..5),
         any::<bool>(),
-        1u64..6,
+        (1u64..6, 0u64..6000),
     )
         .prop_map(
-            |((k, cache), (p24, p16, p48, p32), ip_limits, timeout)| Config {
+            |((k, cache), (p24, p16, p48, p32), ip_limits, (timeout, stale))| Config {
                 k,
                 replacement_cache: cache,
                 max_per_ipv4_24_in_bucket: p24,
@@ -1113,6 +1150,7 @@ fn config() -> impl Strategy<Value = Config> {
                 max_per_ipv6_32_in_table: p32,
                 ip_limits,
                 ping_timeout: Duration::from_secs(timeout),
+                stale_after: Duration::from_millis(stale),
             },
         )
 }
