@@ -1,6 +1,6 @@
 //! Frame encoding and the streaming decoder.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{MAX_FRAME_LEN, Message, WIRE_VERSION, WireError};
 
@@ -12,20 +12,22 @@ const LEN_PREFIX: usize = 4;
 /// node never sends what its peers must drop.
 pub fn encode_frame(msg: &Message) -> Result<Bytes, WireError> {
     msg.validate()?;
-    let body = postcard::to_allocvec(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let len = 1 + body.len();
+    // The body is written straight after a placeholder prefix and the version byte, in one
+    // buffer sized for most messages, and the prefix filled in after.
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    out.push(WIRE_VERSION);
+    let mut out = postcard::to_extend(msg, out).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = out.len() - LEN_PREFIX;
     if len > MAX_FRAME_LEN {
         return Err(WireError::TooLarge {
             len,
             max: MAX_FRAME_LEN,
         });
     }
-    let mut out = BytesMut::with_capacity(LEN_PREFIX + len);
     // `len` ≤ MAX_FRAME_LEN < u32::MAX.
-    out.put_u32(len as u32);
-    out.put_u8(WIRE_VERSION);
-    out.extend_from_slice(&body);
-    Ok(out.freeze())
+    out[..LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(Bytes::from(out))
 }
 
 /// Decodes exactly one whole frame (length prefix included), as [`FrameDecoder`] would, without
