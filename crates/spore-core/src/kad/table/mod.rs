@@ -28,10 +28,10 @@
 //! from more recently is presumed alive, as BEP 5 treats a node that answered in the last 15
 //! minutes as good: without that rule every newcomer to a full bucket costs a ping (and, with idle
 //! connections closed, a handshake), and in a busy network each ping's own connection brings the
-//! pinged node a newcomer of its own, so pings beget pings. An answer ([`mark_seen`]) keeps the old entry and moves it to the
-//! most-recently-seen end; a failure ([`ping_failed`]) or the deadline passing
-//! ([`handle_timeout`]) evicts it and promotes the best candidate. There is at most one eviction
-//! ping outstanding per bucket: a newcomer arriving meanwhile is just cached
+//! pinged node a newcomer of its own, so pings beget pings. An answer ([`mark_seen`]) keeps the
+//! old entry and moves it to the most-recently-seen end; a failure ([`ping_failed`]) or the
+//! deadline passing ([`handle_timeout`]) evicts it and promotes the best candidate. There is at
+//! most one eviction ping outstanding per bucket: a newcomer arriving meanwhile is just cached
 //! ([`InsertOutcome::Cached`]). Because the table only acts on evidence, an attacker cannot
 //! displace live entries by flooding a bucket with new ids.
 //!
@@ -336,10 +336,9 @@ impl Bucket {
             return None;
         }
         let peer = oldest.contact.peer;
-        let timeout = config.ping_timeout;
         self.pending = Some(PendingPing {
             peer,
-            deadline: now + timeout,
+            deadline: now + config.ping_timeout,
         });
         Some(peer)
     }
@@ -712,13 +711,14 @@ impl RoutingTable {
                 .flat_map(|b| b.entries.iter())
                 .map(|e| (target.distance(&e.key), e))
                 .collect();
-            let room = n.saturating_sub(out.len());
-            if found.len() > room && room > 0 {
-                found.select_nth_unstable_by(room - 1, |a, b| a.0.cmp(&b.0));
+            // `room` > 0: the loop stops once `out` holds `n`.
+            let room = n - out.len();
+            if found.len() > room {
+                found.select_nth_unstable_by_key(room - 1, |&(d, _)| d);
                 found.truncate(room);
             }
             found.sort_unstable_by_key(|&(d, _)| d);
-            out.extend(found.into_iter().take(room).map(|(_, e)| e));
+            out.extend(found.into_iter().map(|(_, e)| e));
         }
         out
     }
