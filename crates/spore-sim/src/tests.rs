@@ -112,6 +112,8 @@ fn ring_with_chords_handshakes_and_measures_rtt() {
         m.messages_delivered + sim.in_flight() as u64
     );
     assert_eq!(m.connections_opened, edges.len() as u64);
+    // All were opened up front and none closed.
+    assert_eq!(m.connections_peak, edges.len() as u64);
     assert_eq!(m.events.close, 0);
     // Pinged at t=0, 15, 30, 45 and 60 s (the last may be in flight).
     assert!(m.events.pong >= 8 * edges.len() as u64, "{m:?}");

@@ -287,3 +287,54 @@ fn dec(map: &mut BTreeMap<IpAddr, usize>, ip: IpAddr) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+
+    fn remembered(s: &Scores) -> usize {
+        s.peers.values().filter(|p| p.expires.is_some()).count()
+    }
+
+    #[test]
+    fn at_most_max_retained_disconnected_peers_are_remembered() {
+        let mut s = Scores::new(ScoreParams::default());
+        let now = Instant::from_micros(1_000_000);
+        let peers: Vec<PeerId> = (0..MAX_RETAINED as u32 + 10)
+            .map(|i| {
+                let mut secret = [0u8; 32];
+                secret[..4].copy_from_slice(&i.to_be_bytes());
+                Keypair::from_secret_bytes(secret).peer_id()
+            })
+            .collect();
+        for (i, p) in peers.iter().enumerate() {
+            let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            s.connected(p, ip, now);
+            s.penalise(p, 10.0);
+            assert!(s.score(p, now) < 0.0);
+            s.disconnected(p, now);
+        }
+        // The first MAX_RETAINED are remembered; the rest are forgotten at once.
+        assert_eq!((s.retained, remembered(&s)), (MAX_RETAINED, MAX_RETAINED));
+        assert_eq!(s.peers.len(), MAX_RETAINED);
+        assert_eq!(s.score(&peers[MAX_RETAINED], now), 0.0);
+
+        // A remembered peer that comes back is no longer counted; leaving again, it is.
+        s.connected(&peers[0], IpAddr::from([10, 0, 0, 0]), now);
+        assert_eq!(
+            (s.retained, remembered(&s)),
+            (MAX_RETAINED - 1, MAX_RETAINED - 1)
+        );
+        assert!(
+            s.score(&peers[0], now) < 0.0,
+            "the score survived the absence"
+        );
+        s.disconnected(&peers[0], now);
+        assert_eq!((s.retained, remembered(&s)), (MAX_RETAINED, MAX_RETAINED));
+
+        // After `retain_score` every one is forgotten.
+        s.decay(now + s.params.retain_score);
+        assert_eq!((s.retained, s.peers.len()), (0, 0));
+    }
+}
