@@ -28,7 +28,7 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
     };
     // These tests are about the engine: keep Kademlia from opening connections by itself.
     config.node.kad.auto_bootstrap = false;
-    config.node.kad.fetch_peer_records = false;
+    config.node.kad.peer_record_fetches = 0;
     // Nor the HyParView overlay, which dials neighbours of its own.
     config.node.gossip.enabled = false;
     config
@@ -448,7 +448,7 @@ fn partitions_cut_connections_after_the_idle_timeout_and_heal() {
 fn a_stopped_node_restarts_with_its_records_and_rejoins() {
     let mut cfg = config(8, 6);
     cfg.node.kad.auto_bootstrap = true;
-    cfg.node.kad.fetch_peer_records = true;
+    cfg.node.kad.peer_record_fetches = 32;
     let mut sim = Sim::new(cfg).unwrap();
     for i in 1..6 {
         sim.connect(NodeIndex(i), NodeIndex(0)).unwrap();

@@ -55,9 +55,12 @@ pub struct Config {
     pub max_requests: usize,
     /// Consecutive failed requests after which a routing-table entry is evicted.
     pub max_failures: u32,
-    /// Ask each new routing-table entry for its own signed peer record, reported as
-    /// [`Event::PeerRecord`](super::Event::PeerRecord) so the runtime can keep a peer book.
-    pub fetch_peer_records: bool,
+    /// How many new routing-table entries, per `refresh_interval`, are asked for their own signed
+    /// peer record, reported as [`Event::PeerRecord`](super::Event::PeerRecord) so the runtime
+    /// can keep a peer book; 0 asks none. A restart dials a handful of remembered peers, so a
+    /// few dozen fresh records are plenty; asking every entry would add a request and an answer
+    /// to each of the hundreds of entries a joining node inserts.
+    pub peer_record_fetches: u32,
     /// Bootstrap by itself when the first DHT server enters the routing table. Turned off only
     /// by tests of other layers that want a node to stay quiet.
     pub auto_bootstrap: bool,
@@ -82,7 +85,7 @@ impl Default for Config {
             max_queries: 64,
             max_requests: 1024,
             max_failures: 2,
-            fetch_peer_records: true,
+            peer_record_fetches: 32,
             auto_bootstrap: true,
         }
     }

@@ -3,12 +3,19 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::identity::PeerId;
 use crate::pow::Stamp;
 
 /// Most addresses carried per contact.
 pub const MAX_CONTACT_ADDRS: usize = 4;
+
+/// A contact's addresses. One is kept inline, as most nodes have one: routing tables hold
+/// contacts by the hundred and lookup answers copy twenty at a time, so a heap block per
+/// contact would cost an allocation and, worse, a cache miss each. The wire form is a
+/// length-prefixed list, the same as a `Vec`'s.
+pub type Addrs = SmallVec<[SocketAddr; 1]>;
 
 /// A node's id, its proof-of-work stamp and where to reach it, as passed around in lookups.
 ///
@@ -22,5 +29,5 @@ pub struct Contact {
     /// Its proof-of-work stamp.
     pub stamp: Stamp,
     /// Addresses to dial, at most [`MAX_CONTACT_ADDRS`].
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Addrs,
 }

@@ -259,7 +259,7 @@ mod tests {
         Contact {
             peer,
             stamp: Stamp { nonce: 0 },
-            addrs: vec![],
+            addrs: Default::default(),
         }
     }
 
@@ -336,7 +336,7 @@ mod tests {
         all.truncate(200);
         for (i, c) in all.iter_mut().enumerate() {
             let i = i as u8;
-            c.addrs = vec![if i < 100 {
+            c.addrs = smallvec::smallvec![if i < 100 {
                 std::net::SocketAddr::from(([66, 77, 0, i], 4000))
             } else {
                 std::net::SocketAddr::from(([20 + i, 1, 0, 1], 4000))

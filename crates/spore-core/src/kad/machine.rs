@@ -1,6 +1,6 @@
 //! The Kademlia state machine: routing table upkeep, lookups, records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -134,6 +134,8 @@ pub struct Kad {
     store: Box<dyn RecordStore + Send>,
     listen_addrs: Vec<SocketAddr>,
     requests: BTreeMap<(PeerId, u64), Outbound>,
+    /// The requests' deadlines, earliest first, so finding the next one costs no scan.
+    deadlines: BTreeSet<(Instant, PeerId, u64)>,
     next_request: u64,
     queries: BTreeMap<QueryId, Query>,
     next_query: u64,
@@ -146,6 +148,8 @@ pub struct Kad {
     /// seen before.
     own_peer_record: Option<(PeerRecord, Instant)>,
     bootstrap: Bootstrap,
+    /// Peer-record fetches in the current window: when it started and how many were sent.
+    record_fetches: (Instant, u32),
     next_republish: Option<Instant>,
     next_refresh: Option<Instant>,
     stats: KadStats,
@@ -186,6 +190,7 @@ impl Kad {
             store,
             listen_addrs: Vec::new(),
             requests: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             next_request: 0,
             queries: BTreeMap::new(),
             next_query: 0,
@@ -195,6 +200,7 @@ impl Kad {
             own_peer_seq: 0,
             own_peer_record: None,
             bootstrap,
+            record_fetches: (Instant::ZERO, 0),
             next_republish: None,
             next_refresh: None,
             stats: KadStats::default(),
@@ -623,6 +629,7 @@ impl Kad {
         let deadline = cx.now + self.config.request_timeout;
         self.requests
             .insert((contact.peer, id), Outbound { purpose, deadline });
+        self.deadlines.insert((deadline, contact.peer, id));
         self.stats.requests_sent += 1;
         cx.dial_and_send(
             contact.peer,
@@ -635,7 +642,7 @@ impl Kad {
     // ---- answers ----------------------------------------------------------------------------
 
     fn on_response(&mut self, cx: &mut Context<'_>, from: PeerId, id: u64, response: Response) {
-        let Some(out) = self.requests.remove(&(from, id)) else {
+        let Some(out) = self.take_request(from, id) else {
             self.stats.unexpected_responses += 1;
             return;
         };
@@ -858,7 +865,7 @@ impl Kad {
     }
 
     fn fail_request(&mut self, cx: &mut Context<'_>, peer: PeerId, id: u64) {
-        let Some(out) = self.requests.remove(&(peer, id)) else {
+        let Some(out) = self.take_request(peer, id) else {
             return;
         };
         self.stats.requests_failed += 1;
@@ -892,6 +899,13 @@ impl Kad {
         }
     }
 
+    /// Removes the request `id` to `peer` from the requests in flight.
+    fn take_request(&mut self, peer: PeerId, id: u64) -> Option<Outbound> {
+        let out = self.requests.remove(&(peer, id))?;
+        self.deadlines.remove(&(out.deadline, peer, id));
+        Some(out)
+    }
+
     fn fail_all_to(&mut self, cx: &mut Context<'_>, peer: PeerId) {
         let ids: Vec<u64> = self
             .requests
@@ -901,6 +915,21 @@ impl Kad {
         for id in ids {
             self.fail_request(cx, peer, id);
         }
+    }
+
+    /// Whether the budget of [`Config::peer_record_fetches`] allows one more fetch now; if so,
+    /// it is spent.
+    fn take_record_fetch(&mut self, now: Instant) -> bool {
+        let (start, used) = &mut self.record_fetches;
+        if now >= *start + self.config.refresh_interval {
+            *start = now;
+            *used = 0;
+        }
+        if *used >= self.config.peer_record_fetches {
+            return false;
+        }
+        *used += 1;
+        true
     }
 
     fn on_ready(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
@@ -918,9 +947,15 @@ impl Kad {
         if !reachable {
             return;
         }
-        let mut addrs = vec![info.addr];
-        addrs.extend(info.listen_addrs.iter().filter(|a| **a != info.addr));
-        addrs.truncate(MAX_CONTACT_ADDRS);
+        let addrs = std::iter::once(info.addr)
+            .chain(
+                info.listen_addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != info.addr),
+            )
+            .take(MAX_CONTACT_ADDRS)
+            .collect();
         let contact = Contact {
             peer: info.peer,
             stamp,
@@ -928,7 +963,7 @@ impl Kad {
         };
         let was_empty = self.table.is_empty();
         let outcome = self.table.insert(contact.clone(), info.addr, cx.now);
-        if outcome == InsertOutcome::Inserted && self.config.fetch_peer_records {
+        if outcome == InsertOutcome::Inserted && self.take_record_fetch(cx.now) {
             let request = Request::FindPeer { peer: info.peer };
             self.request(cx, &contact, request, Purpose::OwnRecord);
         }
@@ -980,10 +1015,10 @@ impl Protocol for Kad {
     fn handle_timeout(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
         let expired: Vec<(PeerId, u64)> = self
-            .requests
+            .deadlines
             .iter()
-            .filter(|(_, o)| o.deadline <= now)
-            .map(|(k, _)| *k)
+            .take_while(|(deadline, _, _)| *deadline <= now)
+            .map(|&(_, peer, id)| (peer, id))
             .collect();
         for (peer, id) in expired {
             self.fail_request(cx, peer, id);
@@ -1011,7 +1046,7 @@ impl Protocol for Kad {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let requests = self.requests.values().map(|o| o.deadline).min();
+        let requests = self.deadlines.first().map(|(deadline, _, _)| *deadline);
         [
             requests,
             self.table.poll_timeout(),
@@ -1051,5 +1086,100 @@ impl Kad {
         if self.bootstrap.done {
             let _ = self.publish_peer_record(cx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kad::store::{MemoryStore, StoreLimits};
+    use crate::node::tests_support::Harness;
+    use crate::wire::Message as WireMessage;
+
+    fn kad(config: Config) -> Kad {
+        let key = Keypair::from_secret_bytes([1; 32]);
+        let stamp = Stamp::mint(&key.peer_id(), Difficulty(4));
+        let store = Box::new(MemoryStore::new(StoreLimits::default()));
+        Kad::new(key, stamp, Difficulty(4), config, store)
+    }
+
+    /// A DHT server that connected to us from the address it listens on: a table candidate.
+    fn server_ready(h: &mut Harness, seed: u8, now: Instant) -> PeerEvent {
+        let key = Keypair::from_secret_bytes([seed; 32]);
+        let stamp = Stamp::mint(&key.peer_id(), Difficulty(4));
+        match h.ready_with(key.peer_id(), now, Direction::Outbound) {
+            PeerEvent::Ready(mut info) => {
+                info.addr = SocketAddr::from(([10, seed, 0, 1], 4000));
+                info.capabilities = Capabilities::DHT_SERVER;
+                info.stamp = Some(stamp);
+                PeerEvent::Ready(info)
+            }
+            other => other,
+        }
+    }
+
+    fn record_fetches(h: &mut Harness) -> usize {
+        h.transmits()
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.message,
+                    WireMessage::Kad(Message::Request {
+                        request: Request::FindPeer { .. },
+                        ..
+                    })
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn new_table_entries_are_asked_for_their_records_within_a_budget_per_window() {
+        let config = Config {
+            peer_record_fetches: 3,
+            auto_bootstrap: false,
+            ..Config::default()
+        };
+        let window = config.refresh_interval;
+        let mut kad = kad(config);
+        let mut h = Harness::new();
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        for seed in 10..15 {
+            let event = server_ready(&mut h, seed, t0);
+            h.with(t0, |cx| kad.handle_peer_event(cx, &event));
+        }
+        assert_eq!(kad.table().len(), 5, "every server entered the table");
+        assert_eq!(
+            record_fetches(&mut h),
+            3,
+            "only the budget's worth were asked"
+        );
+
+        // A new window brings a new budget.
+        let t1 = t0 + window;
+        for seed in 15..20 {
+            let event = server_ready(&mut h, seed, t1);
+            h.with(t1, |cx| kad.handle_peer_event(cx, &event));
+        }
+        assert_eq!(kad.table().len(), 10);
+        assert_eq!(record_fetches(&mut h), 3);
+    }
+
+    #[test]
+    fn no_records_are_asked_for_with_a_budget_of_zero() {
+        let mut kad = kad(Config {
+            peer_record_fetches: 0,
+            auto_bootstrap: false,
+            ..Config::default()
+        });
+        let mut h = Harness::new();
+        for seed in 10..14 {
+            let event = server_ready(&mut h, seed, Instant::ZERO);
+            h.with(Instant::ZERO, |cx| kad.handle_peer_event(cx, &event));
+        }
+        assert_eq!(kad.table().len(), 4);
+        assert_eq!(record_fetches(&mut h), 0);
     }
 }

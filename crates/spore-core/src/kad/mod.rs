@@ -24,7 +24,7 @@ pub mod store;
 pub mod table;
 
 pub use config::{Config, Mode};
-pub use contact::{Contact, MAX_CONTACT_ADDRS};
+pub use contact::{Addrs, Contact, MAX_CONTACT_ADDRS};
 pub use key::{Distance, Key};
 pub use machine::{Kad, KadError, KadStats};
 pub use message::{MAX_CONTACTS, MAX_PROVIDERS, MAX_REASON_LEN, Message, Request, Response};

@@ -935,7 +935,7 @@ mod tests {
         let c = p.to_contact();
         assert_eq!(c.peer, k.peer_id());
         assert_eq!(c.stamp, stamp(&k));
-        assert_eq!(c.addrs, addrs(MAX_CONTACT_ADDRS));
+        assert_eq!(c.addrs.to_vec(), addrs(MAX_CONTACT_ADDRS));
     }
 
     #[test]

@@ -469,7 +469,7 @@ impl<'a> Runner<'a> {
             let contact = Contact {
                 peer: id,
                 stamp: Stamp::mint(&id, difficulty),
-                addrs: vec![addr],
+                addrs: [addr].into_iter().collect(),
             };
             out.push((key, contact));
         }

@@ -25,7 +25,7 @@ fn contact(peer: PeerId) -> Contact {
     Contact {
         peer,
         stamp: Stamp { nonce: 0 },
-        addrs: Vec::new(),
+        addrs: Default::default(),
     }
 }
 
