@@ -1206,7 +1206,7 @@ impl Node {
         info.agent = hello.agent;
         info.stamp = Some(hello.stamp);
         let info = info.clone();
-        self.out.set_link(from, Link::Ready);
+        self.out.set_link(from, Link::Ready(info.addr.ip()));
         self.out.flush(from);
         let event = PeerEvent::Ready(Box::new(info.clone()));
         self.out.push_event(Event::PeerReady { peer: from, info });

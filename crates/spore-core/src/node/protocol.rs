@@ -1,7 +1,7 @@
 //! The shape every sub-protocol has, and the context the [`Node`](super::Node) hands it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rand_chacha::ChaCha20Rng;
 
@@ -79,7 +79,24 @@ impl Context<'_> {
 
     /// Whether `peer` is connected and its `Hello` verified.
     pub fn is_ready(&self, peer: &PeerId) -> bool {
-        self.out.links.get(peer) == Some(&Link::Ready)
+        matches!(self.out.links.get(peer), Some(Link::Ready(_)))
+    }
+
+    /// The IP address a ready peer's connection comes from; `None` if it is not ready.
+    pub fn ready_ip(&self, peer: &PeerId) -> Option<IpAddr> {
+        match self.out.links.get(peer) {
+            Some(Link::Ready(ip)) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// The ready peers, in id order.
+    pub fn ready_peer_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.out
+            .links
+            .iter()
+            .filter(|(_, link)| matches!(link, Link::Ready(_)))
+            .map(|(peer, _)| *peer)
     }
 
     /// Number of ready peers.
@@ -129,8 +146,8 @@ pub(super) enum Link {
     Dialing,
     /// Connected; waiting for the peer's `Hello`.
     Handshaking,
-    /// `Hello` verified.
-    Ready,
+    /// `Hello` verified; the connection comes from this IP address.
+    Ready(IpAddr),
 }
 
 /// Messages held for a peer that is not ready yet.
@@ -148,7 +165,7 @@ pub(super) struct Outputs {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
     pub(super) links: BTreeMap<PeerId, Link>,
-    /// How many of `links` are [`Link::Ready`]; kept by [`set_link`](Self::set_link) and
+    /// How many of `links` are [`Link::Ready`](Link); kept by [`set_link`](Self::set_link) and
     /// [`remove_link`](Self::remove_link), the only ways links change.
     ready: usize,
     pub(super) waiting: BTreeMap<PeerId, Waiting>,
@@ -184,7 +201,7 @@ impl Outputs {
 
     fn send(&mut self, to: PeerId, message: Message, dial: Option<&[SocketAddr]>, now: Instant) {
         match (self.links.get(&to), dial) {
-            (Some(Link::Ready), _) => self.push_transmit(Transmit { to, message }),
+            (Some(Link::Ready(_)), _) => self.push_transmit(Transmit { to, message }),
             (Some(_), _) => self.wait(to, message, now),
             (None, Some(addrs)) if !addrs.is_empty() => {
                 if self.dial(to, addrs, now) {
@@ -198,13 +215,13 @@ impl Outputs {
     /// Sets `peer`'s link state.
     pub(super) fn set_link(&mut self, peer: PeerId, link: Link) {
         let old = self.links.insert(peer, link);
-        self.ready =
-            self.ready + usize::from(link == Link::Ready) - usize::from(old == Some(Link::Ready));
+        let is_ready = |l: Option<Link>| usize::from(matches!(l, Some(Link::Ready(_))));
+        self.ready = self.ready + is_ready(Some(link)) - is_ready(old);
     }
 
     /// Forgets `peer`'s link.
     pub(super) fn remove_link(&mut self, peer: &PeerId) {
-        if self.links.remove(peer) == Some(Link::Ready) {
+        if matches!(self.links.remove(peer), Some(Link::Ready(_))) {
             self.ready -= 1;
         }
     }

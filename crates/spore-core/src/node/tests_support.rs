@@ -221,10 +221,20 @@ impl Harness {
 
     /// Marks `peer` ready (so `cx.send` reaches it) and returns the event protocols get.
     pub(crate) fn ready(&mut self, peer: PeerId, now: Instant) -> PeerEvent {
-        self.out.set_link(peer, Link::Ready);
+        self.ready_from(peer, now, "10.9.9.9:9".parse().unwrap())
+    }
+
+    /// Like [`ready`](Self::ready), for a connection that comes from `addr`.
+    pub(crate) fn ready_from(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        addr: std::net::SocketAddr,
+    ) -> PeerEvent {
+        self.out.set_link(peer, Link::Ready(addr.ip()));
         PeerEvent::Ready(Box::new(PeerInfo {
             peer,
-            addr: "10.9.9.9:9".parse().unwrap(),
+            addr,
             direction: Direction::Outbound,
             connected_at: now,
             listen_addrs: Vec::new(),

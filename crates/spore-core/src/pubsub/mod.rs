@@ -5,6 +5,9 @@
 //!   ([`Message::Subscribe`], with its own signed [`PeerRecord`] so peers can pass it on in peer
 //!   exchange), and again whenever that changes. The peers that announced a topic are its
 //!   *topic peers*; at most [`MAX_TOPICS`] topics are tracked per peer.
+//!   Per-peer state (topics, rate limit, score) is made when a peer first sends a pub/sub
+//!   message or is first told our subscriptions, not when it connects: most of a node's
+//!   connections (DHT lookups, transfers) never carry pub/sub.
 //! - **Mesh.** For each subscribed topic the node keeps a mesh of `d` topic peers (between
 //!   `d_lo` and `d_hi`), set up with GRAFT and torn down with PRUNE. Every
 //!   [`Config::heartbeat`] it drops mesh members with a negative score, grafts peers (best score
@@ -710,6 +713,12 @@ impl PubSub {
         self.mesh.values().any(|m| m.contains(peer))
     }
 
+    /// How many ready peers pub/sub keeps state for: those that sent it a message or that it
+    /// told its subscriptions. A peer that does neither costs it nothing.
+    pub fn tracked_peers(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Ready peers that announced `topic`.
     pub fn topic_peers(&self, topic: &str) -> impl Iterator<Item = &PeerId> {
         self.topic_peers.get(topic).into_iter().flatten()
@@ -870,9 +879,9 @@ impl PubSub {
     /// Tells every ready peer that we (un)subscribed `topic`.
     fn announce(&mut self, cx: &mut Context<'_>, topic: &str, subscribed: bool) {
         let record = cx.own_record();
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let peers: Vec<PeerId> = cx.ready_peer_ids().collect();
         for peer in peers {
-            let Some(state) = self.peers.get_mut(&peer) else {
+            let Some(state) = self.state(cx, peer) else {
                 continue;
             };
             let record = if state.told { None } else { record.clone() };
@@ -885,6 +894,31 @@ impl PubSub {
                 },
             );
         }
+    }
+
+    /// `peer`'s state, created if it is ready and has none yet: a peer gets state when it first
+    /// sends a pub/sub message or when we first tell it our subscriptions, not when it connects.
+    /// Most connections (DHT lookups, transfers) never carry pub/sub, and a node holds hundreds.
+    fn state(&mut self, cx: &Context<'_>, peer: PeerId) -> Option<&mut PeerState> {
+        if !self.peers.contains_key(&peer) {
+            let ip = cx.ready_ip(&peer)?;
+            self.scores.connected(&peer, ip, cx.now);
+            let rate = f64::from(self.config.max_messages_per_sec.max(1));
+            self.peers.insert(
+                peer,
+                PeerState {
+                    topics: BTreeSet::new(),
+                    record: None,
+                    told: false,
+                    tokens: rate,
+                    refilled: cx.now,
+                    dont_send: HashMap::new(),
+                    ihaves: 0,
+                    asked: 0,
+                },
+            );
+        }
+        self.peers.get_mut(&peer)
     }
 
     fn control(&mut self, peer: PeerId) -> &mut Control {
@@ -980,6 +1014,18 @@ impl PubSub {
             }
         }
         self.schedule(cx.now);
+    }
+
+    /// Drops `peer`'s state, if it has any: it disconnected (or reconnected).
+    fn forget_peer(&mut self, now: Instant, peer: &PeerId) {
+        let Some(state) = self.peers.remove(peer) else {
+            return;
+        };
+        for topic in state.topics {
+            self.forget_topic_peer(now, &topic, peer);
+        }
+        self.pending.remove(peer);
+        self.scores.disconnected(peer, now);
     }
 
     fn forget_topic_peer(&mut self, now: Instant, topic: &str, peer: &PeerId) {
@@ -1242,7 +1288,7 @@ impl PubSub {
             if dialed >= want {
                 break;
             }
-            if *r.peer() == me || self.peers.contains_key(r.peer()) || cx.is_connecting(r.peer()) {
+            if *r.peer() == me || cx.is_ready(r.peer()) || cx.is_connecting(r.peer()) {
                 continue;
             }
             if r.verify(now, &self.limits).is_err() {
@@ -1380,7 +1426,7 @@ impl Protocol for PubSub {
     type Message = Message;
 
     fn handle_message(&mut self, cx: &mut Context<'_>, from: PeerId, msg: Message) {
-        if !self.config.enabled || !self.peers.contains_key(&from) {
+        if !self.config.enabled || self.state(cx, from).is_none() {
             return;
         }
         if self.scores.score(&from, cx.now) < self.config.score.graylist_threshold {
@@ -1405,23 +1451,11 @@ impl Protocol for PubSub {
         match event {
             PeerEvent::Ready(info) => {
                 let peer = info.peer;
-                let rate = f64::from(self.config.max_messages_per_sec.max(1));
-                self.scores.connected(&peer, info.addr.ip(), cx.now);
-                let told = !self.subscriptions.is_empty();
-                self.peers.insert(
-                    peer,
-                    PeerState {
-                        topics: BTreeSet::new(),
-                        record: None,
-                        told,
-                        tokens: rate,
-                        refilled: cx.now,
-                        dont_send: HashMap::new(),
-                        ihaves: 0,
-                        asked: 0,
-                    },
-                );
-                if told {
+                if self.subscriptions.is_empty() {
+                    return;
+                }
+                if let Some(state) = self.state(cx, peer) {
+                    state.told = true;
                     let record = cx.own_record();
                     let topics = self.subscriptions.iter().map(|t| (t.clone(), true));
                     cx.send(
@@ -1433,15 +1467,7 @@ impl Protocol for PubSub {
                     );
                 }
             }
-            PeerEvent::Gone { peer } => {
-                if let Some(state) = self.peers.remove(peer) {
-                    for topic in state.topics {
-                        self.forget_topic_peer(cx.now, &topic, peer);
-                    }
-                }
-                self.pending.remove(peer);
-                self.scores.disconnected(peer, cx.now);
-            }
+            PeerEvent::Gone { peer } => self.forget_peer(cx.now, peer),
             PeerEvent::Unreachable { .. } => {}
         }
     }

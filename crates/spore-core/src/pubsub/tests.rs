@@ -64,11 +64,8 @@ impl Setup {
     }
 
     fn connect(&mut self, peer: PeerId, ip: u8) {
-        let PeerEvent::Ready(mut info) = self.h.ready(peer, self.now) else {
-            unreachable!()
-        };
-        info.addr = format!("10.0.0.{ip}:4000").parse().unwrap();
-        let event = PeerEvent::Ready(info);
+        let addr = format!("10.0.0.{ip}:4000").parse().unwrap();
+        let event = self.h.ready_from(peer, self.now, addr);
         let now = self.now;
         self.h.with(now, |cx| self.ps.handle_peer_event(cx, &event));
     }
@@ -506,4 +503,59 @@ fn validate_bounds_every_list() {
         assert!(Message::Control(c).validate().is_err());
     }
     assert!(Message::Publish(message(1, 1, b"ok")).validate().is_ok());
+}
+
+#[test]
+fn peers_get_state_when_they_speak_pubsub_or_are_told_our_subscriptions() {
+    let me = key(1);
+    let mut h = Harness::new();
+    let mut ps = PubSub::new(me.clone(), stamp(&me), D, Config::default());
+    let now = at(1);
+    let peers: Vec<PeerId> = (10..13).map(id).collect();
+    for (i, peer) in peers.iter().enumerate() {
+        let addr = format!("10.0.0.{i}:4000").parse().unwrap();
+        let event = h.ready_from(*peer, now, addr);
+        h.with(now, |cx| ps.handle_peer_event(cx, &event));
+    }
+    assert_eq!(ps.tracked_peers(), 0, "connecting alone makes no state");
+    assert!(
+        h.transmits().is_empty(),
+        "nothing to tell while unsubscribed"
+    );
+
+    // A peer that announces a topic gets state, and is a topic peer.
+    let subscribe = Message::Subscribe {
+        topics: vec![(TOPIC.into(), true)],
+        record: None,
+    };
+    h.with(now, |cx| ps.handle_message(cx, peers[0], subscribe));
+    assert_eq!(ps.tracked_peers(), 1);
+    assert_eq!(ps.topic_peers(TOPIC).collect::<Vec<_>>(), vec![&peers[0]]);
+
+    // Subscribing tells every ready peer, with our record the first time.
+    h.with(now, |cx| ps.subscribe(cx, TOPIC)).unwrap();
+    let mut told: Vec<PeerId> = h
+        .transmits()
+        .into_iter()
+        .filter(|t| matches!(t.message, Wire::PubSub(Message::Subscribe { .. })))
+        .map(|t| t.to)
+        .collect();
+    told.sort();
+    let mut all = peers.clone();
+    all.sort();
+    assert_eq!(told, all);
+    assert_eq!(ps.tracked_peers(), 3);
+
+    // A peer that is not ready gets no state from a stray message.
+    let stranger = id(99);
+    let subscribe = Message::Subscribe {
+        topics: vec![(TOPIC.into(), true)],
+        record: None,
+    };
+    h.with(now, |cx| ps.handle_message(cx, stranger, subscribe));
+    assert_eq!(ps.tracked_peers(), 3);
+
+    let gone = h.gone(peers[1]);
+    h.with(now, |cx| ps.handle_peer_event(cx, &gone));
+    assert_eq!(ps.tracked_peers(), 2);
 }
