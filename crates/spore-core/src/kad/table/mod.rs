@@ -154,18 +154,34 @@ impl Default for Config {
 /// A node in the table or in a replacement cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The node as last presented to us.
+    /// The node as last presented to us; its first address is the one it was confirmed at
+    /// ([`addr`](Self::addr)).
     pub contact: Contact,
     /// Its position in the key space, `Key::for_peer(&contact.peer)`.
     pub key: Key,
-    /// The address the node was confirmed at: the one we dialed, or the one it connected from when
-    /// that equals its listen address.
-    pub addr: SocketAddr,
     /// When the table first learned of the node, in its bucket or its replacement cache; kept on
     /// promotion, so that a candidate's age carries over.
     pub added: Instant,
     /// When the node was last confirmed alive.
     pub last_seen: Instant,
+}
+
+impl Entry {
+    /// The address the node was confirmed at: the one we dialed, or the one it connected from
+    /// when that equals its listen address. Kept as the contact's first address rather than a
+    /// field of its own: tables hold entries by the hundred, on every node of a simulation.
+    pub fn addr(&self) -> SocketAddr {
+        self.contact.addrs[0]
+    }
+}
+
+/// `contact` with `addr` as its first address (and no other copy of it), within
+/// [`MAX_CONTACT_ADDRS`](super::MAX_CONTACT_ADDRS).
+fn confirmed_at(mut contact: Contact, addr: SocketAddr) -> Contact {
+    contact.addrs.retain(|a| *a != addr);
+    contact.addrs.insert(0, addr);
+    contact.addrs.truncate(super::MAX_CONTACT_ADDRS);
+    contact
 }
 
 /// What [`RoutingTable::insert`] did.
@@ -511,19 +527,18 @@ impl RoutingTable {
 
         if let Some(pos) = bucket.entry_pos(&peer) {
             let mut entry = bucket.entries.remove(pos);
-            if entry.addr.ip().to_canonical() != ip.to_canonical() {
-                let others = bucket.entries.iter().map(|e| e.addr.ip());
+            if entry.addr().ip().to_canonical() != ip.to_canonical() {
+                let others = bucket.entries.iter().map(|e| e.addr().ip());
                 let admitted = check_group(config, ip, others)
-                    .and_then(|()| check_table(config, ip, prefixes, Some(entry.addr.ip())));
+                    .and_then(|()| check_table(config, ip, prefixes, Some(entry.addr().ip())));
                 if let Err(reason) = admitted {
                     bucket.entries.insert(pos, entry);
                     return InsertOutcome::Rejected(reason);
                 }
             }
-            uncount(prefixes, entry.addr.ip());
+            uncount(prefixes, entry.addr().ip());
             count(prefixes, ip);
-            entry.contact = contact;
-            entry.addr = addr;
+            entry.contact = confirmed_at(contact, addr);
             entry.last_seen = now;
             push_tight(&mut bucket.entries, entry);
             bucket.last_activity = Some(now);
@@ -533,7 +548,7 @@ impl RoutingTable {
 
         // New to the bucket (perhaps cached): it must be able to join it, room or not.
         let cached = bucket.candidate_pos(&peer);
-        let admitted = check_group(config, ip, bucket.entries.iter().map(|e| e.addr.ip()))
+        let admitted = check_group(config, ip, bucket.entries.iter().map(|e| e.addr().ip()))
             .and_then(|()| check_table(config, ip, prefixes, None));
         if let Err(reason) = admitted {
             return InsertOutcome::Rejected(reason);
@@ -542,9 +557,8 @@ impl RoutingTable {
             .and_then(|pos| bucket.candidates.get(pos))
             .map_or(now, |c| c.added);
         let entry = Entry {
-            contact,
+            contact: confirmed_at(contact, addr),
             key,
-            addr,
             added,
             last_seen: now,
         };
@@ -567,7 +581,7 @@ impl RoutingTable {
             .iter()
             .enumerate()
             .filter(|&(i, _)| Some(i) != cached)
-            .map(|(_, c)| c.addr.ip());
+            .map(|(_, c)| c.addr().ip());
         if let Err(reason) = check_group(config, ip, other_candidates) {
             return InsertOutcome::Rejected(reason);
         }
@@ -580,7 +594,7 @@ impl RoutingTable {
         } else if let Some(stuck) = bucket
             .candidates
             .iter()
-            .position(|c| admissible(config, c.addr.ip(), &bucket.entries, prefixes).is_err())
+            .position(|c| admissible(config, c.addr().ip(), &bucket.entries, prefixes).is_err())
         {
             bucket.candidates.remove(stuck);
             push_tight(&mut bucket.candidates, entry);
@@ -806,7 +820,7 @@ impl RoutingTable {
         let pos = bucket.entry_pos(peer)?;
         let entry = bucket.entries.remove(pos);
         bucket.resolve_ping(peer);
-        uncount(&mut self.prefixes, entry.addr.ip());
+        uncount(&mut self.prefixes, entry.addr().ip());
         self.len = self.len.saturating_sub(1);
         Some(entry)
     }
@@ -829,7 +843,7 @@ impl RoutingTable {
             .candidates
             .iter()
             .enumerate()
-            .filter(|(_, c)| admissible(config, c.addr.ip(), &bucket.entries, prefixes).is_ok())
+            .filter(|(_, c)| admissible(config, c.addr().ip(), &bucket.entries, prefixes).is_ok())
             // The first of equals: the earliest arrival.
             .min_by_key(|(_, c)| c.added)
             .map(|(i, _)| i)?;
@@ -840,7 +854,7 @@ impl RoutingTable {
             .entries
             .partition_point(|e| e.last_seen <= entry.last_seen);
         bucket.entries.insert(at, entry.clone());
-        count(prefixes, entry.addr.ip());
+        count(prefixes, entry.addr().ip());
         *len += 1;
         stats.promoted = stats.promoted.saturating_add(1);
         Some(entry)
@@ -854,7 +868,7 @@ fn admissible(
     entries: &[Entry],
     prefixes: &PrefixCounts,
 ) -> Result<(), Rejection> {
-    check_group(config, ip, entries.iter().map(|e| e.addr.ip()))
+    check_group(config, ip, entries.iter().map(|e| e.addr().ip()))
         .and_then(|()| check_table(config, ip, prefixes, None))
 }
 

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::identity::Keypair;
+use crate::kad::MAX_CONTACT_ADDRS;
 use crate::pow::Stamp;
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ fn net(ip: IpAddr, v4_bits: u32, v6_bits: u32) -> (u8, u128) {
 
 /// The per-bucket rules among `group`.
 fn assert_group_limits(group: &[Entry], config: &Config) {
-    let ips: Vec<IpAddr> = group.iter().filter_map(|e| limited_ip(&e.addr)).collect();
+    let ips: Vec<IpAddr> = group.iter().filter_map(|e| limited_ip(&e.addr())).collect();
     let unique: BTreeSet<IpAddr> = ips.iter().copied().collect();
     assert_eq!(
         unique.len(),
@@ -195,7 +196,7 @@ fn check_invariants(t: &RoutingTable) {
             assert_group_limits(&bucket.candidates, config);
         }
         for e in &bucket.entries {
-            if let Some(ip) = limited_ip(&e.addr) {
+            if let Some(ip) = limited_ip(&e.addr()) {
                 *per_table_net.entry(net(ip, 16, 32)).or_default() += 1;
             }
         }
@@ -286,7 +287,7 @@ fn insert_then_update_moves_to_most_recently_seen_end() {
     assert_eq!(bucket_peers(&t, 255), vec![peers[1], peers[2], peers[0]]);
     let e = t.get(&peers[0]).unwrap();
     assert_eq!(
-        (e.addr, e.added, e.last_seen),
+        (e.addr(), e.added, e.last_seen),
         (unique_addr(7), secs(1), secs(5))
     );
 
@@ -410,7 +411,7 @@ fn failed_ping_evicts_and_promotes_the_oldest_candidate() {
     let promoted = t.ping_failed(&entries[0], secs(104)).unwrap();
     assert_eq!(promoted.contact.peer, candidates[0]);
     assert_eq!(promoted.added, secs(100));
-    assert_eq!(promoted.addr, v4(1, 0, 0, 1));
+    assert_eq!(promoted.addr(), v4(1, 0, 0, 1));
     assert!(!t.contains(&entries[0]));
     assert!(t.contains(&candidates[0]));
     assert_eq!(t.len(), 20);
@@ -529,7 +530,7 @@ fn cached_candidate_is_refreshed_in_place() {
     let cached: Vec<_> = t.candidates().cloned().collect();
     assert_eq!(cached[0].contact.peer, candidates[0]);
     assert_eq!(
-        (cached[0].addr, cached[0].added, cached[0].last_seen),
+        (cached[0].addr(), cached[0].added, cached[0].last_seen),
         (v4(5, 0, 0, 1), secs(100), secs(150))
     );
     assert_eq!(cached[1].last_seen, secs(160));
@@ -883,7 +884,7 @@ fn address_change_must_pass_the_limits() {
         InsertOutcome::Rejected(Rejection::SameIpInBucket)
     );
     let e = t.get(&a[2]).unwrap();
-    assert_eq!((e.addr, e.last_seen), (v4(9, 9, 9, 9), secs(3)));
+    assert_eq!((e.addr(), e.last_seen), (v4(9, 9, 9, 9), secs(3)));
     assert_eq!(bucket_peers(&t, 255), a);
     // Moving within its own /24, or to the same IP on another port, is fine.
     assert_eq!(
@@ -895,7 +896,7 @@ fn address_change_must_pass_the_limits() {
         t.insert(contact(a[2]), moved, secs(6)),
         InsertOutcome::Updated
     );
-    assert_eq!(t.get(&a[2]).unwrap().addr, moved);
+    assert_eq!(t.get(&a[2]).unwrap().addr(), moved);
     check_invariants(&t);
 }
 
@@ -934,7 +935,7 @@ fn sybil_burst_from_one_16_gets_at_most_10_entries() {
     let sybil_net = net(IpAddr::V4(Ipv4Addr::new(10, 7, 0, 0)), 16, 32);
     let from_16 = |t: &RoutingTable| {
         t.iter()
-            .filter(|e| limited_ip(&e.addr).map(|ip| net(ip, 16, 32)) == Some(sybil_net))
+            .filter(|e| limited_ip(&e.addr()).map(|ip| net(ip, 16, 32)) == Some(sybil_net))
             .count()
     };
     assert!(from_16(&t) <= 10, "{} Sybils in the table", from_16(&t));
@@ -958,7 +959,7 @@ fn sybil_burst_from_one_16_gets_at_most_10_entries() {
 fn check_limits_only(t: &RoutingTable) {
     let mut per_16: BTreeMap<(u8, u128), usize> = BTreeMap::new();
     for e in t.iter() {
-        if let Some(ip) = limited_ip(&e.addr) {
+        if let Some(ip) = limited_ip(&e.addr()) {
             *per_16.entry(net(ip, 16, 32)).or_default() += 1;
         }
     }
@@ -1178,7 +1179,7 @@ fn apply(t: &mut RoutingTable, now: &mut Instant, op: &Op) {
             match &outcome {
                 InsertOutcome::Inserted | InsertOutcome::Updated => {
                     let e = t.get(&p).expect("inserted entries are in the table");
-                    assert_eq!((e.addr, e.last_seen), (addr, *now));
+                    assert_eq!((e.addr(), e.last_seen), (addr, *now));
                     assert_eq!(
                         t.buckets
                             .get(t.index_of(&p).unwrap())
@@ -1316,4 +1317,30 @@ proptest! {
         let target = Key::for_peer(&peer(seeds[0]));
         check_closest(&t, &target, 7);
     }
+}
+
+#[test]
+fn an_entry_lists_its_confirmed_address_first_and_once() {
+    let mut t = table(Config::default());
+    let p = in_bucket(255, 1)[0];
+    let (confirmed, other) = (v4(9, 9, 9, 9), v4(8, 8, 8, 8));
+    // Announced second: moved to the front, not repeated.
+    let mut c = contact(p);
+    c.addrs = smallvec::smallvec![other, confirmed];
+    assert_eq!(t.insert(c, confirmed, secs(1)), InsertOutcome::Inserted);
+    let e = t.get(&p).unwrap();
+    assert_eq!(e.addr(), confirmed);
+    assert_eq!(e.contact.addrs.to_vec(), vec![confirmed, other]);
+
+    // Not announced at all, with the announced list full: it goes first, the list stays bounded.
+    let moved = v4(9, 9, 9, 10);
+    let mut c = contact(p);
+    c.addrs = (1..=MAX_CONTACT_ADDRS as u8)
+        .map(|i| v4(7, 7, 7, i))
+        .collect();
+    assert_eq!(t.insert(c, moved, secs(2)), InsertOutcome::Updated);
+    let e = t.get(&p).unwrap();
+    assert_eq!(e.addr(), moved);
+    assert_eq!(e.contact.addrs.len(), MAX_CONTACT_ADDRS);
+    check_invariants(&t);
 }
