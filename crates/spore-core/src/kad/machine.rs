@@ -1168,6 +1168,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unanswered_request_fails_at_its_deadline_and_no_sooner() {
+        let config = Config {
+            peer_record_fetches: 1,
+            auto_bootstrap: false,
+            ..Config::default()
+        };
+        let timeout = config.request_timeout;
+        let mut kad = kad(config);
+        let mut h = Harness::new();
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let event = server_ready(&mut h, 10, t0);
+        h.with(t0, |cx| kad.handle_peer_event(cx, &event));
+        assert_eq!(record_fetches(&mut h), 1);
+        let deadline = t0 + timeout;
+        assert!(kad.poll_timeout().is_some_and(|t| t <= deadline));
+
+        let before = t0 + (timeout - Duration::from_millis(1));
+        h.with(before, |cx| kad.handle_timeout(cx));
+        assert_eq!(kad.stats().requests_failed, 0);
+        h.with(deadline, |cx| kad.handle_timeout(cx));
+        assert_eq!(kad.stats().requests_failed, 1);
+        assert!(kad.poll_timeout().is_none_or(|t| t > deadline));
+    }
+
+    #[test]
     fn no_records_are_asked_for_with_a_budget_of_zero() {
         let mut kad = kad(Config {
             peer_record_fetches: 0,

@@ -1016,7 +1016,7 @@ impl PubSub {
         self.schedule(cx.now);
     }
 
-    /// Drops `peer`'s state, if it has any: it disconnected (or reconnected).
+    /// Drops `peer`'s state, if it has any: it disconnected.
     fn forget_peer(&mut self, now: Instant, peer: &PeerId) {
         let Some(state) = self.peers.remove(peer) else {
             return;
