@@ -31,3 +31,15 @@ pub struct Contact {
     /// Addresses to dial, at most [`MAX_CONTACT_ADDRS`].
     pub addrs: Addrs,
 }
+
+impl Contact {
+    /// This contact with `addr` as its first address (and no other copy of it), within
+    /// [`MAX_CONTACT_ADDRS`]: how a routing-table entry keeps the address the node was confirmed
+    /// at.
+    pub fn confirmed_at(mut self, addr: SocketAddr) -> Contact {
+        self.addrs.retain(|a| *a != addr);
+        self.addrs.insert(0, addr);
+        self.addrs.truncate(MAX_CONTACT_ADDRS);
+        self
+    }
+}

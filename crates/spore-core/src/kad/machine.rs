@@ -947,20 +947,12 @@ impl Kad {
         if !reachable {
             return;
         }
-        let addrs = std::iter::once(info.addr)
-            .chain(
-                info.listen_addrs
-                    .iter()
-                    .copied()
-                    .filter(|a| *a != info.addr),
-            )
-            .take(MAX_CONTACT_ADDRS)
-            .collect();
         let contact = Contact {
             peer: info.peer,
             stamp,
-            addrs,
-        };
+            addrs: info.listen_addrs.iter().copied().collect(),
+        }
+        .confirmed_at(info.addr);
         let was_empty = self.table.is_empty();
         let outcome = self.table.insert(contact.clone(), info.addr, cx.now);
         if outcome == InsertOutcome::Inserted && self.take_record_fetch(cx.now) {
@@ -1120,6 +1112,14 @@ mod tests {
         }
     }
 
+    /// Makes the servers of `seeds` ready at `now`, as `server_ready` describes them.
+    fn servers_ready(kad: &mut Kad, h: &mut Harness, seeds: std::ops::Range<u8>, now: Instant) {
+        for seed in seeds {
+            let event = server_ready(h, seed, now);
+            h.with(now, |cx| kad.handle_peer_event(cx, &event));
+        }
+    }
+
     fn record_fetches(h: &mut Harness) -> usize {
         h.transmits()
             .iter()
@@ -1146,10 +1146,7 @@ mod tests {
         let mut kad = kad(config);
         let mut h = Harness::new();
         let t0 = Instant::ZERO + Duration::from_secs(1);
-        for seed in 10..15 {
-            let event = server_ready(&mut h, seed, t0);
-            h.with(t0, |cx| kad.handle_peer_event(cx, &event));
-        }
+        servers_ready(&mut kad, &mut h, 10..15, t0);
         assert_eq!(kad.table().len(), 5, "every server entered the table");
         assert_eq!(
             record_fetches(&mut h),
@@ -1159,10 +1156,7 @@ mod tests {
 
         // A new window brings a new budget.
         let t1 = t0 + window;
-        for seed in 15..20 {
-            let event = server_ready(&mut h, seed, t1);
-            h.with(t1, |cx| kad.handle_peer_event(cx, &event));
-        }
+        servers_ready(&mut kad, &mut h, 15..20, t1);
         assert_eq!(kad.table().len(), 10);
         assert_eq!(record_fetches(&mut h), 3);
     }
@@ -1178,8 +1172,7 @@ mod tests {
         let mut kad = kad(config);
         let mut h = Harness::new();
         let t0 = Instant::ZERO + Duration::from_secs(1);
-        let event = server_ready(&mut h, 10, t0);
-        h.with(t0, |cx| kad.handle_peer_event(cx, &event));
+        servers_ready(&mut kad, &mut h, 10..11, t0);
         assert_eq!(record_fetches(&mut h), 1);
         let deadline = t0 + timeout;
         assert!(kad.poll_timeout().is_some_and(|t| t <= deadline));
@@ -1200,10 +1193,7 @@ mod tests {
             ..Config::default()
         });
         let mut h = Harness::new();
-        for seed in 10..14 {
-            let event = server_ready(&mut h, seed, Instant::ZERO);
-            h.with(Instant::ZERO, |cx| kad.handle_peer_event(cx, &event));
-        }
+        servers_ready(&mut kad, &mut h, 10..14, Instant::ZERO);
         assert_eq!(kad.table().len(), 4);
         assert_eq!(record_fetches(&mut h), 0);
     }

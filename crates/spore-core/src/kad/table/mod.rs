@@ -175,15 +175,6 @@ impl Entry {
     }
 }
 
-/// `contact` with `addr` as its first address (and no other copy of it), within
-/// [`MAX_CONTACT_ADDRS`](super::MAX_CONTACT_ADDRS).
-fn confirmed_at(mut contact: Contact, addr: SocketAddr) -> Contact {
-    contact.addrs.retain(|a| *a != addr);
-    contact.addrs.insert(0, addr);
-    contact.addrs.truncate(super::MAX_CONTACT_ADDRS);
-    contact
-}
-
 /// What [`RoutingTable::insert`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -538,7 +529,7 @@ impl RoutingTable {
             }
             uncount(prefixes, entry.addr().ip());
             count(prefixes, ip);
-            entry.contact = confirmed_at(contact, addr);
+            entry.contact = contact.confirmed_at(addr);
             entry.last_seen = now;
             push_tight(&mut bucket.entries, entry);
             bucket.last_activity = Some(now);
@@ -557,7 +548,7 @@ impl RoutingTable {
             .and_then(|pos| bucket.candidates.get(pos))
             .map_or(now, |c| c.added);
         let entry = Entry {
-            contact: confirmed_at(contact, addr),
+            contact: contact.confirmed_at(addr),
             key,
             added,
             last_seen: now,
