@@ -44,6 +44,8 @@ pub struct Config {
     pub republish_interval: Duration,
     /// A bucket with no activity for this long is refreshed with a lookup for a random key in it.
     pub refresh_interval: Duration,
+    /// Bucket-refresh lookups running at once; the others wait their turn.
+    pub parallel_refreshes: usize,
     /// First delay before retrying a bootstrap that found nobody; doubles up to
     /// `bootstrap_backoff_max`.
     pub bootstrap_backoff: Duration,
@@ -80,6 +82,7 @@ impl Default for Config {
             max_record_ttl: Duration::from_secs(48 * 3600),
             republish_interval: Duration::from_secs(3600),
             refresh_interval: Duration::from_secs(600),
+            parallel_refreshes: 1,
             bootstrap_backoff: Duration::from_secs(1),
             bootstrap_backoff_max: Duration::from_secs(300),
             max_queries: 64,

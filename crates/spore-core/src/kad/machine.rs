@@ -1,6 +1,6 @@
 //! The Kademlia state machine: routing table upkeep, lookups, records.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -58,6 +58,25 @@ enum Kind {
     PutPeer {
         record: PeerRecord,
     },
+}
+
+impl Kind {
+    /// What a store query sends to the closest nodes once its lookup is over; `None` for
+    /// queries that only look.
+    fn store_request(&self) -> Option<Request> {
+        match self {
+            Kind::PutValue { record } => Some(Request::PutValue {
+                record: record.clone(),
+            }),
+            Kind::AddProvider { record } => Some(Request::AddProvider {
+                record: record.clone(),
+            }),
+            Kind::PutPeer { record } => Some(Request::PutPeer {
+                record: record.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -152,6 +171,12 @@ pub struct Kad {
     record_fetches: (Instant, u32),
     next_republish: Option<Instant>,
     next_refresh: Option<Instant>,
+    /// Buckets waiting for their refresh lookup, in order; each at most once.
+    refresh_queue: VecDeque<usize>,
+    /// Refresh lookups running (at most `Config::parallel_refreshes`).
+    refreshes_running: usize,
+    /// `run_refreshes` is on the stack (a refresh with nobody to ask finishes inside it).
+    starting_refreshes: bool,
     stats: KadStats,
 }
 
@@ -203,6 +228,9 @@ impl Kad {
             record_fetches: (Instant::ZERO, 0),
             next_republish: None,
             next_refresh: None,
+            refresh_queue: VecDeque::new(),
+            refreshes_running: 0,
+            starting_refreshes: false,
             stats: KadStats::default(),
         }
     }
@@ -450,6 +478,66 @@ impl Kad {
         Ok(id)
     }
 
+    /// Starts a store query whose closest nodes are already known (`closest`, answered in a
+    /// lookup for the record's key that just finished): it goes straight to storing.
+    fn store_at(
+        &mut self,
+        cx: &mut Context<'_>,
+        kind: Kind,
+        closest: &[Contact],
+    ) -> Option<QueryId> {
+        if self.queries.len() >= self.config.max_queries {
+            return None;
+        }
+        let store = kind.store_request()?;
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        // No lookup runs: the seeds only make the query's bookkeeping whole.
+        let lookup = Lookup::new(
+            self.local_key,
+            Vec::new(),
+            self.config.k,
+            1,
+            1,
+            None,
+            cx.now,
+        );
+        self.queries.insert(
+            id,
+            Query {
+                kind,
+                lookup,
+                phase: Phase::Storing {
+                    pending: 0,
+                    stored: 0,
+                },
+            },
+        );
+        self.store_on(cx, id, &store, closest);
+        Some(id)
+    }
+
+    /// Sends query `id`'s `store` request to each of `closest`; the query finishes when every
+    /// one sent has been answered or has failed.
+    fn store_on(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: QueryId,
+        store: &Request,
+        closest: &[Contact],
+    ) {
+        let mut pending = 0;
+        for contact in closest {
+            if self.request(cx, contact, store.clone(), Purpose::Store(id)) {
+                pending += 1;
+            }
+        }
+        if let Some(q) = self.queries.get_mut(&id) {
+            q.phase = Phase::Storing { pending, stored: 0 };
+        }
+        self.step(cx, id);
+    }
+
     /// Sends what a query asks for, and finishes it when it is done.
     fn step(&mut self, cx: &mut Context<'_>, id: QueryId) {
         let Some(q) = self.queries.get_mut(&id) else {
@@ -496,32 +584,11 @@ impl Kad {
             return;
         }
         // The lookup is over: either report, or store on the closest nodes found.
-        let store = match &q.kind {
-            Kind::PutValue { record } => Some(Request::PutValue {
-                record: record.clone(),
-            }),
-            Kind::AddProvider { record } => Some(Request::AddProvider {
-                record: record.clone(),
-            }),
-            Kind::PutPeer { record } => Some(Request::PutPeer {
-                record: record.clone(),
-            }),
-            _ => None,
-        };
-        let Some(store) = store else {
+        let Some(store) = q.kind.store_request() else {
             return self.finish(cx, id, 0);
         };
         let (closest, _) = q.lookup.closest();
-        let mut pending = 0;
-        for contact in &closest {
-            if self.request(cx, contact, store.clone(), Purpose::Store(id)) {
-                pending += 1;
-            }
-        }
-        if let Some(q) = self.queries.get_mut(&id) {
-            q.phase = Phase::Storing { pending, stored: 0 };
-        }
-        self.step(cx, id);
+        self.store_on(cx, id, &store, &closest);
     }
 
     fn finish(&mut self, cx: &mut Context<'_>, id: QueryId, stored: usize) {
@@ -552,14 +619,21 @@ impl Kad {
                         self.next_refresh = Some(cx.now + self.config.refresh_interval);
                         self.schedule_republish(cx.now);
                         self.refresh_far_buckets(cx);
-                        let _ = self.publish_peer_record(cx);
+                        // The lookup just found the closest nodes to our own id: they are
+                        // where our peer record belongs, so store it there without a second
+                        // lookup for the same key.
+                        let record = self.own_peer_record(cx.now);
+                        self.store_at(cx, Kind::PutPeer { record }, &closest);
                     }
                 }
                 QueryResult::Bootstrap {
                     peers: closest.len(),
                 }
             }
-            Kind::Refresh => QueryResult::Refresh,
+            Kind::Refresh => {
+                self.refreshes_running = self.refreshes_running.saturating_sub(1);
+                QueryResult::Refresh
+            }
             Kind::FindNode => QueryResult::FindNode { closest },
             Kind::FindPeer { peer, found } => QueryResult::FindPeer {
                 peer,
@@ -588,10 +662,13 @@ impl Kad {
             Kind::PutPeer { .. } => QueryResult::PutPeer { stored },
         };
         cx.emit(Event::QueryDone { id, result, stats });
+        // A lookup slot is free: a refresh waiting for one (or for the last refresh) may start.
+        self.run_refreshes(cx);
     }
 
     /// After the first successful bootstrap: one lookup for a random key in each bucket farther
-    /// than the closest neighbour, so the table learns the whole key space.
+    /// than the closest neighbour, so the table learns the whole key space. Farthest first: the
+    /// far buckets hold most of the network and carry the first hop of most lookups.
     fn refresh_far_buckets(&mut self, cx: &mut Context<'_>) {
         let nearest = self
             .table
@@ -599,18 +676,45 @@ impl Kad {
             .first()
             .map(|(i, _)| *i)
             .unwrap_or(255);
-        for index in (nearest + 1)..=255 {
-            self.refresh_bucket(cx, index);
+        for index in ((nearest + 1)..=255).rev() {
+            self.queue_refresh(index);
+        }
+        self.run_refreshes(cx);
+    }
+
+    /// Queues a refresh of bucket `index` (once, however often asked before it runs).
+    fn queue_refresh(&mut self, index: usize) {
+        if !self.refresh_queue.contains(&index) {
+            self.refresh_queue.push_back(index);
         }
     }
 
-    fn refresh_bucket(&mut self, cx: &mut Context<'_>, index: usize) {
-        let mut random = [0u8; 32];
-        cx.rng.fill_bytes(&mut random);
-        let target = self.local_key.random_in_bucket(index, random);
-        if self.start(cx, target, Kind::Refresh, 1).is_ok() {
+    /// Starts queued refreshes while fewer than `parallel_refreshes` run. One at a time (as
+    /// rust-libp2p's bootstrap does) makes each start from the table the previous ones filled,
+    /// and keeps a joining node from opening connections to hundreds of peers at once.
+    fn run_refreshes(&mut self, cx: &mut Context<'_>) {
+        if self.starting_refreshes {
+            return;
+        }
+        self.starting_refreshes = true;
+        while self.refreshes_running < self.config.parallel_refreshes.max(1) {
+            let Some(index) = self.refresh_queue.pop_front() else {
+                break;
+            };
+            let mut random = [0u8; 32];
+            cx.rng.fill_bytes(&mut random);
+            let target = self.local_key.random_in_bucket(index, random);
+            // Counted before it starts: one with nobody to ask finishes inside `start`.
+            self.refreshes_running += 1;
+            if self.start(cx, target, Kind::Refresh, 1).is_err() {
+                // Too many lookups: it starts when one ends.
+                self.refreshes_running -= 1;
+                self.refresh_queue.push_front(index);
+                break;
+            }
             self.table.mark_bucket_refreshed(index, cx.now);
         }
+        self.starting_refreshes = false;
     }
 
     /// Sends `request` to `contact`, dialing it if needed. False if no request could be sent.
@@ -917,19 +1021,16 @@ impl Kad {
         }
     }
 
-    /// Whether the budget of [`Config::peer_record_fetches`] allows one more fetch now; if so,
-    /// it is spent.
-    fn take_record_fetch(&mut self, now: Instant) -> bool {
+    /// Whether the budget of [`Config::peer_record_fetches`] has room in the current window
+    /// (starting a new window when the last one is over). The caller spends it with `record_fetches.1 += 1`
+    /// once a request went out: a request refused (too many in flight) costs nothing.
+    fn record_fetch_allowed(&mut self, now: Instant) -> bool {
         let (start, used) = &mut self.record_fetches;
         if now >= *start + self.config.refresh_interval {
             *start = now;
             *used = 0;
         }
-        if *used >= self.config.peer_record_fetches {
-            return false;
-        }
-        *used += 1;
-        true
+        *used < self.config.peer_record_fetches
     }
 
     fn on_ready(&mut self, cx: &mut Context<'_>, info: &crate::node::PeerInfo) {
@@ -955,9 +1056,11 @@ impl Kad {
         .confirmed_at(info.addr);
         let was_empty = self.table.is_empty();
         let outcome = self.table.insert(contact.clone(), info.addr, cx.now);
-        if outcome == InsertOutcome::Inserted && self.take_record_fetch(cx.now) {
+        if outcome == InsertOutcome::Inserted && self.record_fetch_allowed(cx.now) {
             let request = Request::FindPeer { peer: info.peer };
-            self.request(cx, &contact, request, Purpose::OwnRecord);
+            if self.request(cx, &contact, request, Purpose::OwnRecord) {
+                self.record_fetches.1 += 1;
+            }
         }
         if let Some(ping) = outcome.ping()
             && let Some(entry) = self.table.get(&ping)
@@ -1023,11 +1126,9 @@ impl Protocol for Kad {
             self.next_refresh = Some(now + self.config.refresh_interval);
             if self.bootstrap.done {
                 for index in self.table.stale_buckets(now, self.config.refresh_interval) {
-                    if self.queries.len() * 2 >= self.config.max_queries {
-                        break;
-                    }
-                    self.refresh_bucket(cx, index);
+                    self.queue_refresh(index);
                 }
+                self.run_refreshes(cx);
             }
         }
         if self.next_republish.is_some_and(|t| t <= now) {
@@ -1186,6 +1287,27 @@ mod tests {
     }
 
     #[test]
+    fn a_record_fetch_refused_for_want_of_request_slots_costs_no_budget() {
+        let config = Config {
+            peer_record_fetches: 2,
+            max_requests: 1,
+            auto_bootstrap: false,
+            ..Config::default()
+        };
+        let timeout = config.request_timeout;
+        let mut kad = kad(config);
+        let mut h = Harness::new();
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        servers_ready(&mut kad, &mut h, 10..13, t0);
+        assert_eq!(record_fetches(&mut h), 1, "one slot, one request");
+        // The slot frees when the request times out; the budget still has one fetch.
+        let t1 = t0 + timeout;
+        h.with(t1, |cx| kad.handle_timeout(cx));
+        servers_ready(&mut kad, &mut h, 13..14, t1);
+        assert_eq!(record_fetches(&mut h), 1);
+    }
+
+    #[test]
     fn no_records_are_asked_for_with_a_budget_of_zero() {
         let mut kad = kad(Config {
             peer_record_fetches: 0,
@@ -1196,5 +1318,92 @@ mod tests {
         servers_ready(&mut kad, &mut h, 10..14, Instant::ZERO);
         assert_eq!(kad.table().len(), 4);
         assert_eq!(record_fetches(&mut h), 0);
+    }
+
+    /// The Kademlia requests among `transmits`, with the peer each goes to.
+    fn kad_requests(transmits: Vec<crate::node::Transmit>) -> Vec<(PeerId, u64, Request)> {
+        transmits
+            .into_iter()
+            .filter_map(|t| match t.message {
+                WireMessage::Kad(Message::Request { id, request }) => Some((t.to, id, request)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers every request: lookups learn nobody new, stores are acknowledged.
+    fn answer(kad: &mut Kad, h: &mut Harness, now: Instant, requests: &[(PeerId, u64, Request)]) {
+        for (peer, id, request) in requests {
+            let response = match request {
+                Request::PutPeer { .. } => Response::Stored,
+                _ => Response::Nodes { closer: Vec::new() },
+            };
+            let msg = Message::Response { id: *id, response };
+            h.with(now, |cx| kad.handle_message(cx, *peer, msg));
+        }
+    }
+
+    #[test]
+    fn a_bootstrap_stores_the_peer_record_where_it_looked_and_refreshes_one_bucket_at_a_time() {
+        let mut kad = kad(Config {
+            peer_record_fetches: 0,
+            auto_bootstrap: false,
+            ..Config::default()
+        });
+        let own = kad.local_key;
+        let mut h = Harness::new();
+        let mut now = Instant::ZERO;
+        servers_ready(&mut kad, &mut h, 10..16, now);
+        h.with(now, |cx| kad.bootstrap(cx)).unwrap();
+
+        // Answer the self-lookup until it ends; then the record goes to the nodes it found.
+        let mut refresh_targets = Vec::new();
+        let mut stores = 0;
+        let mut own_lookups_after_bootstrap = 0;
+        for _ in 0..400 {
+            let requests = kad_requests(h.transmits());
+            if requests.is_empty() {
+                break;
+            }
+            let mut targets = BTreeSet::new();
+            for (_, _, request) in &requests {
+                match request {
+                    Request::FindNode { target } if *target == own && kad.is_bootstrapped() => {
+                        own_lookups_after_bootstrap += 1;
+                    }
+                    Request::FindNode { target } if *target == own => {}
+                    Request::FindNode { target } => {
+                        targets.insert(*target);
+                    }
+                    Request::PutPeer { .. } => stores += 1,
+                    _ => {}
+                }
+            }
+            assert!(
+                targets.len() <= 1,
+                "one refresh lookup at a time, saw {} targets at once",
+                targets.len()
+            );
+            refresh_targets.extend(targets);
+            now = now + Duration::from_millis(100);
+            answer(&mut kad, &mut h, now, &requests);
+        }
+        assert!(kad.is_bootstrapped());
+        assert_eq!(
+            stores, 6,
+            "the record went to every node the self-lookup found"
+        );
+        assert_eq!(
+            own_lookups_after_bootstrap, 0,
+            "no second lookup for our own id"
+        );
+        refresh_targets.dedup();
+        let nearest = kad.table().bucket_fill().first().map(|(i, _)| *i).unwrap();
+        assert_eq!(
+            refresh_targets.len(),
+            255 - nearest,
+            "every bucket farther than the nearest neighbour was refreshed"
+        );
+        assert_eq!(kad.running_queries(), 0);
     }
 }
