@@ -103,7 +103,7 @@ impl From<PeerInfo> for PeerView {
             addr: p.addr,
             direction: p.direction,
             ready: p.ready,
-            listen_addrs: p.listen_addrs,
+            listen_addrs: p.listen_addrs.to_vec(),
             observed_us: p.observed_us,
             capabilities: p
                 .capabilities

@@ -154,6 +154,51 @@ fn at_the_peer_limit_a_long_idle_peer_makes_room() {
 }
 
 #[test]
+fn above_the_target_an_idle_connection_closes_when_its_idle_time_is_up() {
+    let idle_after = Duration::from_secs(40);
+    let config = Config {
+        target_peers: 1,
+        idle_after,
+        hello_timeout: Duration::from_secs(3600),
+        ..test_config()
+    };
+    let mut n = test_node(1, config);
+    let p2 = test_node(2, test_config()).peer_id();
+    let p3 = test_node(3, test_config()).peer_id();
+    let t0 = Instant::ZERO;
+    inbound(&mut n, p2, t0);
+    // p3 takes the node above its target 25 s later, when p2 is not idle long enough yet.
+    inbound(&mut n, p3, t0 + Duration::from_secs(25));
+    let mut closed_at = None;
+    while let Some(at) = n.poll_timeout() {
+        if at > t0 + Duration::from_secs(300) {
+            break;
+        }
+        n.handle_timeout(at);
+        let closed = std::iter::from_fn(|| n.poll_event()).any(|e| {
+            e == Event::Close {
+                peer: p2,
+                reason: CloseReason::Idle,
+            }
+        });
+        if closed {
+            closed_at = Some(at);
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the idle connection was closed");
+    assert!(
+        closed_at >= t0 + idle_after && closed_at <= t0 + idle_after + idle_after / 4,
+        "closed {:?} after it went idle",
+        closed_at - t0
+    );
+    assert!(
+        n.peer(&p3).is_some(),
+        "the newer one stays: the node is at its target"
+    );
+}
+
+#[test]
 fn same_seed_same_outputs() {
     let run = || {
         let mut pair = Pair::new(Duration::from_millis(7));

@@ -237,7 +237,7 @@ impl Harness {
             addr,
             direction: Direction::Outbound,
             connected_at: now,
-            listen_addrs: Vec::new(),
+            listen_addrs: crate::kad::Addrs::new(),
             observed_us: None,
             capabilities: Capabilities::empty(),
             agent: String::new(),
