@@ -18,7 +18,7 @@
 //! it at (its reflexive addresses — the relay's observation among them), and any the owner adds
 //! (STUN). Relayed addresses are never candidates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -164,8 +164,11 @@ pub struct Punch {
     config: Config,
     /// Relayed connections being upgraded.
     upgrades: BTreeMap<PeerId, Upgrade>,
-    /// Addresses directly connected peers see us at (most recent per peer).
-    observed: BTreeMap<PeerId, SocketAddr>,
+    /// The latest distinct addresses directly connected peers saw us at, most recent first, at
+    /// most [`MAX_CANDIDATES`]. Kept per address rather than per peer, so a node with thousands
+    /// of connections keeps a few addresses, not one entry per connection; an address outlives
+    /// the connection that reported it until newer reports push it out.
+    observed: VecDeque<SocketAddr>,
     /// The node's announced addresses.
     listen: Vec<SocketAddr>,
     /// Candidates the owner added (e.g. STUN reflexive addresses).
@@ -181,7 +184,7 @@ impl Punch {
         Self {
             config,
             upgrades: BTreeMap::new(),
-            observed: BTreeMap::new(),
+            observed: VecDeque::with_capacity(MAX_CANDIDATES),
             listen,
             extra: BTreeSet::new(),
             upgraded: BTreeMap::new(),
@@ -208,14 +211,20 @@ impl Punch {
     /// work across NATs), then announced ones; never a relayed address.
     pub fn candidates(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = Vec::new();
-        let observed = self.observed.values();
-        for addr in self.extra.iter().chain(observed).chain(&self.listen) {
+        for addr in self.extra.iter().chain(&self.observed).chain(&self.listen) {
             if !is_relayed_addr(addr) && !addr.ip().is_unspecified() && !out.contains(addr) {
                 out.push(*addr);
             }
         }
         out.truncate(MAX_CANDIDATES);
         out
+    }
+
+    /// Notes that a directly connected peer sees us at `addr`.
+    fn observe(&mut self, addr: SocketAddr) {
+        self.observed.retain(|a| *a != addr);
+        self.observed.push_front(addr);
+        self.observed.truncate(MAX_CANDIDATES);
     }
 
     /// Whether an upgrade of the connection to `peer` is under way, or ended on a direct path
@@ -372,7 +381,7 @@ impl Protocol for Punch {
                     if let Some(observed) = info.observed_us
                         && !is_relayed_addr(&observed)
                     {
-                        self.observed.insert(info.peer, observed);
+                        self.observe(observed);
                     }
                     // A direct connection replaced the relayed one: done.
                     self.succeeded(cx, info.peer);
@@ -382,8 +391,7 @@ impl Protocol for Punch {
                     self.start(cx, info.peer);
                 }
             }
-            PeerEvent::Gone { peer } | PeerEvent::Unreachable { peer } => {
-                self.observed.remove(peer);
+            PeerEvent::Gone { .. } | PeerEvent::Unreachable { .. } => {
                 // A replaced connection comes back as Ready; keep the upgrade until then or
                 // until its timeout.
             }
@@ -444,5 +452,68 @@ impl Protocol for Punch {
                     .map(|at| *at + self.config.attempt_timeout),
             )
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+    use crate::node::tests_support::Harness;
+    use crate::time::Instant;
+
+    /// A direct connection to a peer that sees us at `observed`.
+    fn ready_seeing_us_at(h: &mut Harness, seed: u8, observed: SocketAddr) -> PeerEvent {
+        let peer = Keypair::from_secret_bytes([seed; 32]).peer_id();
+        match h.ready(peer, Instant::ZERO) {
+            PeerEvent::Ready(mut info) => {
+                info.observed_us = Some(observed);
+                PeerEvent::Ready(info)
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn candidates_keep_the_latest_observed_addresses_not_one_per_peer() {
+        let listen: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let mut punch = Punch::new(Config::default(), vec![listen]);
+        let mut h = Harness::new();
+        let seen = |port: u16| SocketAddr::from(([198, 51, 100, 7], port));
+        // Forty peers, each seeing us at a different port (a symmetric NAT).
+        for i in 0..40u8 {
+            let event = ready_seeing_us_at(&mut h, i + 1, seen(5000 + u16::from(i)));
+            h.with(Instant::ZERO, |cx| punch.handle_peer_event(cx, &event));
+        }
+        let expected: Vec<SocketAddr> =
+            (0..MAX_CANDIDATES as u16).map(|i| seen(5039 - i)).collect();
+        assert_eq!(
+            punch.candidates(),
+            expected,
+            "the latest reports, newest first"
+        );
+
+        // A peer reporting an address already known moves it to the front, once.
+        let event = ready_seeing_us_at(&mut h, 99, seen(5035));
+        h.with(Instant::ZERO, |cx| punch.handle_peer_event(cx, &event));
+        let candidates = punch.candidates();
+        assert_eq!(candidates[0], seen(5035));
+        assert_eq!(candidates.iter().filter(|a| **a == seen(5035)).count(), 1);
+        assert_eq!(candidates.len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn with_few_reports_the_listen_address_is_a_candidate_too() {
+        let listen: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let mut punch = Punch::new(Config::default(), vec![listen]);
+        let mut h = Harness::new();
+        let observed: SocketAddr = "198.51.100.7:6000".parse().unwrap();
+        let event = ready_seeing_us_at(&mut h, 1, observed);
+        h.with(Instant::ZERO, |cx| punch.handle_peer_event(cx, &event));
+        // The peer leaving does not take its report with it.
+        let peer = Keypair::from_secret_bytes([1; 32]).peer_id();
+        let gone = h.gone(peer);
+        h.with(Instant::ZERO, |cx| punch.handle_peer_event(cx, &gone));
+        assert_eq!(punch.candidates(), vec![observed, listen]);
     }
 }
