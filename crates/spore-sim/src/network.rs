@@ -106,6 +106,11 @@ impl Network {
         &self.config
     }
 
+    /// Makes room for `additional` more hosts.
+    pub(crate) fn reserve_hosts(&mut self, additional: usize) {
+        self.hosts.reserve_exact(additional);
+    }
+
     /// Adds node `hosts.len()`; its region is drawn from `region_draw` (a number from the seed).
     pub(crate) fn add_host(
         &mut self,

@@ -90,10 +90,9 @@ struct Slot {
     node: Node,
     /// Whether the node is running; an offline node keeps its last state, untouched.
     online: bool,
-    /// What a restart needs: identity, stamp, configuration, kept peers.
+    /// What a restart needs besides the node's own configuration: identity, stamp, kept peers.
     key: Keypair,
     stamp: Stamp,
-    config: spore_core::node::Config,
     kept: Vec<NodeIndex>,
     /// When the node wants its next `handle_timeout`.
     timer: Option<Instant>,
@@ -254,6 +253,15 @@ impl Sim {
         Ok(sim)
     }
 
+    /// Makes room for `additional` more nodes at once, so that growing to a large network does
+    /// not copy every node each time the node table doubles (and keep up to twice its size).
+    pub fn reserve_nodes(&mut self, additional: usize) {
+        let additional = additional.min(MAX_NODES.saturating_sub(self.slots.len()));
+        self.slots.reserve_exact(additional);
+        self.by_id.reserve(additional);
+        self.network.reserve_hosts(additional);
+    }
+
     /// Adds a public node with the default configuration, created now. Its secret key and RNG
     /// seed are the next 64 bytes of the seed's identity stream, so node `i` of a seed is always
     /// the same node.
@@ -283,7 +291,7 @@ impl Sim {
             NatType::Public => addr,
             _ => private_addr(index),
         }];
-        let node = Node::new(key.clone(), stamp, config.clone(), rng_seed, self.now)
+        let node = Node::new(key.clone(), stamp, config, rng_seed, self.now)
             .map_err(|source| SimError::Node { index, source })?;
         let region_draw = u64::from_le_bytes(rng_seed[..8].try_into().unwrap_or_default());
         self.network
@@ -296,7 +304,6 @@ impl Sim {
             online: true,
             key,
             stamp,
-            config,
             kept: Vec::new(),
             timer: None,
             queued: None,
@@ -643,7 +650,7 @@ impl Sim {
         slot.node = Node::with_store(
             slot.key.clone(),
             slot.stamp,
-            slot.config.clone(),
+            slot.node.config().clone(),
             store,
             rng_seed,
             now,

@@ -1,8 +1,9 @@
 //! `spore sim`: run a simulation scenario with a progress bar, print its summary and write its
 //! metrics and charts.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,11 +34,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
 
-    let bar = if args.quiet || args.json {
-        ProgressBar::hidden()
-    } else {
+    let show = !(args.quiet || args.json);
+    // A progress bar on a terminal; elsewhere (a log file, CI) a line now and then, so a long
+    // run is not silent for an hour.
+    let bar = if show && std::io::stderr().is_terminal() {
         ProgressBar::new(1000)
+    } else {
+        ProgressBar::hidden()
     };
+    let mut lines = (show && bar.is_hidden()).then(|| LineProgress::new(LINE_EVERY));
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}",
@@ -47,8 +52,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let report = scenario::run(&scenario, &mut |p| {
         let whole = (p.run_index as f64 + p.fraction) / p.runs as f64;
-        bar.set_position((whole * 1000.0) as u64);
-        bar.set_message(format!(
+        let message = format!(
             "run {}/{} ({}): {}, {} online, t = {}",
             p.run_index + 1,
             p.runs,
@@ -56,7 +60,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             p.phase,
             p.online,
             humantime::format_duration(Duration::from_secs(p.virtual_time.as_secs()))
-        ));
+        );
+        if let Some(lines) = &mut lines {
+            lines.report(whole, p.phase, &message);
+        }
+        bar.set_position((whole * 1000.0) as u64);
+        bar.set_message(message);
     })
     .with_context(|| format!("scenario {} failed", args.file.display()))?;
     bar.finish_and_clear();
@@ -81,6 +90,47 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How often a progress line is printed when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(30);
+
+/// Progress as plain lines on stderr: one per phase change, and one every `every` of wall time.
+struct LineProgress {
+    started: Instant,
+    every: Duration,
+    last_line: Option<Instant>,
+    last_phase: String,
+}
+
+impl LineProgress {
+    fn new(every: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            every,
+            last_line: None,
+            last_phase: String::new(),
+        }
+    }
+
+    fn report(&mut self, whole: f64, phase: &str, message: &str) {
+        let now = Instant::now();
+        let due = self.last_line.is_none_or(|t| now >= t + self.every);
+        if !due && phase == self.last_phase {
+            return;
+        }
+        self.last_line = Some(now);
+        self.last_phase.clear();
+        self.last_phase.push_str(phase);
+        let elapsed = self.started.elapsed().as_secs();
+        eprintln!(
+            "[{:02}:{:02}:{:02}] {:>3}% {message}",
+            elapsed / 3600,
+            elapsed / 60 % 60,
+            elapsed % 60,
+            (whole * 100.0) as u32
+        );
+    }
 }
 
 /// Writes `metrics.json` and one SVG per chart into `dir`.

@@ -305,6 +305,7 @@ impl<'a> Runner<'a> {
     fn join(&mut self, progress: &mut dyn FnMut(&Progress<'_>)) -> Result<(), SimError> {
         let s = self.scenario;
         let b = s.join.bootstrap;
+        self.sim.reserve_nodes(self.size);
         for _ in 0..b {
             let i = self.sim.add_node()?;
             self.bootstrap.push(i);
