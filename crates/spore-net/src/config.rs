@@ -53,6 +53,9 @@ pub struct NetConfig {
     pub nat: crate::nat::NatConfig,
     /// Relaying: whether this node relays for others, and its quotas.
     pub relay: crate::relay::RelayConfig,
+    /// Ask the gateway to forward the node's IPv4 UDP port (UPnP-IGD, NAT-PMP, PCP) and
+    /// announce the mapped address; `None` (the default) sends nothing to the gateway.
+    pub port_map: Option<crate::portmap::PortMapConfig>,
 }
 
 impl Default for NetConfig {
@@ -74,6 +77,7 @@ impl Default for NetConfig {
             doc_store: None,
             nat: crate::nat::NatConfig::default(),
             relay: crate::relay::RelayConfig::default(),
+            port_map: None,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct NodeHandle {
     events: broadcast::Sender<Event>,
     /// The runtime's relay state (weak: the relay state holds a handle itself).
     relay: std::sync::Weak<RelayShared>,
+    /// The address the gateway forwards to this node, while it does.
+    mapped: tokio::sync::watch::Receiver<crate::portmap::MapState>,
 }
 
 /// Application streams opened by peers (see [`NodeHandle::open_stream`]), in arrival order.
@@ -185,6 +187,10 @@ pub async fn start(
     );
     runtime.peer_book = peer_book;
     runtime.nat = nat;
+    let bound_v4 = crate::portmap::mappable(&listen_addrs);
+    let (port_map, mapped) =
+        crate::portmap::PortMap::start(runtime.config.port_map.as_ref(), bound_v4, inputs.clone());
+    runtime.port_map = port_map;
     if runtime.config.relay.serve
         && let Some(socket) = &relay_socket
     {
@@ -209,6 +215,7 @@ pub async fn start(
         inputs,
         events,
         relay: Arc::downgrade(&relay),
+        mapped,
     };
     let _ = relay.handle.set(handle.clone());
     for record in rejoin {
@@ -371,6 +378,22 @@ impl NodeHandle {
     /// The addresses the node's endpoints are bound to.
     pub fn listen_addrs(&self) -> &[SocketAddr] {
         &self.listen_addrs
+    }
+
+    /// The address the gateway forwards to this node (see [`NetConfig::port_map`]). While the
+    /// node is still asking the gateway for its first mapping, waits up to `wait` for it;
+    /// `None` if there is none, or port mapping is off.
+    ///
+    /// [`NetConfig::port_map`]: crate::NetConfig::port_map
+    pub async fn port_mapping(&self, wait: Duration) -> Option<SocketAddr> {
+        use crate::portmap::MapState;
+        let mut mapped = self.mapped.clone();
+        let settled = tokio::time::timeout(wait, mapped.wait_for(|m| *m != MapState::Trying));
+        let _ = settled.await;
+        match *mapped.borrow() {
+            MapState::Mapped(addr) => Some(addr),
+            MapState::Trying | MapState::Unmapped => None,
+        }
     }
 
     /// Events from the protocol core (peers ready and gone, pings, closes, overlay neighbors and

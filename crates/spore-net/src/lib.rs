@@ -49,6 +49,7 @@ mod error;
 mod handle;
 pub mod mdns;
 mod nat;
+mod portmap;
 mod relay;
 mod runtime;
 mod search;
@@ -62,6 +63,7 @@ pub use conn::{StreamKind, close_code};
 pub use error::{DialError, RequestError, StartError};
 pub use handle::{AppStreams, NodeHandle, start};
 pub use nat::{NatConfig, NatStatus};
+pub use portmap::{PortMapConfig, PortMapStatus};
 pub use relay::{RelayConfig, RelayStatus};
 pub use runtime::{
     DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,

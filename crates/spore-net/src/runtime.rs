@@ -80,6 +80,10 @@ pub(crate) enum Command {
     SetPunchCandidates {
         addrs: Vec<SocketAddr>,
     },
+    /// The gateway now forwards `addr` to us (or no longer forwards anything).
+    SetMappedAddr {
+        addr: Option<SocketAddr>,
+    },
     Dial {
         peer: PeerId,
         addr: SocketAddr,
@@ -244,6 +248,9 @@ pub struct Status {
     /// Hole punching: relayed connections upgraded to direct paths.
     #[serde(default)]
     pub punch: spore_core::nat::punch::Stats,
+    /// Port mapping at the gateway (UPnP-IGD, NAT-PMP, PCP).
+    #[serde(default)]
+    pub port_map: crate::portmap::PortMapStatus,
 }
 
 /// The blob swarms' part of [`Status`].
@@ -455,6 +462,10 @@ pub(crate) struct Runtime {
     pub(crate) nat: Arc<crate::nat::NatShared>,
     /// Relay state shared with the relay streams' tasks.
     pub(crate) relay: Arc<crate::relay::RelayShared>,
+    /// The gateway's port mapping, if the node asked for one.
+    pub(crate) port_map: crate::portmap::PortMap,
+    /// The addresses announced from the bound sockets alone; a mapped address goes before them.
+    bound_announced: Vec<SocketAddr>,
     stats: RuntimeStats,
 }
 
@@ -471,6 +482,7 @@ impl Runtime {
         events: broadcast::Sender<Event>,
         app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
     ) -> Self {
+        let bound_announced = node.config().listen_addrs.clone();
         Self {
             node,
             keypair,
@@ -496,6 +508,8 @@ impl Runtime {
                 None,
                 clock,
             )),
+            port_map: crate::portmap::PortMap::off(),
+            bound_announced,
             stats: RuntimeStats::default(),
         }
     }
@@ -716,6 +730,15 @@ impl Runtime {
             }
             Command::SetRelays { relays } => self.node.set_relays(relays),
             Command::SetPunchCandidates { addrs } => self.node.set_punch_candidates(addrs),
+            Command::SetMappedAddr { addr } => {
+                let mut addrs: Vec<SocketAddr> = addr.into_iter().collect();
+                for a in &self.bound_announced {
+                    if !addrs.contains(a) {
+                        addrs.push(*a);
+                    }
+                }
+                self.node.update_listen_addrs(self.clock.now(), addrs);
+            }
             Command::Connection { peer, reply } => {
                 let ready = self.node.peer(&peer).is_some_and(|p| p.ready);
                 let conn = self
@@ -843,6 +866,7 @@ impl Runtime {
             nat: self.nat.status(&self.config.nat),
             relay: self.relay.status(),
             punch: self.node.punch_stats(),
+            port_map: self.port_map.status(),
         }
     }
 
@@ -1356,6 +1380,7 @@ impl Runtime {
 
     async fn shutdown(&mut self) {
         info!("shutting down");
+        self.port_map.release().await;
         for (_, entry) in std::mem::take(&mut self.conns) {
             entry.conn.close(close_code::NORMAL.into(), b"shutdown");
         }

@@ -474,6 +474,14 @@ pub struct NodeArgs {
         value_name = "PEERID@IP:PORT"
     )]
     pub relay_via: Vec<PeerAddr>,
+
+    /// Ask the local gateway to forward this node's UDP port (by PCP, NAT-PMP or UPnP-IGD,
+    /// whichever it speaks) and announce the mapped address, so that nodes beyond the NAT can
+    /// dial this one directly. Renewed while the node runs, deleted when it stops; `spore
+    /// status` shows it. Sends SSDP multicast on the local network and requests to the default
+    /// gateway [default: off]
+    #[arg(long, env = "SPORE_PORT_MAP")]
+    pub port_map: bool,
 }
 
 /// Reads a rate like `1048576`, `512K`, `2M`, `1G` or `2MiB/s` as bytes per second.

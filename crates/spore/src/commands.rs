@@ -220,6 +220,9 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
     config.node.swarm.upload_rate = args.upload_limit;
     config.nat.stun_servers = stun_servers;
     config.relay.serve = args.relay || file.relay.unwrap_or(false);
+    if args.port_map || file.port_map.unwrap_or(false) {
+        config.port_map = Some(spore_net::PortMapConfig::default());
+    }
     let relay_via: Vec<PeerAddr> = if !args.relay_via.is_empty() {
         args.relay_via
     } else {
@@ -366,6 +369,7 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         println!("observed as  {a}");
     }
     println!("nat          {}", nat_line(&s.nat));
+    println!("port map     {}", s.port_map.summary());
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
     let dht = &s.dht;
     let state = if dht.bootstrapped {

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub relay: Option<bool>,
     /// Relays to reserve a slot at, as `PEERID@IP:PORT`.
     pub relay_via: Option<Vec<String>>,
+    /// Ask the gateway to forward the node's port (UPnP-IGD, NAT-PMP, PCP).
+    pub port_map: Option<bool>,
 }
 
 impl FileConfig {

@@ -115,7 +115,7 @@ async fn share_on(
         size: imported.size,
         name: name.clone(),
         peer: node.peer_id(),
-        addrs: ticket_addrs(node.listen_addrs()),
+        addrs: node_ticket_addrs(node).await,
         relays: relays_of(node, relay_via).await,
     };
     if json {
@@ -195,6 +195,22 @@ pub(crate) async fn relays_of(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How long a ticket waits for the gateway's first port mapping (when port mapping is on).
+const MAPPING_WAIT: Duration = Duration::from_secs(10);
+
+/// The addresses a ticket of `node` names: the one its gateway forwards to it first (reachable
+/// from beyond the NAT), then those of its sockets.
+pub(crate) async fn node_ticket_addrs(node: &spore_net::NodeHandle) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = node.port_mapping(MAPPING_WAIT).await.into_iter().collect();
+    for addr in ticket_addrs(node.listen_addrs()) {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    addrs.truncate(MAX_ADDRS);
+    addrs
 }
 
 pub(crate) fn ticket_addrs(listen: &[SocketAddr]) -> Vec<SocketAddr> {

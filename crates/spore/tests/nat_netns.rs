@@ -715,3 +715,260 @@ fn nat_matrix() {
     }
     assert!(failures.is_empty(), "stayed relayed: {failures:?}");
 }
+
+/// miniupnpd's settings for the lab router: UPnP-IGD, NAT-PMP and PCP on the LAN side, mappings
+/// only for LAN hosts to themselves. The router's outside address is in a reserved range, which
+/// miniupnpd refuses to forward to unless STUN shows nothing filters in front of it: coturn
+/// (on two addresses, for RFC 5780) answers that check.
+fn miniupnpd_conf(stun_host: &str) -> String {
+    format!(
+        "ext_ifname=wan\n\
+         listening_ip=lan\n\
+         enable_upnp=yes\n\
+         enable_natpmp=yes\n\
+         secure_mode=yes\n\
+         system_uptime=no\n\
+         ext_perform_stun=yes\n\
+         ext_stun_host={stun_host}\n\
+         ext_stun_port={COTURN_PORT}\n\
+         uuid=5b0c8a9e-2f1d-4c3b-9a7e-6d5f4e3c2b1a\n\
+         allow 1024-65535 10.77.0.0/24 1024-65535\n\
+         deny 0-65535 0.0.0.0/0 0-65535\n"
+    )
+}
+
+/// The MINIUPNPD chains miniupnpd adds its rules to, hooked where its own init script hooks
+/// them, in the legacy iptables tables (its backend is libiptc); the router's MASQUERADE is
+/// there too, so that one ruleset does the NAT.
+fn miniupnpd_router(lab: &NatLab) -> Result<(), String> {
+    ip(&[
+        "-n",
+        &lab.names[HOST],
+        "route",
+        "add",
+        "default",
+        "via",
+        ROUTER_LAN,
+    ])?;
+    run(lab
+        .command(ROUTER, "sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+    let rules: [&[&str]; 9] = [
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ],
+        &["-t", "nat", "-N", "MINIUPNPD"],
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "-i",
+            "wan",
+            "-j",
+            "MINIUPNPD",
+        ],
+        &["-t", "nat", "-N", "MINIUPNPD-POSTROUTING"],
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MINIUPNPD-POSTROUTING",
+        ],
+        &["-t", "filter", "-N", "MINIUPNPD"],
+        &[
+            "-t",
+            "filter",
+            "-I",
+            "FORWARD",
+            "-i",
+            "wan",
+            "!",
+            "-o",
+            "wan",
+            "-j",
+            "MINIUPNPD",
+        ],
+        &["-t", "mangle", "-N", "MINIUPNPD"],
+        &[
+            "-t",
+            "mangle",
+            "-I",
+            "PREROUTING",
+            "-i",
+            "wan",
+            "-j",
+            "MINIUPNPD",
+        ],
+    ];
+    for rule in rules {
+        run(lab.command(ROUTER, "iptables-legacy").args(rule))?;
+    }
+    Ok(())
+}
+
+/// The DNAT rules miniupnpd holds in the router, one line each.
+fn miniupnpd_rules(lab: &NatLab) -> Vec<String> {
+    let out = lab
+        .command(ROUTER, "iptables-legacy")
+        .args(["-t", "nat", "-S", "MINIUPNPD"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("DNAT"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A node behind a NAT whose router runs Debian's miniupnpd asks it for a port mapping with
+/// `--port-map`; the mapped address goes first into its ticket, and a node on the internet that
+/// knows nothing else (no relay, no bootstrap peer: the host's own address is private and not
+/// routed) downloads a file from it directly through that mapping. When the sharer stops, the
+/// mapping is deleted.
+#[test]
+fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
+    if let Some(reason) = skip_reason(&["iptables-legacy", "miniupnpd", "turnserver"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let d = dirs.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let mut lab = NatLab::namespaces("upnp", &["pub", "rtr", "host"]).unwrap();
+    lab.link(PUBLIC, "wan", ROUTER, "wan").unwrap();
+    lab.link(ROUTER, "lan", HOST, "lan").unwrap();
+    lab.up(PUBLIC, "wan", &[PUBLIC_A, PUBLIC_B]).unwrap();
+    lab.up(ROUTER, "wan", &[ROUTER_WAN]).unwrap();
+    lab.up(ROUTER, "lan", &[ROUTER_LAN]).unwrap();
+    lab.up(HOST, "lan", &[PRIVATE]).unwrap();
+    miniupnpd_router(&lab).unwrap();
+    lab.start_coturn();
+    // coturn must answer before miniupnpd's STUN check.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let router_dir = dir("router");
+    let conf = router_dir.join("miniupnpd.conf");
+    std::fs::write(&conf, miniupnpd_conf(PUBLIC_A)).unwrap();
+    let log_path = router_dir.join("miniupnpd.log");
+    let log = File::create(&log_path).unwrap();
+    let child = lab
+        .command(ROUTER, "miniupnpd")
+        .arg("-d")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-P")
+        .arg(router_dir.join("miniupnpd.pid"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start miniupnpd");
+    lab.children.push(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("Listening for NAT-PMP/PCP")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "miniupnpd did not start:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("Port forwarding is now enabled"),
+        "miniupnpd will not forward:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(miniupnpd_rules(&lab).is_empty(), "no mapping before we ask");
+
+    let sharer = dir("sharer");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
+    let file = sharer.join("one-mib.bin");
+    std::fs::write(&file, &data).unwrap();
+    let listen = format!("0.0.0.0:{NODE_PORT}");
+    let extra = [
+        "--json".into(),
+        "--port-map".into(),
+        file.display().to_string(),
+    ];
+    lab.start(HOST, &sharer, "share", &listen, &extra);
+    let ticket = ticket_from_log(&sharer, Duration::from_secs(60));
+    let status: Value = serde_json::from_str(&lab.status(HOST, &sharer, true).unwrap()).unwrap();
+    let port_map = &status["port_map"];
+    println!("port mapping: {port_map}");
+    let external = port_map["external"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        external.starts_with(&format!("{ROUTER_WAN}:")),
+        "the gateway's address: {port_map}; the sharer's log:\n{}",
+        std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
+    );
+    let rules = miniupnpd_rules(&lab);
+    println!("miniupnpd's rules: {rules:?}");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+
+    let getter = dir("getter");
+    let out = getter.join("got.bin");
+    let get = ["-o".into(), out.display().to_string(), ticket];
+    let started = Instant::now();
+    let status = lab
+        .command(PUBLIC, SPORE)
+        .arg("--data-dir")
+        .arg(&getter)
+        .args(["--log", "info", "get", "--listen", &format!("{PUBLIC_A}:0")])
+        .args(["--difficulty", "8"])
+        .args(&get)
+        .env_remove("SPORE_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "the get failed: {}\nthe sharer's log:\n{}",
+        String::from_utf8_lossy(&status.stderr),
+        std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
+    );
+    println!(
+        "direct get through the mapping took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the download verifies"
+    );
+
+    // Stopping the sharer (SIGINT, as Ctrl-C) deletes the mapping at the gateway.
+    // `ip netns exec` execs the program: the child's pid is the sharer's.
+    let pid = lab.children.last().unwrap().id().to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !miniupnpd_rules(&lab).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the mapping outlived the sharer: {:?}; its log:\n{}",
+            miniupnpd_rules(&lab),
+            std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -520,6 +520,23 @@ impl Node {
         self.config.listen_addrs = addrs;
     }
 
+    /// Replaces the announced addresses while the node runs (e.g. a port mapping the gateway
+    /// granted or withdrew). Once the node has joined the DHT its peer record, signed again
+    /// with the new addresses, is stored anew so that lookups find them. False if nothing
+    /// changed.
+    pub fn update_listen_addrs(&mut self, now: Instant, mut addrs: Vec<SocketAddr>) -> bool {
+        addrs.truncate(MAX_LISTEN_ADDRS);
+        if addrs == self.config.listen_addrs {
+            return false;
+        }
+        self.set_listen_addrs(addrs);
+        if self.kad.is_bootstrapped() {
+            // Best effort: with too many lookups running, the periodic republish carries it.
+            let _ = self.with_kad(now, |kad, cx| kad.publish_peer_record(cx));
+        }
+        true
+    }
+
     /// Adds address candidates for hole punching that the node cannot see itself (e.g. the
     /// reflexive addresses STUN reported).
     pub fn set_punch_candidates(&mut self, addrs: Vec<SocketAddr>) {

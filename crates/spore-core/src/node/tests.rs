@@ -300,3 +300,20 @@ fn two_nodes_replicate_a_document_by_sync_and_live_changes() {
     // Document changes are not handed to the application as pub/sub messages.
     assert!(!pair.b_events.iter().any(|e| matches!(e, Event::PubSub(_))));
 }
+
+#[test]
+fn updated_listen_addresses_are_announced_to_new_peers() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    // A port mapping the gateway granted goes before the socket's own address.
+    let mapped: SocketAddr = "198.51.100.1:7070".parse().unwrap();
+    let mut addrs = vec![mapped];
+    addrs.extend(pair.a.config().listen_addrs.iter().copied());
+    assert!(pair.a.update_listen_addrs(Instant::ZERO, addrs.clone()));
+    assert!(
+        !pair.a.update_listen_addrs(Instant::ZERO, addrs.clone()),
+        "nothing changed"
+    );
+    pair.handshake();
+    let b_view = pair.b.peer(&pair.a.peer_id()).unwrap();
+    assert_eq!(b_view.listen_addrs.to_vec(), addrs);
+}

@@ -250,7 +250,7 @@ async fn ticket_for(s: &ApiState, doc: DocId) -> Result<String, ApiError> {
     let ticket = DocTicket {
         access: d.access().clone(),
         peer: s.node.peer_id(),
-        addrs: crate::share::ticket_addrs(s.node.listen_addrs()),
+        addrs: crate::share::node_ticket_addrs(&s.node).await,
     };
     Ok(ticket.to_string())
 }
