@@ -191,15 +191,17 @@ impl PortMap {
         let Some(client) = self.client.take() else {
             return;
         };
-        let mut external = client.watch_external_address();
-        if external.borrow().is_none() {
+        if client.watch_external_address().borrow().is_none() {
             return;
         }
         client.deactivate();
-        let released = tokio::time::timeout(RELEASE_TIMEOUT, external.wait_for(|a| a.is_none()));
-        match released.await {
+        // The client's task handles requests one at a time, and deleting the mapping is part
+        // of handling `deactivate`: a probe asked for after it is answered only once the
+        // gateway was told (the address watch turns empty before that).
+        let answered = client.probe();
+        match tokio::time::timeout(RELEASE_TIMEOUT, answered).await {
             Ok(Ok(_)) => info!("port mapping deleted"),
-            _ => debug!("the gateway did not confirm the port mapping's deletion"),
+            _ => debug!("the gateway did not confirm the port mapping's deletion in time"),
         }
     }
 }

@@ -836,20 +836,30 @@ fn miniupnpd_rules(lab: &NatLab) -> Vec<String> {
 /// `--port-map`; the mapped address goes first into its ticket, and a node on the internet that
 /// knows nothing else (no relay, no bootstrap peer: the host's own address is private and not
 /// routed) downloads a file from it directly through that mapping. When the sharer stops, the
-/// mapping is deleted.
+/// mapping is deleted. Twice: with NAT-PMP and PCP on at the router (the client asks by PCP
+/// first), and with UPnP-IGD alone.
 #[test]
 fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
     if let Some(reason) = skip_reason(&["iptables-legacy", "miniupnpd", "turnserver"]) {
         println!("skipping: {reason}");
         return;
     }
+    let log = map_and_get("pcp", true);
+    assert!(log.contains("PCP MAP: added mapping"), "{log}");
+    let log = map_and_get("upnp", false);
+    assert!(log.contains("redirecting port"), "{log}");
+}
+
+/// One round of the port-mapping test, with NAT-PMP/PCP at the router on or off; returns
+/// miniupnpd's log.
+fn map_and_get(tag: &str, natpmp: bool) -> String {
     let dirs = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
         let d = dirs.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         d
     };
-    let mut lab = NatLab::namespaces("upnp", &["pub", "rtr", "host"]).unwrap();
+    let mut lab = NatLab::namespaces(tag, &["pub", "rtr", "host"]).unwrap();
     lab.link(PUBLIC, "wan", ROUTER, "wan").unwrap();
     lab.link(ROUTER, "lan", HOST, "lan").unwrap();
     lab.up(PUBLIC, "wan", &[PUBLIC_A, PUBLIC_B]).unwrap();
@@ -863,8 +873,13 @@ fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
 
     let router_dir = dir("router");
     let conf = router_dir.join("miniupnpd.conf");
-    std::fs::write(&conf, miniupnpd_conf(PUBLIC_A)).unwrap();
+    let mut settings = miniupnpd_conf(PUBLIC_A);
+    if !natpmp {
+        settings = settings.replace("enable_natpmp=yes", "enable_natpmp=no");
+    }
+    std::fs::write(&conf, settings).unwrap();
     let log_path = router_dir.join("miniupnpd.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let log = File::create(&log_path).unwrap();
     let child = lab
         .command(ROUTER, "miniupnpd")
@@ -880,23 +895,18 @@ fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
         .expect("start miniupnpd");
     lab.children.push(child);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("Listening for NAT-PMP/PCP")
-    {
+    while !read_log().contains("HTTP listening on port") {
         assert!(
             Instant::now() < deadline,
             "miniupnpd did not start:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            read_log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("Port forwarding is now enabled"),
+        read_log().contains("Port forwarding is now enabled"),
         "miniupnpd will not forward:\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        read_log()
     );
     assert!(miniupnpd_rules(&lab).is_empty(), "no mapping before we ask");
 
@@ -914,18 +924,18 @@ fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
     let ticket = ticket_from_log(&sharer, Duration::from_secs(60));
     let status: Value = serde_json::from_str(&lab.status(HOST, &sharer, true).unwrap()).unwrap();
     let port_map = &status["port_map"];
-    println!("port mapping: {port_map}");
+    println!("{tag}: port mapping {port_map}");
     let external = port_map["external"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     assert!(
         external.starts_with(&format!("{ROUTER_WAN}:")),
-        "the gateway's address: {port_map}; the sharer's log:\n{}",
+        "{tag}: the gateway's address: {port_map}; the sharer's log:\n{}",
         std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
     );
     let rules = miniupnpd_rules(&lab);
-    println!("miniupnpd's rules: {rules:?}");
+    println!("{tag}: miniupnpd's rules {rules:?}");
     assert_eq!(rules.len(), 1, "{rules:?}");
 
     let getter = dir("getter");
@@ -939,17 +949,16 @@ fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
         .args(["--log", "info", "get", "--listen", &format!("{PUBLIC_A}:0")])
         .args(["--difficulty", "8"])
         .args(&get)
-        .env_remove("SPORE_LOG")
         .output()
         .unwrap();
     assert!(
         status.status.success(),
-        "the get failed: {}\nthe sharer's log:\n{}",
+        "{tag}: the get failed: {}\nthe sharer's log:\n{}",
         String::from_utf8_lossy(&status.stderr),
         std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
     );
     println!(
-        "direct get through the mapping took {:?}",
+        "{tag}: a direct get through the mapping took {:?}",
         started.elapsed()
     );
     assert!(
@@ -957,18 +966,19 @@ fn a_port_mapping_from_miniupnpd_makes_a_node_behind_nat_dialable() {
         "the download verifies"
     );
 
-    // Stopping the sharer (SIGINT, as Ctrl-C) deletes the mapping at the gateway.
-    // `ip netns exec` execs the program: the child's pid is the sharer's.
+    // Stopping the sharer (SIGINT, as Ctrl-C) deletes the mapping at the gateway. `ip netns
+    // exec` execs the program, so the child's pid is the sharer's.
     let pid = lab.children.last().unwrap().id().to_string();
     let _ = Command::new("kill").args(["-INT", &pid]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !miniupnpd_rules(&lab).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "the mapping outlived the sharer: {:?}; its log:\n{}",
+            "{tag}: the mapping outlived the sharer: {:?}; its log:\n{}",
             miniupnpd_rules(&lab),
             std::fs::read_to_string(sharer.join("node.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    read_log()
 }
