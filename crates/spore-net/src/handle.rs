@@ -187,6 +187,7 @@ pub async fn start(
     );
     runtime.peer_book = peer_book;
     runtime.nat = nat;
+    runtime.socket_v4 = relay_socket.clone();
     let bound_v4 = crate::portmap::mappable(&listen_addrs);
     let (port_map, mapped) =
         crate::portmap::PortMap::start(runtime.config.port_map.as_ref(), bound_v4, inputs.clone());

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod birthday;
 mod blobs;
 mod config;
 mod conn;

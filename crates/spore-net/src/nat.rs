@@ -103,6 +103,10 @@ pub(crate) struct NodeSocket {
     paths: Paths,
     /// Which source `poll_recv` reads first, alternated so neither starves the other.
     relayed_first: AtomicBool,
+    /// Real addresses whose packets leave by another socket (a path found by birthday
+    /// probing, see `crate::birthday`); empty nearly always, so checked by a flag first.
+    redirects: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    has_redirects: AtomicBool,
 }
 
 /// Relayed paths: QUIC packets to and from addresses in 240.0.0.0/4 that stand for a circuit
@@ -119,6 +123,23 @@ struct Paths {
 
 /// Packets queued per relayed path in each direction.
 const PATH_QUEUE: usize = 256;
+
+/// Most addresses redirected to other sockets at once.
+const MAX_REDIRECTS: usize = 16;
+
+/// Queues `transmit`'s datagrams (one per segment) for a pump; a full queue drops the rest,
+/// like a full link.
+fn queue_segments(tx: &mpsc::Sender<Bytes>, transmit: &Transmit) {
+    let size = transmit
+        .segment_size
+        .unwrap_or(transmit.contents.len())
+        .max(1);
+    for segment in transmit.contents.chunks(size) {
+        if tx.try_send(Bytes::copy_from_slice(segment)).is_err() {
+            break;
+        }
+    }
+}
 
 /// The pump's ends of a relayed path: packets quinn sent to it, and where to deliver packets
 /// that arrive on it.
@@ -163,6 +184,8 @@ impl NodeSocket {
                 next: AtomicU64::new(0),
             },
             relayed_first: AtomicBool::new(false),
+            redirects: Mutex::new(BTreeMap::new()),
+            has_redirects: AtomicBool::new(false),
         });
         Ok((socket, rx))
     }
@@ -194,21 +217,49 @@ impl NodeSocket {
             .remove(addr);
     }
 
+    /// Sends what quinn sends to `addr` (a real address) through another socket's pump from
+    /// now on; packets the pump brings back are received as if from `addr` on this socket. At
+    /// most [`MAX_REDIRECTS`]; `None` when that many are in use. Undo with
+    /// [`end_redirect`](Self::end_redirect).
+    pub(crate) fn redirect(&self, addr: SocketAddr) -> Option<PathEnds> {
+        let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        if redirects.len() >= MAX_REDIRECTS && !redirects.contains_key(&addr) {
+            return None;
+        }
+        let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
+        redirects.insert(addr, tx);
+        self.has_redirects.store(true, Ordering::Release);
+        Some(PathEnds {
+            addr,
+            outgoing,
+            incoming: self.paths.incoming_tx.clone(),
+        })
+    }
+
+    /// Sends to `addr` from this socket again.
+    pub(crate) fn end_redirect(&self, addr: &SocketAddr) {
+        let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        redirects.remove(addr);
+        self.has_redirects
+            .store(!redirects.is_empty(), Ordering::Release);
+    }
+
+    /// The pump `transmit` goes to instead of the network, if its destination is redirected.
+    fn redirected(&self, transmit: &Transmit) -> Option<mpsc::Sender<Bytes>> {
+        if !self.has_redirects.load(Ordering::Acquire) {
+            return None;
+        }
+        let redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        redirects.get(&transmit.destination).cloned()
+    }
+
     /// Queues quinn's packets for a relayed path, one per segment.
     fn send_relayed(&self, transmit: &Transmit) {
         let out = self.paths.out.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = out.get(&transmit.destination) else {
             return;
         };
-        let size = transmit
-            .segment_size
-            .unwrap_or(transmit.contents.len())
-            .max(1);
-        for segment in transmit.contents.chunks(size) {
-            if tx.try_send(Bytes::copy_from_slice(segment)).is_err() {
-                break;
-            }
-        }
+        queue_segments(tx, transmit);
     }
 
     /// Moves packets that arrived on relayed paths into quinn's buffers.
@@ -294,6 +345,10 @@ impl AsyncUdpSocket for NodeSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         if is_relayed_addr(&transmit.destination) {
             self.send_relayed(transmit);
+            return Ok(());
+        }
+        if let Some(pump) = self.redirected(transmit) {
+            queue_segments(&pump, transmit);
             return Ok(());
         }
         self.inner.try_send(transmit)
@@ -461,6 +516,7 @@ pub(crate) async fn probe_loop(
         // The reflexive addresses are hole-punching candidates.
         let command = Command::SetPunchCandidates {
             addrs: report.reflexive.clone(),
+            mapping: report.mapping,
         };
         if inputs.send(Input::Command(command)).await.is_err() {
             return;

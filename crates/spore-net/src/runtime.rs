@@ -79,6 +79,12 @@ pub(crate) enum Command {
     },
     SetPunchCandidates {
         addrs: Vec<SocketAddr>,
+        mapping: spore_core::nat::Mapping,
+    },
+    /// Birthday probing found a way to `addr`: dial `peer` there.
+    BirthdayDial {
+        peer: PeerId,
+        addr: SocketAddr,
     },
     /// The gateway now forwards `addr` to us (or no longer forwards anything).
     SetMappedAddr {
@@ -466,6 +472,10 @@ pub(crate) struct Runtime {
     pub(crate) port_map: crate::portmap::PortMap,
     /// The addresses announced from the bound sockets alone; a mapped address goes before them.
     bound_announced: Vec<SocketAddr>,
+    /// The IPv4 endpoint's socket, where birthday probing sends and redirects.
+    pub(crate) socket_v4: Option<Arc<crate::nat::NodeSocket>>,
+    /// One birthday-probing session at a time.
+    birthday_permits: Arc<tokio::sync::Semaphore>,
     stats: RuntimeStats,
 }
 
@@ -510,6 +520,8 @@ impl Runtime {
             )),
             port_map: crate::portmap::PortMap::off(),
             bound_announced,
+            socket_v4: None,
+            birthday_permits: Arc::new(tokio::sync::Semaphore::new(1)),
             stats: RuntimeStats::default(),
         }
     }
@@ -729,7 +741,14 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             Command::SetRelays { relays } => self.node.set_relays(relays),
-            Command::SetPunchCandidates { addrs } => self.node.set_punch_candidates(addrs),
+            Command::SetPunchCandidates { addrs, mapping } => {
+                self.node.set_punch_candidates(addrs);
+                self.node.set_nat_mapping(mapping);
+            }
+            Command::BirthdayDial { peer, addr } => {
+                info!(%peer, %addr, "birthday probing found a path; dialing");
+                self.punch_dial(peer, &[addr]);
+            }
             Command::SetMappedAddr { addr } => {
                 let mut addrs: Vec<SocketAddr> = addr.into_iter().collect();
                 for a in &self.bound_announced {
@@ -955,6 +974,31 @@ impl Runtime {
                     debug!(%peer, %addr, error = %e, "punch dial failed");
                 }
             });
+        }
+    }
+
+    /// Starts this side's part of birthday probing with `peer` (see [`crate::birthday`]),
+    /// unless a session is running already.
+    fn birthday(&mut self, peer: PeerId, attempt: u32, role: punch::BirthdayRole) {
+        let Some(socket) = self.socket_v4.clone() else {
+            return;
+        };
+        let Ok(permit) = self.birthday_permits.clone().try_acquire_owned() else {
+            debug!(%peer, "birthday probing skipped: another session is running");
+            return;
+        };
+        debug!(%peer, attempt, ?role, "birthday probing");
+        match role {
+            punch::BirthdayRole::Open { target, sockets } if target.is_ipv4() => {
+                let inputs = self.inputs.clone();
+                tokio::spawn(crate::birthday::open(
+                    socket, peer, target, sockets, inputs, permit,
+                ));
+            }
+            punch::BirthdayRole::Probe { ip, probes } if ip.is_ipv4() => {
+                tokio::spawn(crate::birthday::probe(socket, peer, ip, probes, permit));
+            }
+            _ => {}
         }
     }
 
@@ -1330,6 +1374,11 @@ impl Runtime {
                 debug!(%peer, ?addrs, attempt, "punching");
                 self.punch_dial(*peer, addrs);
             }
+            Event::Punch(punch::Event::Birthday {
+                peer,
+                attempt,
+                role,
+            }) => self.birthday(*peer, *attempt, *role),
             Event::Punch(punch::Event::Direct {
                 peer,
                 attempts,

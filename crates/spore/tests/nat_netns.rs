@@ -136,6 +136,15 @@ impl NatLab {
         ]);
         nat.args(masquerade);
         run(&mut nat)?;
+        // Like a home router's firewall: nothing from outside reaches the router itself. A
+        // dropped packet leaves no connection-tracking entry behind; without this, every
+        // unsolicited packet to the router's address is tracked for 30 s, and the NAT then
+        // avoids mapping any port such a packet came to (the tuple is taken), which defeats
+        // birthday probing and no real router does.
+        let mut firewall = self.command(router, "iptables");
+        firewall.args(["-A", "INPUT", "-i", "wan", "-m", "conntrack"]);
+        firewall.args(["!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP"]);
+        run(&mut firewall)?;
         Ok(())
     }
 
@@ -355,6 +364,9 @@ fn a_node_behind_a_real_nat_learns_its_mapping_and_filtering() {
 
 /// The relay's address on the internet bridge; the two routers sit beside it.
 const RELAY_IP: &str = "198.18.0.1";
+/// The relay's second address: its node answers STUN on both, so the NATed nodes, which ask
+/// both, learn how their NAT maps (which decides birthday probing).
+const RELAY_IP2: &str = "198.18.0.3";
 
 /// Waits for `spore share --json`'s ticket line in its log.
 fn ticket_from_log(data_dir: &Path, timeout: Duration) -> String {
@@ -435,7 +447,7 @@ fn transfer_across(
     let (hub, relay_ns, sharer_ns, getter_ns) = (0, 1, 3, 5);
     lab.link(hub, "p0", relay_ns, "wan").unwrap();
     lab.up(hub, "p0", &[]).unwrap();
-    lab.up(relay_ns, "wan", &[RELAY_IP]).unwrap();
+    lab.up(relay_ns, "wan", &[RELAY_IP, RELAY_IP2]).unwrap();
     lab.no_offload(hub, "p0").unwrap();
     lab.no_offload(relay_ns, "wan").unwrap();
     for (router, wan, net, nat) in [
@@ -496,10 +508,13 @@ fn transfer_across(
     let file = sharer.join("ten-mib.bin");
     std::fs::write(&file, data).unwrap();
     let via = format!("{relay_id}@{RELAY_IP}:{NODE_PORT}");
+    let stun = format!("{RELAY_IP}:{NODE_PORT},{RELAY_IP2}:{NODE_PORT}");
     let extra = [
         "--json".into(),
         "--relay-via".into(),
         via,
+        "--stun".into(),
+        stun.clone(),
         file.display().to_string(),
     ];
     lab.start(sharer_ns, &sharer, "share", &listen, &extra);
@@ -514,6 +529,8 @@ fn transfer_across(
         "-o".into(),
         out.display().to_string(),
         "--seed".into(),
+        "--stun".into(),
+        stun,
         ticket,
     ];
     lab.start(getter_ns, &getter, "get", &listen, &get);
@@ -554,6 +571,19 @@ fn transfer_across(
             .and_then(|t| parse_duration(t.trim()))
             .unwrap_or_default()
     });
+    if std::env::var_os("SPORE_NAT_PAIR").is_some() {
+        // By hand: what each side's NAT probe and punches did.
+        for (who, dir) in [("sharer", &sharer), ("getter", &getter)] {
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            for line in strip_ansi(&log).lines().filter(|l| {
+                ["NAT probe", "punch", "birthday", "direct path"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            }) {
+                println!("{who}: {line}");
+            }
+        }
+    }
     let status: Value =
         serde_json::from_str(&lab.status(relay_ns, &relay_dir, true).unwrap()).unwrap();
     let opened = status["relay"]["stats"]["circuits_opened"].as_u64();
@@ -644,8 +674,8 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
 
 /// The matrix: every pair of NAT kinds, each cell `SPORE_NAT_MATRIX_REPS` times (default 2),
 /// each a 10 MiB `spore get` that must verify. Every pair connects (through the relay where it
-/// must); pairs where one side filters endpoint-independently, or both map
-/// endpoint-independently, must end direct. Prints the table.
+/// must); every pair where UDP passes and at least one side maps endpoint-independently must
+/// end direct in 90 % of tries (cone ↔ symmetric by birthday probing). Prints the table.
 #[test]
 fn nat_matrix() {
     if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool"]) {
@@ -705,10 +735,7 @@ fn nat_matrix() {
             took
         );
         let udp = *sharer != Nat::UdpBlocked && *getter != Nat::UdpBlocked;
-        let must_be_direct = udp
-            && (*sharer == Nat::FullCone
-                || *getter == Nat::FullCone
-                || (*sharer != Nat::Symmetric && *getter != Nat::Symmetric));
+        let must_be_direct = udp && !(*sharer == Nat::Symmetric && *getter == Nat::Symmetric);
         if must_be_direct && direct.len() * 10 < n * 9 {
             failures.push(format!("{} ↔ {}", sharer.name(), getter.name()));
         }

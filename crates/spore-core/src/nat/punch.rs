@@ -17,6 +17,17 @@
 //! Candidates: the node's announced addresses, the addresses directly connected peers observe
 //! it at (its reflexive addresses — the relay's observation among them), and any the owner adds
 //! (STUN). Relayed addresses are never candidates.
+//!
+//! **Birthday probing.** When one side's NAT maps per destination (symmetric) and the other's
+//! maps endpoint-independently, a simultaneous open cannot work: the symmetric side's packets
+//! leave from a port nobody can predict, and the other side's NAT lets in only what it sent to.
+//! Each side sends its NAT's mapping (from STUN) in `Connect`; at the punch, besides dialing,
+//! the symmetric side is told to [open](BirthdayRole::Open) many sockets towards the other's
+//! one reflexive address (each gets a random port at its NAT), and the other side to
+//! [probe](BirthdayRole::Probe) many random ports of the symmetric side's IP. With 256 ports
+//! opened and 1,024 probed among ~64,000, some probe hits an open port with probability
+//! 1 − (1 − 256/64,512)^1,024 ≈ 98 % (the arithmetic Tailscale published); the symmetric side
+//! then dials from the socket that was hit. The runtime carries it out within those bounds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -25,6 +36,7 @@ use std::time::Duration;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::probe::Mapping;
 use super::relay::is_relayed_addr;
 use crate::identity::PeerId;
 use crate::node::{Context, Direction, PeerEvent, Protocol};
@@ -43,6 +55,8 @@ pub enum Message {
         id: u64,
         /// Where the sender may be reached directly.
         addrs: Vec<SocketAddr>,
+        /// How the sender's NAT maps (from its STUN probe; `Unknown` without one).
+        mapping: Mapping,
     },
     /// Dial now (the initiator dials half an RTT after sending this).
     Sync {
@@ -82,6 +96,12 @@ pub struct Config {
     pub max_attempts: u32,
     /// Relayed connections being upgraded at once; more wait for a later connection. Default 16.
     pub max_concurrent: usize,
+    /// Birthday probing between a symmetric and an endpoint-independent NAT. Default on.
+    pub birthday: bool,
+    /// Sockets the symmetric side opens per attempt. Default 256.
+    pub birthday_sockets: u16,
+    /// Ports the other side probes per attempt. Default 1,024.
+    pub birthday_probes: u16,
 }
 
 impl Default for Config {
@@ -91,6 +111,9 @@ impl Default for Config {
             attempt_timeout: Duration::from_secs(5),
             max_attempts: 3,
             max_concurrent: 16,
+            birthday: true,
+            birthday_sockets: 256,
+            birthday_probes: 1024,
         }
     }
 }
@@ -108,6 +131,16 @@ pub enum Event {
         /// Which attempt this is (1 = first).
         attempt: u32,
     },
+    /// Birthday probing towards `peer` (see the module docs), beside the dial of the same
+    /// attempt.
+    Birthday {
+        /// The peer.
+        peer: PeerId,
+        /// Which attempt this is (1 = first).
+        attempt: u32,
+        /// This side's part.
+        role: BirthdayRole,
+    },
     /// The connection to `peer` is now direct.
     Direct {
         /// The peer.
@@ -124,6 +157,29 @@ pub enum Event {
     },
 }
 
+/// A side's part in birthday probing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirthdayRole {
+    /// The symmetric side: open `sockets` new sockets, each sending to `target` (the peer's
+    /// reflexive address) now and again; the first that hears from `target` is the path, and
+    /// dials the peer from there.
+    Open {
+        /// The peer's one outside address.
+        target: SocketAddr,
+        /// Sockets to open.
+        sockets: u16,
+    },
+    /// The endpoint-independent side: send `probes` packets from the node's socket to as many
+    /// random ports of `ip` (the peer's NAT), opening our NAT to each; one reaching a socket
+    /// the peer opened lets it dial us.
+    Probe {
+        /// The peer's outside IP.
+        ip: std::net::IpAddr,
+        /// Ports to probe.
+        probes: u16,
+    },
+}
+
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -137,14 +193,22 @@ pub struct Stats {
     pub first_attempt: u64,
     /// Upgrades given up.
     pub gave_up: u64,
+    /// Attempts that included birthday probing.
+    #[serde(default)]
+    pub birthday: u64,
 }
 
 #[derive(Debug, Clone)]
 enum State {
     /// Initiator: `Connect` sent at `sent`.
     AwaitReply { sent: Instant },
-    /// Initiator: dial at `at` (half an RTT after `Sync`).
-    Scheduled { at: Instant, addrs: Vec<SocketAddr> },
+    /// Initiator: dial at `at` (half an RTT after `Sync`). Responder: waiting for `Sync`
+    /// until `at`. `addrs` and `mapping` are the peer's.
+    Scheduled {
+        at: Instant,
+        addrs: Vec<SocketAddr>,
+        mapping: Mapping,
+    },
     /// A punch was made; the next attempt (initiator) or forgetting (responder) at `until`.
     Punched { until: Instant },
 }
@@ -173,6 +237,8 @@ pub struct Punch {
     listen: Vec<SocketAddr>,
     /// Candidates the owner added (e.g. STUN reflexive addresses).
     extra: BTreeSet<SocketAddr>,
+    /// How our NAT maps, as the owner learned it (STUN).
+    mapping: Mapping,
     /// Peers whose connection went direct, and when (forgotten after an attempt timeout).
     upgraded: BTreeMap<PeerId, Instant>,
     stats: Stats,
@@ -187,6 +253,7 @@ impl Punch {
             observed: VecDeque::with_capacity(MAX_CANDIDATES),
             listen,
             extra: BTreeSet::new(),
+            mapping: Mapping::Unknown,
             upgraded: BTreeMap::new(),
             stats: Stats::default(),
         }
@@ -195,6 +262,11 @@ impl Punch {
     /// Replaces the announced addresses.
     pub fn set_listen_addrs(&mut self, listen: Vec<SocketAddr>) {
         self.listen = listen;
+    }
+
+    /// Sets how our NAT maps (from STUN), which decides our part in birthday probing.
+    pub fn set_mapping(&mut self, mapping: Mapping) {
+        self.mapping = mapping;
     }
 
     /// Replaces the candidates the owner adds (e.g. STUN's reflexive addresses).
@@ -277,11 +349,43 @@ impl Punch {
                 state: State::AwaitReply { sent: cx.now },
             },
         );
-        let addrs = self.candidates();
-        cx.send(peer, Message::Connect { id, addrs });
+        self.send_connect(cx, peer, id);
     }
 
-    fn punch(&mut self, cx: &mut Context<'_>, peer: PeerId, addrs: Vec<SocketAddr>) {
+    fn send_connect(&self, cx: &mut Context<'_>, peer: PeerId, id: u64) {
+        let addrs = self.candidates();
+        let mapping = self.mapping;
+        cx.send(peer, Message::Connect { id, addrs, mapping });
+    }
+
+    /// Our part in birthday probing with a peer whose NAT maps as `theirs` and who gave
+    /// `addrs`, if any: only between a symmetric NAT and an endpoint-independent one (a public
+    /// side needs none: the symmetric side's dial reaches it).
+    fn birthday_role(&self, theirs: Mapping, addrs: &[SocketAddr]) -> Option<BirthdayRole> {
+        if !self.config.birthday {
+            return None;
+        }
+        let target = *addrs.first()?;
+        match (self.mapping, theirs) {
+            (Mapping::Dependent, Mapping::EndpointIndependent) => Some(BirthdayRole::Open {
+                target,
+                sockets: self.config.birthday_sockets,
+            }),
+            (Mapping::EndpointIndependent, Mapping::Dependent) => Some(BirthdayRole::Probe {
+                ip: target.ip(),
+                probes: self.config.birthday_probes,
+            }),
+            _ => None,
+        }
+    }
+
+    fn punch(
+        &mut self,
+        cx: &mut Context<'_>,
+        peer: PeerId,
+        addrs: Vec<SocketAddr>,
+        mapping: Mapping,
+    ) {
         let Some(u) = self.upgrades.get_mut(&peer) else {
             return;
         };
@@ -293,15 +397,25 @@ impl Punch {
         u.state = State::Punched {
             until: cx.now + wait,
         };
+        let attempt = u.attempt;
         let addrs: Vec<SocketAddr> = addrs
             .into_iter()
             .filter(|a| !is_relayed_addr(a) && !a.ip().is_unspecified() && a.port() != 0)
             .collect();
+        let birthday = self.birthday_role(mapping, &addrs);
         cx.emit(Event::Dial {
             peer,
             addrs,
-            attempt: u.attempt,
+            attempt,
         });
+        if let Some(role) = birthday {
+            self.stats.birthday += 1;
+            cx.emit(Event::Birthday {
+                peer,
+                attempt,
+                role,
+            });
+        }
     }
 }
 
@@ -310,7 +424,7 @@ impl Protocol for Punch {
 
     fn handle_message(&mut self, cx: &mut Context<'_>, from: PeerId, msg: Message) {
         match msg {
-            Message::Connect { id, addrs } => {
+            Message::Connect { id, addrs, mapping } => {
                 let mine = self.upgrades.get(&from).map(|u| (u.id, u.initiator));
                 match mine {
                     // The answer to our Connect: RTT measured; Sync, then dial in half an RTT.
@@ -325,6 +439,7 @@ impl Protocol for Punch {
                         u.state = State::Scheduled {
                             at: cx.now + rtt / 2,
                             addrs,
+                            mapping,
                         };
                         cx.send(from, Message::Sync { id });
                     }
@@ -350,11 +465,11 @@ impl Protocol for Punch {
                                 state: State::Scheduled {
                                     at: cx.now + self.config.attempt_timeout,
                                     addrs,
+                                    mapping,
                                 },
                             },
                         );
-                        let addrs = self.candidates();
-                        cx.send(from, Message::Connect { id, addrs });
+                        self.send_connect(cx, from, id);
                     }
                 }
             }
@@ -365,10 +480,10 @@ impl Protocol for Punch {
                 if u.initiator || u.id != id {
                     return;
                 }
-                let State::Scheduled { addrs, .. } = u.state.clone() else {
+                let State::Scheduled { addrs, mapping, .. } = u.state.clone() else {
                     return;
                 };
-                self.punch(cx, from, addrs);
+                self.punch(cx, from, addrs, mapping);
             }
         }
     }
@@ -416,7 +531,9 @@ impl Protocol for Punch {
                 continue;
             };
             match (u.initiator, u.state) {
-                (true, State::Scheduled { addrs, .. }) => self.punch(cx, peer, addrs),
+                (true, State::Scheduled { addrs, mapping, .. }) => {
+                    self.punch(cx, peer, addrs, mapping);
+                }
                 (true, _) if u.attempt < self.config.max_attempts && cx.is_ready(&peer) => {
                     let id = cx.rng.next_u64();
                     if let Some(u) = self.upgrades.get_mut(&peer) {
@@ -424,8 +541,7 @@ impl Protocol for Punch {
                         u.attempt += 1;
                         u.state = State::AwaitReply { sent: now };
                     }
-                    let addrs = self.candidates();
-                    cx.send(peer, Message::Connect { id, addrs });
+                    self.send_connect(cx, peer, id);
                 }
                 (true, _) => {
                     self.upgrades.remove(&peer);
@@ -500,6 +616,133 @@ mod tests {
         assert_eq!(candidates[0], seen(5035));
         assert_eq!(candidates.iter().filter(|a| **a == seen(5035)).count(), 1);
         assert_eq!(candidates.len(), MAX_CANDIDATES);
+    }
+
+    /// The punch messages among `h`'s sends since the last call.
+    fn punch_messages(h: &mut Harness) -> Vec<Message> {
+        h.transmits()
+            .into_iter()
+            .filter_map(|t| match t.message {
+                crate::wire::Message::Punch(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The punch events among `h`'s events since the last call.
+    fn punch_events(h: &mut Harness) -> Vec<Event> {
+        h.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                crate::node::Event::Punch(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs one punch between `a` (behind a NAT mapping as `a_mapping`, which dialed the
+    /// relayed connection) and `b`; returns the events each side got at the punch.
+    fn punch_between(a_mapping: Mapping, b_mapping: Mapping) -> (Vec<Event>, Vec<Event>) {
+        let a_seen: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        let b_seen: SocketAddr = "203.0.113.2:50000".parse().unwrap();
+        let mut a = Punch::new(Config::default(), Vec::new());
+        let mut b = Punch::new(Config::default(), Vec::new());
+        a.set_mapping(a_mapping);
+        a.set_extra_candidates(vec![a_seen]);
+        b.set_mapping(b_mapping);
+        b.set_extra_candidates(vec![b_seen]);
+        let (a_id, b_id) = (
+            Keypair::from_secret_bytes([1; 32]).peer_id(),
+            Keypair::from_secret_bytes([2; 32]).peer_id(),
+        );
+        let (mut ha, mut hb) = (Harness::new(), Harness::new());
+        let t0 = Instant::ZERO;
+        let relayed = crate::nat::relay::relayed_addr(0);
+        let ready = ha.ready_from(b_id, t0, relayed);
+        ha.with(t0, |cx| a.handle_peer_event(cx, &ready));
+        let ready = hb.ready_from(a_id, t0, relayed);
+        let ready = match ready {
+            PeerEvent::Ready(mut info) => {
+                info.direction = Direction::Inbound;
+                PeerEvent::Ready(info)
+            }
+            other => other,
+        };
+        hb.with(t0, |cx| b.handle_peer_event(cx, &ready));
+        let t1 = t0 + Duration::from_millis(40);
+        for m in punch_messages(&mut ha) {
+            hb.with(t1, |cx| b.handle_message(cx, a_id, m));
+        }
+        let t2 = t1 + Duration::from_millis(40);
+        for m in punch_messages(&mut hb) {
+            ha.with(t2, |cx| a.handle_message(cx, b_id, m));
+        }
+        let t3 = t2 + Duration::from_millis(40);
+        for m in punch_messages(&mut ha) {
+            hb.with(t3, |cx| b.handle_message(cx, a_id, m));
+        }
+        let at = a.poll_timeout().unwrap();
+        assert_eq!(
+            at,
+            t2 + Duration::from_millis(40),
+            "half the RTT after Sync"
+        );
+        ha.with(at, |cx| a.handle_timeout(cx));
+        (punch_events(&mut ha), punch_events(&mut hb))
+    }
+
+    #[test]
+    fn a_symmetric_nat_opens_sockets_and_a_cone_probes_its_ports() {
+        let (a, b) = punch_between(Mapping::Dependent, Mapping::EndpointIndependent);
+        let b_seen: SocketAddr = "203.0.113.2:50000".parse().unwrap();
+        assert!(matches!(a[0], Event::Dial { .. }), "{a:?}");
+        assert_eq!(
+            a[1],
+            Event::Birthday {
+                peer: Keypair::from_secret_bytes([2; 32]).peer_id(),
+                attempt: 1,
+                role: BirthdayRole::Open {
+                    target: b_seen,
+                    sockets: 256
+                },
+            }
+        );
+        assert!(matches!(b[0], Event::Dial { .. }), "{b:?}");
+        assert_eq!(
+            b[1],
+            Event::Birthday {
+                peer: Keypair::from_secret_bytes([1; 32]).peer_id(),
+                attempt: 1,
+                role: BirthdayRole::Probe {
+                    ip: "198.51.100.1".parse().unwrap(),
+                    probes: 1024
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn no_birthday_probing_where_a_plain_punch_can_work_or_nothing_can() {
+        use Mapping::*;
+        for (x, y) in [
+            (EndpointIndependent, EndpointIndependent),
+            (Dependent, Dependent),
+            (Dependent, None),
+            (Dependent, Unknown),
+            (Unknown, EndpointIndependent),
+        ] {
+            for (a, b) in [(x, y), (y, x)] {
+                let (ea, eb) = punch_between(a, b);
+                let birthdays = ea
+                    .iter()
+                    .chain(&eb)
+                    .filter(|e| matches!(e, Event::Birthday { .. }))
+                    .count();
+                assert_eq!(birthdays, 0, "{a:?} ↔ {b:?}");
+                assert!(matches!(ea[..], [Event::Dial { .. }]), "{ea:?}");
+                assert!(matches!(eb[..], [Event::Dial { .. }]), "{eb:?}");
+            }
+        }
     }
 
     #[test]

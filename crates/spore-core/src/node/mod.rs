@@ -543,6 +543,12 @@ impl Node {
         self.punch.set_extra_candidates(addrs);
     }
 
+    /// Sets how the NAT in front of the node maps (from STUN): hole punching tells peers, and
+    /// it decides whether a punch uses birthday probing.
+    pub fn set_nat_mapping(&mut self, mapping: crate::nat::Mapping) {
+        self.punch.set_mapping(mapping);
+    }
+
     /// Whether a hole punch to `peer` is under way or just ended on a direct path: while it
     /// lasts, a replaced connection keeps the peer's state.
     pub fn punch_in_progress(&self, peer: &PeerId, now: Instant) -> bool {
