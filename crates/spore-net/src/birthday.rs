@@ -123,11 +123,11 @@ pub(crate) async fn open(
     info!(%peer, %target, socket = index, of = count, "birthday probing: a socket was hit");
     drop(permit);
     let dial = Command::BirthdayDial { peer, addr: target };
-    if inputs.send(Input::Command(dial)).await.is_err() {
-        node_socket.end_redirect(&target);
-        return;
+    if inputs.send(Input::Command(dial)).await.is_ok() {
+        carry(winner, ends).await;
+    } else {
+        drop(ends);
     }
-    carry(winner, ends).await;
     node_socket.end_redirect(&target);
     debug!(%peer, %target, "birthday path closed");
 }

@@ -219,11 +219,13 @@ impl NodeSocket {
 
     /// Sends what quinn sends to `addr` (a real address) through another socket's pump from
     /// now on; packets the pump brings back are received as if from `addr` on this socket. At
-    /// most [`MAX_REDIRECTS`]; `None` when that many are in use. Undo with
-    /// [`end_redirect`](Self::end_redirect).
+    /// most [`MAX_REDIRECTS`], one per address; `None` when that many are in use or `addr` has
+    /// a live one. It ends when the pump drops its ends; [`end_redirect`](Self::end_redirect)
+    /// then forgets it.
     pub(crate) fn redirect(&self, addr: SocketAddr) -> Option<PathEnds> {
         let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
-        if redirects.len() >= MAX_REDIRECTS && !redirects.contains_key(&addr) {
+        redirects.retain(|_, tx| !tx.is_closed());
+        if redirects.len() >= MAX_REDIRECTS || redirects.contains_key(&addr) {
             return None;
         }
         let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
@@ -236,10 +238,13 @@ impl NodeSocket {
         })
     }
 
-    /// Sends to `addr` from this socket again.
+    /// Sends to `addr` from this socket again, once the pump that carried it has dropped its
+    /// ends (a newer redirect of the same address is kept).
     pub(crate) fn end_redirect(&self, addr: &SocketAddr) {
         let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
-        redirects.remove(addr);
+        if redirects.get(addr).is_some_and(|tx| tx.is_closed()) {
+            redirects.remove(addr);
+        }
         self.has_redirects
             .store(!redirects.is_empty(), Ordering::Release);
     }

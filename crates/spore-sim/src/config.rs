@@ -144,8 +144,9 @@ impl Bandwidth {
 
 /// How a node is attached to the internet, which decides who can open a connection to whom.
 ///
-/// spore-core does not yet traverse NATs (no hole punching, no relays), so the model is the one
-/// that matters for a node without them: a connection can be opened *to* a public node by any
+/// The simulator does not model NAT traversal yet (relays, hole punching, birthday probing and
+/// port mapping run only on real sockets), so the model is the one that matters for a node
+/// without them: a connection can be opened *to* a public node by any
 /// node that has UDP, and to no one else. A node behind a NAT still takes part through the
 /// connections it opens itself; what it announces is its private address, which nobody can
 /// dial. The cone/symmetric distinction already shapes what peers observe: a cone NAT keeps one
