@@ -424,9 +424,29 @@ struct PairOutcome {
     first_attempt: bool,
 }
 
+/// The internet between the lab's hosts: every frame delayed by `delay_ms` at the hub (so
+/// about twice that between two hosts), and each lost with probability `loss_pct` / 100.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    delay_ms: u32,
+    loss_pct: f64,
+}
+
+/// A real path has latency: with none, two NATs punching at once each see the other's packet
+/// before their own leaves.
+const CLEAN: Link = Link {
+    delay_ms: 10,
+    loss_pct: 0.0,
+};
+
+/// A poor path: long, and lossy.
+const DEGRADED: Link = Link {
+    delay_ms: 40,
+    loss_pct: 2.0,
+};
+
 /// Two private hosts behind NATs `sharer_nat` and `getter_nat`, and a relay, on an internet
-/// that is a hub delaying every frame by 10 ms (a real path has latency; with none, two NATs
-/// punching at once each see the other's packet before their own leaves). The sharer shares
+/// that is a hub delaying (and perhaps dropping) frames as `link` says. The sharer shares
 /// `data` with `--relay-via`; the getter fetches it with `spore get` and seeds on; we wait up
 /// to `punch_wait` for the relayed connection to go direct.
 fn transfer_across(
@@ -435,6 +455,17 @@ fn transfer_across(
     getter_nat: Nat,
     data: &[u8],
     punch_wait: Duration,
+) -> PairOutcome {
+    transfer_over(tag, sharer_nat, getter_nat, data, punch_wait, CLEAN)
+}
+
+fn transfer_over(
+    tag: &str,
+    sharer_nat: Nat,
+    getter_nat: Nat,
+    data: &[u8],
+    punch_wait: Duration,
+    link: Link,
 ) -> PairOutcome {
     let dirs = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
@@ -487,7 +518,8 @@ fn transfer_across(
     let hub_script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/delay-hub.py");
     let child = lab
         .command(hub, "python3")
-        .args([hub_script, "10", "p0", "p1", "p2"])
+        .args([hub_script, "--loss", &link.loss_pct.to_string()])
+        .args([&link.delay_ms.to_string(), "p0", "p1", "p2"])
         .stdin(Stdio::null())
         .spawn()
         .expect("start the delay hub");
@@ -741,6 +773,70 @@ fn nat_matrix() {
         }
     }
     assert!(failures.is_empty(), "stayed relayed: {failures:?}");
+}
+
+/// The matrix's link-degradation step: a few pairs again over a long and lossy internet
+/// (`DEGRADED`: 40 ms per hub pass, about 80 ms between hosts, and 2 % of frames lost), each
+/// `SPORE_NAT_MATRIX_REPS` times, each a 1 MiB `spore get` that must verify. Punches may need
+/// their retries, so we wait through two attempts. Prints the table.
+#[test]
+fn nat_matrix_degraded_link() {
+    if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let reps: usize = std::env::var("SPORE_NAT_MATRIX_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    let pairs = [
+        (Nat::Cone, Nat::Cone),
+        (Nat::Cone, Nat::Symmetric),
+        (Nat::Symmetric, Nat::Cone),
+        (Nat::UdpBlocked, Nat::Cone),
+    ];
+    // 1 MiB: over 2 % loss and 80 ms a relayed QUIC connection moves a few hundred kB/s.
+    let mut data = ten_mib();
+    data.truncate(1 << 20);
+    println!(
+        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+        "sharer NAT", "getter NAT", "verified", "direct", "1st try", "to direct", "get took"
+    );
+    for (sharer, getter) in pairs {
+        let mut outcomes = Vec::new();
+        for rep in 0..reps {
+            let tag = format!("d{}{}{rep}", sharer as u8, getter as u8);
+            outcomes.push(transfer_over(
+                &tag,
+                sharer,
+                getter,
+                &data,
+                Duration::from_secs(16),
+                DEGRADED,
+            ));
+        }
+        let n = outcomes.len();
+        let mut direct: Vec<Duration> = outcomes.iter().filter_map(|o| o.direct).collect();
+        direct.sort();
+        let mut took: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
+        took.sort();
+        let first = outcomes.iter().filter(|o| o.first_attempt).count();
+        println!(
+            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+            sharer.name(),
+            getter.name(),
+            format!("{n}/{n}"),
+            format!("{}/{n}", direct.len()),
+            format!("{first}/{n}"),
+            direct
+                .get(direct.len() / 2)
+                .map_or("-".to_string(), |d| format!(
+                    "{:.0} ms",
+                    d.as_secs_f64() * 1e3
+                )),
+            format!("{:.2} s", took[took.len() / 2].as_secs_f64())
+        );
+    }
 }
 
 /// miniupnpd's settings for the lab router: UPnP-IGD, NAT-PMP and PCP on the LAN side, mappings
