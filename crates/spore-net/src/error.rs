@@ -25,6 +25,9 @@ pub enum StartError {
     /// No listen address was given.
     #[error("no listen address configured")]
     NoListenAddr,
+    /// The TURN server is IPv4 (IPv6 TURN is not supported) and no IPv4 address is bound.
+    #[error("the TURN server {0} needs an IPv4 listen address")]
+    Turn(SocketAddr),
     /// The record store could not be opened.
     #[error("cannot open the record store: {0}")]
     Records(String),

@@ -188,6 +188,25 @@ pub async fn start(
     runtime.peer_book = peer_book;
     runtime.nat = nat;
     runtime.socket_v4 = relay_socket.clone();
+    if let Some(turn) = runtime.config.nat.turn.clone() {
+        let socket = relay_socket
+            .clone()
+            .filter(|_| turn.server.is_ipv4())
+            .ok_or(StartError::Turn(turn.server))?;
+        let (datagrams_tx, datagrams) = mpsc::channel(crate::turn::DATAGRAM_QUEUE);
+        socket.set_turn(turn.server, datagrams_tx);
+        let (commands_tx, commands) = mpsc::channel(16);
+        runtime.turn = Some(commands_tx);
+        tokio::spawn(crate::turn::run(
+            turn,
+            socket,
+            datagrams,
+            commands,
+            inputs.clone(),
+            runtime.turn_status.clone(),
+            clock,
+        ));
+    }
     let bound_v4 = crate::portmap::mappable(&listen_addrs);
     let (port_map, mapped) =
         crate::portmap::PortMap::start(runtime.config.port_map.as_ref(), bound_v4, inputs.clone());

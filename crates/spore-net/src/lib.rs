@@ -55,6 +55,7 @@ mod relay;
 mod runtime;
 mod search;
 pub mod tls;
+mod turn;
 
 pub use blobs::StoreBlobs;
 pub use config::{
@@ -71,3 +72,4 @@ pub use runtime::{
     SwarmSummary, TopicStatus,
 };
 pub use search::{SearchHit, SearchStream};
+pub use turn::{TurnStatus, parse_turn};

@@ -38,6 +38,9 @@ pub struct NatConfig {
     pub probe_interval: Duration,
     /// Whether this node answers STUN Binding requests on its QUIC socket. Default on.
     pub answer_stun: bool,
+    /// A TURN server to allocate a relayed address on (long-term credentials); the address
+    /// becomes a hole-punching candidate. Default none.
+    pub turn: Option<spore_core::nat::turn::TurnConfig>,
 }
 
 impl Default for NatConfig {
@@ -46,6 +49,7 @@ impl Default for NatConfig {
             stun_servers: Vec::new(),
             probe_interval: Duration::from_secs(600),
             answer_stun: true,
+            turn: None,
         }
     }
 }
@@ -103,10 +107,31 @@ pub(crate) struct NodeSocket {
     paths: Paths,
     /// Which source `poll_recv` reads first, alternated so neither starves the other.
     relayed_first: AtomicBool,
-    /// Real addresses whose packets leave by another socket (a path found by birthday
-    /// probing, see `crate::birthday`); empty nearly always, so checked by a flag first.
-    redirects: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    /// Real addresses whose packets leave another way: by another socket (a path found by
+    /// birthday probing, see `crate::birthday`) or through the TURN server (`crate::turn`).
+    /// Empty nearly always, so checked by a flag first.
+    redirects: Mutex<BTreeMap<SocketAddr, Redirect>>,
     has_redirects: AtomicBool,
+    /// The TURN server, and where the datagrams it sends us go (set once, when TURN is on).
+    turn: std::sync::OnceLock<(SocketAddr, mpsc::Sender<Bytes>)>,
+}
+
+/// Where packets for a redirected address go.
+#[derive(Debug, Clone)]
+enum Redirect {
+    /// A pump of its own (a birthday socket).
+    Pump(mpsc::Sender<Bytes>),
+    /// A pump shared by many addresses, which needs to know each packet's destination (TURN).
+    Shared(mpsc::Sender<(SocketAddr, Bytes)>),
+}
+
+impl Redirect {
+    fn is_closed(&self) -> bool {
+        match self {
+            Redirect::Pump(tx) => tx.is_closed(),
+            Redirect::Shared(tx) => tx.is_closed(),
+        }
+    }
 }
 
 /// Relayed paths: QUIC packets to and from addresses in 240.0.0.0/4 that stand for a circuit
@@ -124,8 +149,8 @@ struct Paths {
 /// Packets queued per relayed path in each direction.
 const PATH_QUEUE: usize = 256;
 
-/// Most addresses redirected to other sockets at once.
-const MAX_REDIRECTS: usize = 16;
+/// Most addresses redirected at once (birthday paths and peers reached through TURN).
+const MAX_REDIRECTS: usize = 64;
 
 /// Queues `transmit`'s datagrams (one per segment) for a pump; a full queue drops the rest,
 /// like a full link.
@@ -186,6 +211,7 @@ impl NodeSocket {
             relayed_first: AtomicBool::new(false),
             redirects: Mutex::new(BTreeMap::new()),
             has_redirects: AtomicBool::new(false),
+            turn: std::sync::OnceLock::new(),
         });
         Ok((socket, rx))
     }
@@ -229,7 +255,7 @@ impl NodeSocket {
             return None;
         }
         let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
-        redirects.insert(addr, tx);
+        redirects.insert(addr, Redirect::Pump(tx));
         self.has_redirects.store(true, Ordering::Release);
         Some(PathEnds {
             addr,
@@ -238,11 +264,71 @@ impl NodeSocket {
         })
     }
 
+    /// Like [`redirect`](Self::redirect), into a pump shared by several addresses (`pump`
+    /// gets each packet with its destination); false when no more redirects fit or `addr` has
+    /// a live one. Undo with [`unredirect`](Self::unredirect).
+    pub(crate) fn redirect_shared(
+        &self,
+        addr: SocketAddr,
+        pump: mpsc::Sender<(SocketAddr, Bytes)>,
+    ) -> bool {
+        let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        redirects.retain(|_, r| !r.is_closed());
+        if redirects.len() >= MAX_REDIRECTS || redirects.contains_key(&addr) {
+            return false;
+        }
+        redirects.insert(addr, Redirect::Shared(pump));
+        self.has_redirects.store(true, Ordering::Release);
+        true
+    }
+
+    /// Sends to `addr` from this socket again, whatever carried it.
+    pub(crate) fn unredirect(&self, addr: &SocketAddr) {
+        let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        redirects.remove(addr);
+        self.has_redirects
+            .store(!redirects.is_empty(), Ordering::Release);
+    }
+
+    /// Delivers `packet` to quinn as if it had arrived from `from` (a pump's catch); a full
+    /// queue drops it, like a full link.
+    pub(crate) fn inject(&self, from: SocketAddr, packet: Bytes) {
+        let _ = self.paths.incoming_tx.try_send((from, packet));
+    }
+
+    /// Routes what `server` (the TURN server) sends us to `datagrams`, except STUN Binding
+    /// responses, which stay with the NAT probe (a TURN server is a STUN server too). Once.
+    pub(crate) fn set_turn(&self, server: SocketAddr, datagrams: mpsc::Sender<Bytes>) {
+        let _ = self.turn.set((server, datagrams));
+    }
+
+    /// Hands a datagram from the TURN server to the TURN task; whether it was taken.
+    fn take_turn(&self, datagram: &[u8], meta: &RecvMeta) -> bool {
+        let Some((server, datagrams)) = self.turn.get() else {
+            return false;
+        };
+        if meta.addr != *server || meta.stride != meta.len || datagram.len() < 20 {
+            return false;
+        }
+        // STUN's first byte is 0–3; Binding success and error responses are 0x0101, 0x0111.
+        let kind = u16::from_be_bytes([datagram[0], datagram[1]]);
+        if datagram[0] > 3 || kind == 0x0101 || kind == 0x0111 {
+            return false;
+        }
+        if datagrams
+            .try_send(Bytes::copy_from_slice(datagram))
+            .is_err()
+        {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Sends to `addr` from this socket again, once the pump that carried it has dropped its
     /// ends (a newer redirect of the same address is kept).
     pub(crate) fn end_redirect(&self, addr: &SocketAddr) {
         let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
-        if redirects.get(addr).is_some_and(|tx| tx.is_closed()) {
+        if redirects.get(addr).is_some_and(Redirect::is_closed) {
             redirects.remove(addr);
         }
         self.has_redirects
@@ -250,7 +336,7 @@ impl NodeSocket {
     }
 
     /// The pump `transmit` goes to instead of the network, if its destination is redirected.
-    fn redirected(&self, transmit: &Transmit) -> Option<mpsc::Sender<Bytes>> {
+    fn redirected(&self, transmit: &Transmit) -> Option<Redirect> {
         if !self.has_redirects.load(Ordering::Acquire) {
             return None;
         }
@@ -352,9 +438,25 @@ impl AsyncUdpSocket for NodeSocket {
             self.send_relayed(transmit);
             return Ok(());
         }
-        if let Some(pump) = self.redirected(transmit) {
-            queue_segments(&pump, transmit);
-            return Ok(());
+        match self.redirected(transmit) {
+            Some(Redirect::Pump(pump)) => {
+                queue_segments(&pump, transmit);
+                return Ok(());
+            }
+            Some(Redirect::Shared(pump)) => {
+                let size = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for segment in transmit.contents.chunks(size) {
+                    let packet = (transmit.destination, Bytes::copy_from_slice(segment));
+                    if pump.try_send(packet).is_err() {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+            None => {}
         }
         self.inner.try_send(transmit)
     }
@@ -390,7 +492,9 @@ impl AsyncUdpSocket for NodeSocket {
             let mut kept = 0;
             for i in 0..n {
                 let len = meta[i].len;
-                if self.take_stun(&bufs[i][..len], &meta[i]) {
+                if self.take_turn(&bufs[i][..len], &meta[i])
+                    || self.take_stun(&bufs[i][..len], &meta[i])
+                {
                     continue;
                 }
                 if kept != i {

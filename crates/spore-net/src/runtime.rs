@@ -81,6 +81,10 @@ pub(crate) enum Command {
         addrs: Vec<SocketAddr>,
         mapping: spore_core::nat::Mapping,
     },
+    /// The TURN server allocated `addr` for us (or the allocation is gone).
+    SetTurnCandidate {
+        addr: Option<SocketAddr>,
+    },
     /// Birthday probing found a way to `addr`: dial `peer` there.
     BirthdayDial {
         peer: PeerId,
@@ -257,6 +261,9 @@ pub struct Status {
     /// Port mapping at the gateway (UPnP-IGD, NAT-PMP, PCP).
     #[serde(default)]
     pub port_map: crate::portmap::PortMapStatus,
+    /// The TURN allocation, if a TURN server is configured.
+    #[serde(default)]
+    pub turn: crate::turn::TurnStatus,
 }
 
 /// The blob swarms' part of [`Status`].
@@ -476,6 +483,13 @@ pub(crate) struct Runtime {
     pub(crate) socket_v4: Option<Arc<crate::nat::NodeSocket>>,
     /// One birthday-probing session at a time.
     birthday_permits: Arc<tokio::sync::Semaphore>,
+    /// Reflexive addresses from STUN, and the TURN relayed address: the candidates the node
+    /// cannot see itself, in that order.
+    stun_candidates: Vec<SocketAddr>,
+    turn_candidate: Option<SocketAddr>,
+    /// The TURN task, if TURN is on, and what it shows in `status`.
+    pub(crate) turn: Option<mpsc::Sender<crate::turn::TurnCommand>>,
+    pub(crate) turn_status: Arc<Mutex<crate::turn::TurnStatus>>,
     stats: RuntimeStats,
 }
 
@@ -522,6 +536,10 @@ impl Runtime {
             bound_announced,
             socket_v4: None,
             birthday_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+            stun_candidates: Vec::new(),
+            turn_candidate: None,
+            turn: None,
+            turn_status: Arc::default(),
             stats: RuntimeStats::default(),
         }
     }
@@ -742,8 +760,13 @@ impl Runtime {
             }
             Command::SetRelays { relays } => self.node.set_relays(relays),
             Command::SetPunchCandidates { addrs, mapping } => {
-                self.node.set_punch_candidates(addrs);
+                self.stun_candidates = addrs;
+                self.update_punch_candidates();
                 self.node.set_nat_mapping(mapping);
+            }
+            Command::SetTurnCandidate { addr } => {
+                self.turn_candidate = addr;
+                self.update_punch_candidates();
             }
             Command::BirthdayDial { peer, addr } => {
                 info!(%peer, %addr, "birthday probing found a path; dialing");
@@ -886,6 +909,11 @@ impl Runtime {
             relay: self.relay.status(),
             punch: self.node.punch_stats(),
             port_map: self.port_map.status(),
+            turn: self
+                .turn_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -975,6 +1003,13 @@ impl Runtime {
                 }
             });
         }
+    }
+
+    /// Gives the node the candidates it cannot see itself: STUN's, then TURN's.
+    fn update_punch_candidates(&mut self) {
+        let mut addrs = self.stun_candidates.clone();
+        addrs.extend(self.turn_candidate);
+        self.node.set_punch_candidates(addrs);
     }
 
     /// Starts this side's part of birthday probing with `peer` (see [`crate::birthday`]),
@@ -1372,6 +1407,11 @@ impl Runtime {
                 attempt,
             }) => {
                 debug!(%peer, ?addrs, attempt, "punching");
+                if let Some(turn) = &self.turn {
+                    // The peer may dial our relayed address: let it through the server.
+                    let ips = addrs.iter().map(|a| a.ip()).collect();
+                    let _ = turn.try_send(crate::turn::TurnCommand::Permit(ips));
+                }
                 self.punch_dial(*peer, addrs);
             }
             Event::Punch(punch::Event::Birthday {
@@ -1430,6 +1470,9 @@ impl Runtime {
     async fn shutdown(&mut self) {
         info!("shutting down");
         self.port_map.release().await;
+        if let Some(turn) = self.turn.take() {
+            let _ = turn.send(crate::turn::TurnCommand::Close).await;
+        }
         for (_, entry) in std::mem::take(&mut self.conns) {
             entry.conn.close(close_code::NORMAL.into(), b"shutdown");
         }

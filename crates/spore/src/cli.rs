@@ -482,6 +482,18 @@ pub struct NodeArgs {
     /// gateway [default: off]
     #[arg(long, env = "SPORE_PORT_MAP")]
     pub port_map: bool,
+
+    /// A TURN server (e.g. coturn) to allocate a relayed address on, with its long-term
+    /// credentials, as USER:PASSWORD@IP:PORT. The relayed address is offered to peers when a
+    /// hole punch starts, so that nodes behind NATs no punch gets through (two symmetric ones)
+    /// still reach each other without a spore relay; peers get permission as they punch.
+    /// Kept alive while the node runs, released when it stops [default: none]
+    #[arg(long, env = "SPORE_TURN", value_name = "USER:PASSWORD@IP:PORT", value_parser = parse_turn_arg)]
+    pub turn: Option<spore_core::nat::turn::TurnConfig>,
+}
+
+fn parse_turn_arg(s: &str) -> Result<spore_core::nat::turn::TurnConfig, String> {
+    spore_net::parse_turn(s)
 }
 
 /// Reads a rate like `1048576`, `512K`, `2M`, `1G` or `2MiB/s` as bytes per second.

@@ -223,6 +223,13 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
     if args.port_map || file.port_map.unwrap_or(false) {
         config.port_map = Some(spore_net::PortMapConfig::default());
     }
+    config.nat.turn = match (args.turn, &file.turn) {
+        (Some(turn), _) => Some(turn),
+        (None, Some(text)) => Some(
+            spore_net::parse_turn(text).map_err(|e| anyhow::anyhow!("config file: turn: {e}"))?,
+        ),
+        (None, None) => None,
+    };
     let relay_via: Vec<PeerAddr> = if !args.relay_via.is_empty() {
         args.relay_via
     } else {
@@ -370,6 +377,7 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     }
     println!("nat          {}", nat_line(&s.nat));
     println!("port map     {}", s.port_map.summary());
+    println!("turn         {}", s.turn.summary());
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
     let dht = &s.dht;
     let state = if dht.bootstrapped {

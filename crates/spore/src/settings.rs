@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub relay_via: Option<Vec<String>>,
     /// Ask the gateway to forward the node's port (UPnP-IGD, NAT-PMP, PCP).
     pub port_map: Option<bool>,
+    /// A TURN server, as `USER:PASSWORD@IP:PORT`.
+    pub turn: Option<String>,
 }
 
 impl FileConfig {

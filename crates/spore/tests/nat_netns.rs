@@ -422,6 +422,8 @@ struct PairOutcome {
     direct: Option<Duration>,
     /// On the first punch attempt.
     first_attempt: bool,
+    /// Peers the sharer and the getter reach through a TURN server at the end.
+    turn_peers: u64,
 }
 
 /// The internet between the lab's hosts: every frame delayed by `delay_ms` at the hub (so
@@ -456,9 +458,11 @@ fn transfer_across(
     data: &[u8],
     punch_wait: Duration,
 ) -> PairOutcome {
-    transfer_over(tag, sharer_nat, getter_nat, data, punch_wait, CLEAN)
+    transfer_over(tag, sharer_nat, getter_nat, data, punch_wait, CLEAN, false)
 }
 
+/// Like [`transfer_across`], over `link`; with `turn`, coturn runs beside the relay (long-term
+/// credentials) and both NATed nodes allocate a relayed address on it (`--turn`).
 fn transfer_over(
     tag: &str,
     sharer_nat: Nat,
@@ -466,6 +470,7 @@ fn transfer_over(
     data: &[u8],
     punch_wait: Duration,
     link: Link,
+    turn: bool,
 ) -> PairOutcome {
     let dirs = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
@@ -541,14 +546,35 @@ fn transfer_over(
     std::fs::write(&file, data).unwrap();
     let via = format!("{relay_id}@{RELAY_IP}:{NODE_PORT}");
     let stun = format!("{RELAY_IP}:{NODE_PORT},{RELAY_IP2}:{NODE_PORT}");
-    let extra = [
+    let mut turn_args: Vec<String> = Vec::new();
+    if turn {
+        let child = lab
+            .command(relay_ns, "turnserver")
+            .args(["-n", "--lt-cred-mech", "--no-tls", "--no-dtls", "--no-cli"])
+            .args(["--user", "spore:lab-secret", "--realm", "spore.test"])
+            .args(["--listening-ip", RELAY_IP2, "--relay-ip", RELAY_IP2])
+            .args(["--listening-port", &COTURN_PORT.to_string()])
+            .args(["--min-port", "50000", "--max-port", "50999"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        lab.children.push(child);
+        turn_args = vec![
+            "--turn".into(),
+            format!("spore:lab-secret@{RELAY_IP2}:{COTURN_PORT}"),
+        ];
+    }
+    let mut extra = vec![
         "--json".into(),
         "--relay-via".into(),
         via,
         "--stun".into(),
         stun.clone(),
-        file.display().to_string(),
     ];
+    extra.extend(turn_args.iter().cloned());
+    extra.push(file.display().to_string());
     lab.start(sharer_ns, &sharer, "share", &listen, &extra);
     let ticket = ticket_from_log(&sharer, Duration::from_secs(60));
 
@@ -557,14 +583,15 @@ fn transfer_over(
     let getter = dir("getter");
     let out = getter.join("got.bin");
     let started = Instant::now();
-    let get = [
+    let mut get = vec![
         "-o".into(),
         out.display().to_string(),
         "--seed".into(),
         "--stun".into(),
         stun,
-        ticket,
     ];
+    get.extend(turn_args);
+    get.push(ticket);
     lab.start(getter_ns, &getter, "get", &listen, &get);
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < data.len() as u64 {
@@ -620,10 +647,17 @@ fn transfer_over(
         serde_json::from_str(&lab.status(relay_ns, &relay_dir, true).unwrap()).unwrap();
     let opened = status["relay"]["stats"]["circuits_opened"].as_u64();
     assert!(opened >= Some(1), "{tag}: no circuit: {status}");
+    let turn_peers = [(sharer_ns, &sharer), (getter_ns, &getter)]
+        .iter()
+        .filter_map(|(ns, dir)| lab.status(*ns, dir, true))
+        .filter_map(|s| serde_json::from_str::<Value>(&s).ok())
+        .map(|s| s["turn"]["peers"].as_u64().unwrap_or(0))
+        .sum();
     PairOutcome {
         took,
         direct,
         first_attempt: punch["first_attempt"].as_u64() == Some(1),
+        turn_peers,
     }
 }
 
@@ -813,6 +847,7 @@ fn nat_matrix_degraded_link() {
                 &data,
                 Duration::from_secs(16),
                 DEGRADED,
+                false,
             ));
         }
         let n = outcomes.len();
@@ -837,6 +872,33 @@ fn nat_matrix_degraded_link() {
             format!("{:.2} s", took[took.len() / 2].as_secs_f64())
         );
     }
+}
+
+/// Two symmetric NATs, which no punch gets through: with a TURN server (coturn, beside the
+/// relay) both nodes allocate a relayed address, offer it when the punch starts and give each
+/// other permission, so the connection leaves the spore relay for the TURN server's relayed
+/// addresses; the 10 MiB get verifies.
+#[test]
+fn symmetric_nats_reach_each_other_through_a_turn_server() {
+    if let Some(reason) = skip_reason(&["iptables", "python3", "ethtool", "turnserver"]) {
+        println!("skipping: {reason}");
+        return;
+    }
+    let outcome = transfer_over(
+        "turn",
+        Nat::Symmetric,
+        Nat::Symmetric,
+        &ten_mib(),
+        Duration::from_secs(10),
+        CLEAN,
+        true,
+    );
+    println!("symmetric ↔ symmetric with TURN: {outcome:?}");
+    assert!(
+        outcome.direct.is_some(),
+        "the connection stayed on the spore relay"
+    );
+    assert!(outcome.turn_peers >= 1, "not through the TURN server");
 }
 
 /// miniupnpd's settings for the lab router: UPnP-IGD, NAT-PMP and PCP on the LAN side, mappings

@@ -29,7 +29,7 @@
 //! 1 − (1 − 256/64,512)^1,024 ≈ 98 % (the arithmetic Tailscale published); the symmetric side
 //! then dials from the socket that was hit. The runtime carries it out within those bounds.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -235,8 +235,9 @@ pub struct Punch {
     observed: VecDeque<SocketAddr>,
     /// The node's announced addresses.
     listen: Vec<SocketAddr>,
-    /// Candidates the owner added (e.g. STUN reflexive addresses).
-    extra: BTreeSet<SocketAddr>,
+    /// Candidates the owner added, in its order (STUN reflexive addresses, then a TURN relayed
+    /// one): the first is the one birthday probing aims at.
+    extra: Vec<SocketAddr>,
     /// How our NAT maps, as the owner learned it (STUN).
     mapping: Mapping,
     /// Peers whose connection went direct, and when (forgotten after an attempt timeout).
@@ -252,7 +253,7 @@ impl Punch {
             upgrades: BTreeMap::new(),
             observed: VecDeque::with_capacity(MAX_CANDIDATES),
             listen,
-            extra: BTreeSet::new(),
+            extra: Vec::new(),
             mapping: Mapping::Unknown,
             upgraded: BTreeMap::new(),
             stats: Stats::default(),
@@ -271,7 +272,12 @@ impl Punch {
 
     /// Replaces the candidates the owner adds (e.g. STUN's reflexive addresses).
     pub fn set_extra_candidates(&mut self, addrs: Vec<SocketAddr>) {
-        self.extra = addrs.into_iter().collect();
+        self.extra.clear();
+        for addr in addrs {
+            if !self.extra.contains(&addr) && self.extra.len() < MAX_CANDIDATES {
+                self.extra.push(addr);
+            }
+        }
     }
 
     /// Counters.

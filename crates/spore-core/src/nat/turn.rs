@@ -205,6 +205,11 @@ impl TurnClient {
         self.relayed
     }
 
+    /// How many peer IPs have (or are being given) a permission.
+    pub fn permitted(&self) -> usize {
+        self.permissions.len()
+    }
+
     /// Lets peers at `ips` send to our relayed address (renewed while the allocation lives; at
     /// most [`MAX_PERMISSIONS`], the oldest dropped). IPs of the wrong family are ignored.
     pub fn permit(&mut self, ips: &[IpAddr], now: Instant, rng: &mut dyn RngCore) {
