@@ -208,6 +208,7 @@ async fn a_relayed_connection_moves_to_a_direct_path_by_hole_punching() {
             && !is_relayed_addr(&p.addr)
         {
             assert_eq!(p.addr, b.listen_addrs()[0]);
+            assert!(p.punched, "a punched path, not a plain direct one: {p:?}");
             break;
         }
         assert!(

@@ -91,7 +91,8 @@ pub struct PeerView {
     pub agent: String,
     /// Last measured round-trip time, in milliseconds.
     pub rtt_ms: Option<f64>,
-    /// How the connection travels: `direct`, or `relayed` through a relay's circuit.
+    /// How the connection travels: `direct`, `relayed` through a relay's circuit, or
+    /// `punched` (a relayed connection a hole punch moved to a direct path).
     #[serde(default)]
     pub path: String,
 }
@@ -115,6 +116,8 @@ impl From<PeerInfo> for PeerView {
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1e3),
             path: if spore_core::nat::relay::is_relayed_addr(&p.addr) {
                 "relayed".into()
+            } else if p.punched {
+                "punched".into()
             } else {
                 "direct".into()
             },

@@ -348,6 +348,8 @@ pub struct PeerInfo {
     pub ready: bool,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
+    /// Whether a hole punch moved this connection off a relay (its path is direct now).
+    pub punched: bool,
 }
 
 #[derive(Debug)]
@@ -630,6 +632,7 @@ impl Node {
                     stamp: None,
                     ready: false,
                     rtt: None,
+                    punched: false,
                 };
                 let hello_deadline = Some(now + self.config.hello_timeout);
                 self.hello_deadlines
@@ -676,6 +679,7 @@ impl Node {
                 };
                 p.info.addr = addr;
                 p.info.direction = direction;
+                p.info.punched = !crate::nat::relay::is_relayed_addr(&addr);
                 let info = p.info.clone();
                 let hello = self.hello(addr);
                 self.send(peer, Message::Hello(hello));

@@ -244,6 +244,7 @@ impl Harness {
             stamp: None,
             ready: true,
             rtt: None,
+            punched: false,
         }))
     }
 
