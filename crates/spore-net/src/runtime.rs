@@ -1438,7 +1438,17 @@ impl Runtime {
                 hash,
                 verified_bytes,
                 ..
-            }) if *verified_bytes > 0 => self.announce(*hash),
+            }) if *verified_bytes > 0 => {
+                if !self.provided.contains(hash) {
+                    let short: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+                    info!(
+                        blob = %short,
+                        verified_bytes,
+                        "first verified data of a download"
+                    );
+                }
+                self.announce(*hash);
+            }
             Event::Swarm(swarm::Event::Complete { hash, .. }) => self.announce(*hash),
             Event::Swarm(swarm::Event::Failed { hash, .. }) => {
                 self.provided.remove(hash);

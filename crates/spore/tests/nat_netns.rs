@@ -424,6 +424,8 @@ struct PairOutcome {
     first_attempt: bool,
     /// Peers the sharer and the getter reach through a TURN server at the end.
     turn_peers: u64,
+    /// From the getter's node starting to its first verified byte of the file.
+    first_byte: Option<Duration>,
 }
 
 /// The internet between the lab's hosts: every frame delayed by `delay_ms` at the hub (so
@@ -653,11 +655,24 @@ fn transfer_over(
         .filter_map(|s| serde_json::from_str::<Value>(&s).ok())
         .map(|s| s["turn"]["peers"].as_u64().unwrap_or(0))
         .sum();
+    // Both lines are the getter's, so one clock: "… node started …", "… first verified data …".
+    let at = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| time_of_day(l.split_whitespace().next()?))
+    };
+    let first_byte = match (at("node started"), at("first verified data")) {
+        (Some(start), Some(first)) => Some(Duration::from_secs_f64(
+            (first - start).rem_euclid(86_400.0),
+        )),
+        _ => None,
+    };
     PairOutcome {
         took,
         direct,
         first_attempt: punch["first_attempt"].as_u64() == Some(1),
         turn_peers,
+        first_byte,
     }
 }
 
@@ -677,6 +692,16 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// The seconds since midnight of a log line's timestamp (`2026-12-07T12:44:37.625927Z`).
+fn time_of_day(stamp: &str) -> Option<f64> {
+    let time = stamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Reads a `Debug`-printed duration such as `96.734ms`, `1.2s` or `850µs`.
@@ -773,8 +798,15 @@ fn nat_matrix() {
         }
     }
     println!(
-        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
-        "sharer NAT", "getter NAT", "verified", "direct", "1st try", "to direct", "get took"
+        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
+        "sharer NAT",
+        "getter NAT",
+        "verified",
+        "direct",
+        "1st try",
+        "to direct",
+        "1st byte",
+        "get took"
     );
     let mut failures = Vec::new();
     for (sharer, getter, outcomes) in &rows {
@@ -790,14 +822,19 @@ fn nat_matrix() {
         });
         let took = median(outcomes.iter().map(|o| o.took).collect())
             .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+        let first_byte = median(outcomes.iter().filter_map(|o| o.first_byte).collect())
+            .map_or("-".to_string(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            });
         println!(
-            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
             sharer.name(),
             getter.name(),
             format!("{n}/{n}"),
             format!("{}/{n}", direct.len()),
             format!("{first}/{n}"),
             to_direct,
+            first_byte,
             took
         );
         let udp = *sharer != Nat::UdpBlocked && *getter != Nat::UdpBlocked;
@@ -833,8 +870,15 @@ fn nat_matrix_degraded_link() {
     let mut data = ten_mib();
     data.truncate(1 << 20);
     println!(
-        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
-        "sharer NAT", "getter NAT", "verified", "direct", "1st try", "to direct", "get took"
+        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
+        "sharer NAT",
+        "getter NAT",
+        "verified",
+        "direct",
+        "1st try",
+        "to direct",
+        "1st byte",
+        "get took"
     );
     for (sharer, getter) in pairs {
         let mut outcomes = Vec::new();
@@ -856,19 +900,22 @@ fn nat_matrix_degraded_link() {
         let mut took: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
         took.sort();
         let first = outcomes.iter().filter(|o| o.first_attempt).count();
+        let mut first_bytes: Vec<Duration> = outcomes.iter().filter_map(|o| o.first_byte).collect();
+        first_bytes.sort();
+        let ms = |d: Option<&Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1e3)
+            })
+        };
         println!(
-            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10}",
+            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
             sharer.name(),
             getter.name(),
             format!("{n}/{n}"),
             format!("{}/{n}", direct.len()),
             format!("{first}/{n}"),
-            direct
-                .get(direct.len() / 2)
-                .map_or("-".to_string(), |d| format!(
-                    "{:.0} ms",
-                    d.as_secs_f64() * 1e3
-                )),
+            ms(direct.get(direct.len() / 2)),
+            ms(first_bytes.get(first_bytes.len() / 2)),
             format!("{:.2} s", took[took.len() / 2].as_secs_f64())
         );
     }
