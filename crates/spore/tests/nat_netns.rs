@@ -396,6 +396,10 @@ enum Nat {
     /// `MASQUERADE` plus a port forward of the node's port: endpoint-independent mapping and
     /// filtering ("full cone") for the node's socket.
     FullCone,
+    /// `MASQUERADE` plus a port forward of the node's port that admits only IPs the host has
+    /// sent to (`-m recent`): endpoint-independent mapping, address-dependent filtering
+    /// ("restricted cone").
+    RestrictedCone,
     /// `MASQUERADE --random-fully`: a new port per destination.
     Symmetric,
     /// `MASQUERADE`, and no UDP through at all (only TCP): the relay is reached over TCP.
@@ -407,6 +411,7 @@ impl Nat {
         match self {
             Nat::Cone => "cone (EIM/APDF)",
             Nat::FullCone => "full cone (EIM/EIF)",
+            Nat::RestrictedCone => "restricted (EIM/ADF)",
             Nat::Symmetric => "symmetric (EDM)",
             Nat::UdpBlocked => "UDP blocked",
         }
@@ -513,12 +518,29 @@ fn transfer_over(
             block.args(["-A", "FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP"]);
             run(&mut block).unwrap();
         }
-        if nat == Nat::FullCone {
+        if nat == Nat::FullCone || nat == Nat::RestrictedCone {
             let to = format!("{host_lan}:{NODE_PORT}");
             let mut forward = lab.command(router, "iptables");
             forward.args(["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp"]);
-            forward.args(["--dport", &NODE_PORT.to_string(), "-j", "DNAT"]);
-            forward.args(["--to-destination", &to]);
+            forward.args(["--dport", &NODE_PORT.to_string()]);
+            if nat == Nat::RestrictedCone {
+                // Only from IPs the host has sent to, whatever their port.
+                forward.args(["-m", "recent", "--rcheck", "--rsource", "--name", "sent"]);
+                let mut remember = lab.command(router, "iptables");
+                remember.args([
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    "wan",
+                    "-p",
+                    "udp",
+                ]);
+                remember.args(["-m", "recent", "--set", "--rdest", "--name", "sent"]);
+                run(&mut remember).unwrap();
+            }
+            forward.args(["-j", "DNAT", "--to-destination", &to]);
             run(&mut forward).unwrap();
         }
     }
@@ -734,11 +756,12 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
     }
     if let Ok(kinds) = std::env::var("SPORE_NAT_PAIR") {
         // e.g. SPORE_NAT_PAIR=3,0: one matrix cell by hand (0 cone, 1 full cone, 2 symmetric,
-        // 3 UDP blocked).
+        // 3 UDP blocked, 4 restricted cone).
         let kind = |s: &str| match s.trim() {
             "1" => Nat::FullCone,
             "2" => Nat::Symmetric,
             "3" => Nat::UdpBlocked,
+            "4" => Nat::RestrictedCone,
             _ => Nat::Cone,
         };
         let (a, b) = kinds.split_once(',').unwrap_or(("0", "0"));
@@ -777,7 +800,13 @@ fn nat_matrix() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
-    let kinds = [Nat::Cone, Nat::FullCone, Nat::Symmetric, Nat::UdpBlocked];
+    let kinds = [
+        Nat::Cone,
+        Nat::RestrictedCone,
+        Nat::FullCone,
+        Nat::Symmetric,
+        Nat::UdpBlocked,
+    ];
     let data = ten_mib();
     let mut rows = Vec::new();
     for sharer in kinds {
