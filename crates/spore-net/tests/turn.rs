@@ -146,15 +146,21 @@ impl Driver {
     }
 }
 
-#[test]
-fn coturn_relays_data_both_ways_for_a_permitted_peer() {
+/// coturn on a free port of 127.0.0.1 and its address; `None` (after saying why) without it.
+fn coturn() -> Option<(Coturn, SocketAddr)> {
     if !installed("turnserver") {
         println!("skipping: `turnserver` (Debian's coturn) is not installed");
-        return;
+        return None;
     }
     let port = free_port();
-    let _coturn = start_coturn(port);
-    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    Some((start_coturn(port), ([127, 0, 0, 1], port).into()))
+}
+
+#[test]
+fn coturn_relays_data_both_ways_for_a_permitted_peer() {
+    let Some((_coturn, server)) = coturn() else {
+        return;
+    };
 
     let mut turn = Driver::new(server, PASSWORD);
     let TurnEvent::Allocated {
@@ -223,13 +229,9 @@ fn coturn_relays_data_both_ways_for_a_permitted_peer() {
 
 #[test]
 fn a_wrong_password_is_refused_and_reported() {
-    if !installed("turnserver") {
-        println!("skipping: `turnserver` (Debian's coturn) is not installed");
+    let Some((_coturn, server)) = coturn() else {
         return;
-    }
-    let port = free_port();
-    let _coturn = start_coturn(port);
-    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    };
     let mut turn = Driver::new(server, "wrong");
     let failed = turn.until(|e| matches!(e, TurnEvent::Failed { .. }));
     println!("{failed:?}");

@@ -786,6 +786,53 @@ fn a_file_crosses_two_nats_through_a_relay_then_a_punched_hole() {
     assert!(outcome.direct.is_some(), "the connection stayed relayed");
 }
 
+/// The matrix tables' header.
+fn print_header() {
+    println!(
+        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
+        "sharer NAT",
+        "getter NAT",
+        "verified",
+        "direct",
+        "1st try",
+        "to direct",
+        "1st byte",
+        "get took"
+    );
+}
+
+/// Prints one pair's row (medians of its runs); returns how many runs went direct.
+fn print_row(sharer: Nat, getter: Nat, outcomes: &[PairOutcome]) -> usize {
+    let n = outcomes.len();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied()
+    };
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1e3)
+        })
+    };
+    let direct: Vec<Duration> = outcomes.iter().filter_map(|o| o.direct).collect();
+    let first = outcomes.iter().filter(|o| o.first_attempt).count();
+    let took = median(outcomes.iter().map(|o| o.took).collect())
+        .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+    println!(
+        "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
+        sharer.name(),
+        getter.name(),
+        format!("{n}/{n}"),
+        format!("{}/{n}", direct.len()),
+        format!("{first}/{n}"),
+        ms(median(direct.clone())),
+        ms(median(
+            outcomes.iter().filter_map(|o| o.first_byte).collect()
+        )),
+        took
+    );
+    direct.len()
+}
+
 /// The matrix: every pair of NAT kinds, each cell `SPORE_NAT_MATRIX_REPS` times (default 2),
 /// each a 10 MiB `spore get` that must verify. Every pair connects (through the relay where it
 /// must); every pair where UDP passes and at least one side maps endpoint-independently must
@@ -826,49 +873,14 @@ fn nat_matrix() {
             rows.push((sharer, getter, outcomes));
         }
     }
-    println!(
-        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
-        "sharer NAT",
-        "getter NAT",
-        "verified",
-        "direct",
-        "1st try",
-        "to direct",
-        "1st byte",
-        "get took"
-    );
+    print_header();
     let mut failures = Vec::new();
     for (sharer, getter, outcomes) in &rows {
         let n = outcomes.len();
-        let direct: Vec<Duration> = outcomes.iter().filter_map(|o| o.direct).collect();
-        let first = outcomes.iter().filter(|o| o.first_attempt).count();
-        let median = |mut v: Vec<Duration>| {
-            v.sort();
-            v.get(v.len() / 2).copied()
-        };
-        let to_direct = median(direct.clone()).map_or("-".to_string(), |d| {
-            format!("{:.0} ms", d.as_secs_f64() * 1e3)
-        });
-        let took = median(outcomes.iter().map(|o| o.took).collect())
-            .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
-        let first_byte = median(outcomes.iter().filter_map(|o| o.first_byte).collect())
-            .map_or("-".to_string(), |d| {
-                format!("{:.0} ms", d.as_secs_f64() * 1e3)
-            });
-        println!(
-            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
-            sharer.name(),
-            getter.name(),
-            format!("{n}/{n}"),
-            format!("{}/{n}", direct.len()),
-            format!("{first}/{n}"),
-            to_direct,
-            first_byte,
-            took
-        );
+        let direct = print_row(*sharer, *getter, outcomes);
         let udp = *sharer != Nat::UdpBlocked && *getter != Nat::UdpBlocked;
         let must_be_direct = udp && !(*sharer == Nat::Symmetric && *getter == Nat::Symmetric);
-        if must_be_direct && direct.len() * 10 < n * 9 {
+        if must_be_direct && direct * 10 < n * 9 {
             failures.push(format!("{} ↔ {}", sharer.name(), getter.name()));
         }
     }
@@ -898,17 +910,7 @@ fn nat_matrix_degraded_link() {
     // 1 MiB: over 2 % loss and 80 ms a relayed QUIC connection moves a few hundred kB/s.
     let mut data = ten_mib();
     data.truncate(1 << 20);
-    println!(
-        "\n{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
-        "sharer NAT",
-        "getter NAT",
-        "verified",
-        "direct",
-        "1st try",
-        "to direct",
-        "1st byte",
-        "get took"
-    );
+    print_header();
     for (sharer, getter) in pairs {
         let mut outcomes = Vec::new();
         for rep in 0..reps {
@@ -923,30 +925,7 @@ fn nat_matrix_degraded_link() {
                 false,
             ));
         }
-        let n = outcomes.len();
-        let mut direct: Vec<Duration> = outcomes.iter().filter_map(|o| o.direct).collect();
-        direct.sort();
-        let mut took: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
-        took.sort();
-        let first = outcomes.iter().filter(|o| o.first_attempt).count();
-        let mut first_bytes: Vec<Duration> = outcomes.iter().filter_map(|o| o.first_byte).collect();
-        first_bytes.sort();
-        let ms = |d: Option<&Duration>| {
-            d.map_or("-".to_string(), |d| {
-                format!("{:.0} ms", d.as_secs_f64() * 1e3)
-            })
-        };
-        println!(
-            "{:<22} {:<22} {:>9} {:>7} {:>9} {:>12} {:>10} {:>10}",
-            sharer.name(),
-            getter.name(),
-            format!("{n}/{n}"),
-            format!("{}/{n}", direct.len()),
-            format!("{first}/{n}"),
-            ms(direct.get(direct.len() / 2)),
-            ms(first_bytes.get(first_bytes.len() / 2)),
-            format!("{:.2} s", took[took.len() / 2].as_secs_f64())
-        );
+        print_row(sharer, getter, &outcomes);
     }
 }
 
