@@ -152,15 +152,15 @@ const PATH_QUEUE: usize = 256;
 /// Most addresses redirected at once (birthday paths and peers reached through TURN).
 const MAX_REDIRECTS: usize = 64;
 
-/// Queues `transmit`'s datagrams (one per segment) for a pump; a full queue drops the rest,
-/// like a full link.
-fn queue_segments(tx: &mpsc::Sender<Bytes>, transmit: &Transmit) {
+/// Hands `transmit`'s datagrams (one per segment) to `queue` until it refuses one (a full
+/// queue drops the rest, like a full link).
+fn queue_segments(transmit: &Transmit, mut queue: impl FnMut(Bytes) -> bool) {
     let size = transmit
         .segment_size
         .unwrap_or(transmit.contents.len())
         .max(1);
     for segment in transmit.contents.chunks(size) {
-        if tx.try_send(Bytes::copy_from_slice(segment)).is_err() {
+        if !queue(Bytes::copy_from_slice(segment)) {
             break;
         }
     }
@@ -249,14 +249,10 @@ impl NodeSocket {
     /// a live one. It ends when the pump drops its ends; [`end_redirect`](Self::end_redirect)
     /// then forgets it.
     pub(crate) fn redirect(&self, addr: SocketAddr) -> Option<PathEnds> {
-        let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
-        redirects.retain(|_, tx| !tx.is_closed());
-        if redirects.len() >= MAX_REDIRECTS || redirects.contains_key(&addr) {
+        let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
+        if !self.add_redirect(addr, Redirect::Pump(tx)) {
             return None;
         }
-        let (tx, outgoing) = mpsc::channel(PATH_QUEUE);
-        redirects.insert(addr, Redirect::Pump(tx));
-        self.has_redirects.store(true, Ordering::Release);
         Some(PathEnds {
             addr,
             outgoing,
@@ -272,12 +268,18 @@ impl NodeSocket {
         addr: SocketAddr,
         pump: mpsc::Sender<(SocketAddr, Bytes)>,
     ) -> bool {
+        self.add_redirect(addr, Redirect::Shared(pump))
+    }
+
+    /// Adds a redirect of `addr` (dead ones are dropped first); false when [`MAX_REDIRECTS`]
+    /// are in use or `addr` has a live one.
+    fn add_redirect(&self, addr: SocketAddr, redirect: Redirect) -> bool {
         let mut redirects = self.redirects.lock().unwrap_or_else(|e| e.into_inner());
         redirects.retain(|_, r| !r.is_closed());
         if redirects.len() >= MAX_REDIRECTS || redirects.contains_key(&addr) {
             return false;
         }
-        redirects.insert(addr, Redirect::Shared(pump));
+        redirects.insert(addr, redirect);
         self.has_redirects.store(true, Ordering::Release);
         true
     }
@@ -350,7 +352,7 @@ impl NodeSocket {
         let Some(tx) = out.get(&transmit.destination) else {
             return;
         };
-        queue_segments(tx, transmit);
+        queue_segments(transmit, |packet| tx.try_send(packet).is_ok());
     }
 
     /// Moves packets that arrived on relayed paths into quinn's buffers.
@@ -440,20 +442,12 @@ impl AsyncUdpSocket for NodeSocket {
         }
         match self.redirected(transmit) {
             Some(Redirect::Pump(pump)) => {
-                queue_segments(&pump, transmit);
+                queue_segments(transmit, |packet| pump.try_send(packet).is_ok());
                 return Ok(());
             }
             Some(Redirect::Shared(pump)) => {
-                let size = transmit
-                    .segment_size
-                    .unwrap_or(transmit.contents.len())
-                    .max(1);
-                for segment in transmit.contents.chunks(size) {
-                    let packet = (transmit.destination, Bytes::copy_from_slice(segment));
-                    if pump.try_send(packet).is_err() {
-                        break;
-                    }
-                }
+                let to = transmit.destination;
+                queue_segments(transmit, |packet| pump.try_send((to, packet)).is_ok());
                 return Ok(());
             }
             None => {}
