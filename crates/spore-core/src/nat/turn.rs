@@ -660,6 +660,31 @@ mod tests {
     }
 
     #[test]
+    fn data_from_the_server_is_read_within_its_bound() {
+        let (mut c, mut rng) = client();
+        let peer: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+        let indication = |len: usize, rng: &mut ChaCha20Rng| {
+            let mut m = Message::<Attribute>::new(MessageClass::Indication, DATA, transaction(rng));
+            m.add_attribute(XorPeerAddress::new(peer));
+            m.add_attribute(Data::new(vec![7; len]).unwrap());
+            encode(m).unwrap()
+        };
+        let fits = indication(MAX_DATA, &mut rng);
+        assert_eq!(
+            c.handle(&fits, Instant::ZERO, &mut rng),
+            Handled::Data {
+                peer,
+                data: vec![7; MAX_DATA]
+            }
+        );
+        let too_big = indication(MAX_DATA + 1, &mut rng);
+        assert_eq!(
+            c.handle(&too_big, Instant::ZERO, &mut rng),
+            Handled::Consumed
+        );
+    }
+
+    #[test]
     fn permissions_are_bounded_and_wait_for_the_allocation() {
         let (mut c, mut rng) = client();
         let _ = c.poll_transmit();
