@@ -68,6 +68,7 @@ pub mod pubsub;
 mod random;
 pub mod swarm;
 pub mod time;
+pub mod trust;
 pub mod wire;
 
 pub use identity::{Keypair, PeerId};

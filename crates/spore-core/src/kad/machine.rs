@@ -17,6 +17,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::node::{Context, Direction, PeerEvent, Protocol};
 use crate::pow::{Difficulty, Stamp};
 use crate::time::Instant;
+use crate::trust::reputation::Observation;
 use crate::wire::Capabilities;
 
 /// Why a Kademlia command was refused.
@@ -752,6 +753,7 @@ impl Kad {
         };
         self.failures.remove(&from);
         self.table.mark_seen(&from, cx.now);
+        cx.observe(from, Observation::Answered);
         match out.purpose {
             Purpose::EvictionPing => {}
             Purpose::OwnRecord => {
@@ -765,6 +767,7 @@ impl Kad {
                         cx.emit(Event::PeerRecord { record });
                     } else {
                         self.stats.invalid_records += 1;
+                        cx.observe(from, Observation::Invalid);
                     }
                 }
             }
@@ -782,7 +785,12 @@ impl Kad {
                 self.step(cx, qid);
             }
             Purpose::Lookup(qid) => {
-                let closer = self.absorb(cx.now, qid, from, response);
+                let (mut closer, invalid) = self.absorb(cx.now, qid, from, response);
+                if invalid > 0 {
+                    cx.observe(from, Observation::Invalid);
+                }
+                // Peers this node refuses to talk to are not worth following.
+                closer.retain(|c| !cx.is_distrusted(&c.peer));
                 if let Some(q) = self.queries.get_mut(&qid) {
                     q.lookup.on_success(&from, closer);
                 }
@@ -792,14 +800,14 @@ impl Kad {
     }
 
     /// Takes what a lookup answer carries: verified records into the query, and the contacts
-    /// worth following.
+    /// worth following; and how many records and contacts in it were invalid.
     fn absorb(
         &mut self,
         now: Instant,
         qid: QueryId,
         from: PeerId,
         response: Response,
-    ) -> Vec<Contact> {
+    ) -> (Vec<Contact>, u64) {
         let limits = self.record_limits();
         let difficulty = self.difficulty;
         let (closer, mut invalid) = match response {
@@ -866,6 +874,7 @@ impl Kad {
             _ => (Vec::new(), 0),
         };
         self.stats.invalid_records += invalid;
+        let invalid_records = invalid;
         invalid = 0;
         let me = self.local_peer();
         let mut good = Vec::with_capacity(closer.len().min(MAX_CONTACTS));
@@ -880,13 +889,14 @@ impl Kad {
             good.push(c);
         }
         self.stats.invalid_contacts += invalid;
-        good
+        (good, invalid_records + invalid)
     }
 
     fn on_request(&mut self, cx: &mut Context<'_>, from: PeerId, id: u64, request: Request) {
         self.stats.requests_served += 1;
         let now = cx.now;
         let limits = self.record_limits();
+        let invalid_before = self.stats.invalid_records;
         let response = match request {
             Request::Ping => Response::Pong,
             Request::FindNode { target } => Response::Nodes {
@@ -928,6 +938,10 @@ impl Kad {
                 self.stored(checked.map(|()| record), |s, r| s.put_peer(r, now))
             }
         };
+        if self.stats.invalid_records > invalid_before {
+            // A record that does not verify is nobody's honest mistake.
+            cx.observe(from, Observation::Invalid);
+        }
         cx.send(from, Message::Response { id, response });
     }
 
@@ -1116,6 +1130,7 @@ impl Protocol for Kad {
             .map(|&(_, peer, id)| (peer, id))
             .collect();
         for (peer, id) in expired {
+            cx.observe(peer, Observation::Unanswered);
             self.fail_request(cx, peer, id);
         }
         self.table.handle_timeout(now);

@@ -51,6 +51,7 @@ use crate::pow::{Difficulty, Stamp};
 use crate::pubsub::{self, PubSub, PubSubError, Published};
 use crate::swarm::{self, BlobAccess, Swarm, SwarmError};
 use crate::time::Instant;
+use crate::trust::reputation::{self, Observation, Reputation, Standing};
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
 use keep::Keeper;
@@ -124,6 +125,8 @@ pub struct Config {
     pub swarm: swarm::Config,
     /// Document replication settings.
     pub docs: doc::sync::Config,
+    /// Reputation settings: when a peer is distrusted, how fast evidence fades.
+    pub reputation: reputation::Config,
 }
 
 impl Default for Config {
@@ -151,6 +154,7 @@ impl Default for Config {
             pubsub: pubsub::Config::default(),
             swarm: swarm::Config::default(),
             docs: doc::sync::Config::default(),
+            reputation: reputation::Config::default(),
         }
     }
 }
@@ -320,6 +324,9 @@ pub enum CloseReason {
     /// The connection was idle while the node had more than its target number of peers.
     #[error("idle")]
     Idle,
+    /// The peer is distrusted for what it did (bad data, invalid messages, violations).
+    #[error("distrusted")]
+    Distrusted,
 }
 
 /// What a node knows about a connected peer.
@@ -373,6 +380,8 @@ pub struct Stats {
     pub unroutable: u64,
     /// Connections closed because they were idle while the node was above its target count.
     pub idle_closed: u64,
+    /// Connections refused or closed because the peer is distrusted.
+    pub distrusted_refused: u64,
 }
 
 /// A spore node's protocol core. See the [module docs](self) for the driving contract.
@@ -478,6 +487,7 @@ impl Node {
                 waiting_messages: config.max_waiting_messages,
             },
             own,
+            Reputation::new(config.reputation.clone()),
         );
         Ok(Self {
             keypair,
@@ -604,6 +614,14 @@ impl Node {
                 addr,
                 direction,
             } => {
+                if self.out.reputation.is_distrusted(now, &peer) {
+                    self.stats.distrusted_refused += 1;
+                    self.out.push_event(Event::Close {
+                        peer,
+                        reason: CloseReason::Distrusted,
+                    });
+                    return;
+                }
                 if self.peers.contains_key(&peer) {
                     // The driver keeps one connection per peer; a second Connected means it
                     // replaced the connection. Start the handshake afresh.
@@ -753,6 +771,7 @@ impl Node {
                 self.punch.handle_message(&mut cx, from, m);
             }
         }
+        self.disconnect_distrusted();
     }
 
     /// Input: the time returned by [`poll_timeout`](Self::poll_timeout) has come.
@@ -798,6 +817,43 @@ impl Node {
         if self.next_prune.is_some_and(|t| t <= now) {
             self.prune_idle();
         }
+        self.disconnect_distrusted();
+    }
+
+    /// Closes the connections of peers that became distrusted while the last input was handled.
+    fn disconnect_distrusted(&mut self) {
+        if self.out.distrusted.is_empty() {
+            return;
+        }
+        for peer in std::mem::take(&mut self.out.distrusted) {
+            if self.peers.contains_key(&peer) {
+                self.stats.distrusted_refused += 1;
+                self.remove_peer(peer);
+                self.out.push_event(Event::Close {
+                    peer,
+                    reason: CloseReason::Distrusted,
+                });
+            }
+        }
+    }
+
+    /// The reputation table: what this node has seen each peer do.
+    pub fn reputation(&self) -> &Reputation {
+        &self.out.reputation
+    }
+
+    /// `peer`'s standing in the reputation table at the node's current time.
+    pub fn standing(&self, peer: &PeerId) -> Standing {
+        self.out.reputation.standing(self.now, peer)
+    }
+
+    /// Input: the driver observed something of `peer` that the protocols cannot see (e.g. a
+    /// relay that did or did not carry a circuit). A peer this distrusts is disconnected.
+    pub fn observe(&mut self, now: Instant, peer: PeerId, what: Observation) {
+        self.advance(now);
+        let mut cx = context!(self);
+        cx.observe(peer, what);
+        self.disconnect_distrusted();
     }
 
     /// The peer idle longest, if it has been idle for at least `min`.
@@ -1296,6 +1352,9 @@ impl Node {
 
     fn reject(&mut self, peer: PeerId, reason: CloseReason) {
         self.stats.violations += 1;
+        self.out
+            .reputation
+            .observe(self.now, peer, Observation::Violation);
         self.remove_peer(peer);
         self.out.push_event(Event::Close { peer, reason });
     }

@@ -9,6 +9,7 @@ use super::Event;
 use crate::identity::PeerId;
 use crate::kad::record::{OwnRecord, PeerRecord};
 use crate::time::Instant;
+use crate::trust::reputation::{Observation, Reputation};
 use crate::wire::Message;
 
 /// A sub-protocol of the node: a deterministic state machine.
@@ -128,6 +129,24 @@ impl Context<'_> {
     pub fn emit(&mut self, event: impl Into<Event>) {
         self.out.push_event(event.into());
     }
+
+    /// Records what `peer` did in the node's reputation table. A peer this makes distrusted is
+    /// disconnected once the current input is handled.
+    pub fn observe(&mut self, peer: PeerId, what: Observation) {
+        if self.out.reputation.observe(self.now, peer, what) && self.out.distrusted.len() < 64 {
+            self.out.distrusted.push(peer);
+        }
+    }
+
+    /// `peer`'s reputation score: 0 (only bad evidence) to 1, 0.5 for a stranger.
+    pub fn reputation(&self, peer: &PeerId) -> f64 {
+        self.out.reputation.score(self.now, peer)
+    }
+
+    /// Whether the node refuses `peer` for what it did (see [`crate::trust::reputation`]).
+    pub fn is_distrusted(&self, peer: &PeerId) -> bool {
+        self.out.reputation.is_distrusted(self.now, peer)
+    }
 }
 
 /// A message the driver must deliver.
@@ -174,6 +193,11 @@ pub(super) struct Outputs {
     pub(super) unroutable: u64,
     /// The node's own peer record, for protocols that hand it out.
     pub(super) own: OwnRecord,
+    /// What every protocol observed of every peer.
+    pub(super) reputation: Reputation,
+    /// Peers that became distrusted during the current input, to disconnect after it (bounded:
+    /// the rest are refused when they next say `Hello`).
+    pub(super) distrusted: Vec<PeerId>,
 }
 
 /// Bounds of [`Outputs`].
@@ -185,7 +209,7 @@ pub(super) struct OutputLimits {
 }
 
 impl Outputs {
-    pub(super) fn new(limits: OutputLimits, own: OwnRecord) -> Self {
+    pub(super) fn new(limits: OutputLimits, own: OwnRecord, reputation: Reputation) -> Self {
         Self {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -196,6 +220,8 @@ impl Outputs {
             dropped: 0,
             unroutable: 0,
             own,
+            reputation,
+            distrusted: Vec::new(),
         }
     }
 

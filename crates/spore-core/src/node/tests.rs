@@ -4,6 +4,7 @@ use super::tests_support::{Pair, test_config, test_node};
 use super::*;
 use crate::ping;
 use crate::pow::Difficulty;
+use crate::trust::reputation::Observation;
 
 #[test]
 fn handshake_reports_observed_addresses() {
@@ -28,6 +29,45 @@ fn message_before_hello_closes() {
     )));
     assert!(pair.b.peer(&a).is_none());
     assert_eq!(pair.b.stats().violations, 1);
+}
+
+#[test]
+fn a_violator_is_refused_until_its_record_fades() {
+    let mut n = test_node(1, test_config());
+    let bad = test_node(2, test_config()).peer_id();
+    let t0 = Instant::ZERO;
+    inbound(&mut n, bad, t0);
+    n.handle_message(t0, bad, Message::Ping(ping::Message::Ping { nonce: 1 }));
+    assert!(n.standing(&bad).distrusted);
+    while n.poll_event().is_some() {}
+    let refused = |n: &mut Node, at: Instant| {
+        inbound(n, bad, at);
+        let closed = std::iter::from_fn(|| n.poll_event()).any(
+            |e| matches!(e, Event::Close { peer, reason: CloseReason::Distrusted } if peer == bad),
+        );
+        closed && n.peer(&bad).is_none()
+    };
+    assert!(refused(&mut n, t0 + Duration::from_secs(60)));
+    assert_eq!(n.stats().distrusted_refused, 1);
+    // A violation weighs 8; distrust needs 3, so it lifts after log2(8/3) half-lives.
+    let half = n.config().reputation.half_life;
+    assert!(!refused(&mut n, t0 + half.mul_f64(1.5)));
+    assert!(n.peer(&bad).is_some());
+}
+
+#[test]
+fn an_observation_that_distrusts_a_connected_peer_closes_it() {
+    let mut pair = Pair::new(Duration::from_millis(10));
+    pair.handshake();
+    let a = pair.a.peer_id();
+    let now = pair.now;
+    pair.b.observe(now, a, Observation::RelayFailed);
+    assert!(pair.b.peer(&a).is_some(), "soft evidence never distrusts");
+    pair.b.observe(now, a, Observation::BadData);
+    assert!(pair.b.peer(&a).is_none());
+    let closed = std::iter::from_fn(|| pair.b.poll_event())
+        .any(|e| matches!(e, Event::Close { peer, reason: CloseReason::Distrusted } if peer == a));
+    assert!(closed);
 }
 
 #[test]

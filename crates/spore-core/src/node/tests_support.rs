@@ -174,6 +174,7 @@ impl Harness {
                     let stamp = Stamp::mint(&key.peer_id(), Difficulty(4));
                     crate::kad::record::OwnRecord::new(key, stamp, Duration::from_secs(3600))
                 },
+                crate::trust::reputation::Reputation::new(Default::default()),
             ),
         }
     }

@@ -34,7 +34,8 @@
 //!   makes a promise: one id asked for must arrive within `iwant_followup`, or the promiser is
 //!   penalised. IHAVE and IWANT are bounded per peer and heartbeat.
 //! - **Scoring** (per peer, local, decaying each heartbeat): P1 time in mesh (capped), P2 first
-//!   deliveries (capped), P4 invalid messages (squared, negative), P6 IP colocation (more than
+//!   deliveries (capped), P4 invalid messages (squared, negative), P5 the node's reputation of
+//!   the peer (its score in [`crate::trust::reputation`] less a stranger's), P6 IP colocation (more than
 //!   `ip_colocation_threshold` peers from one IP address, squared, negative; loopback exempt),
 //!   P7 behaviour penalty (GRAFT during backoff, broken IHAVE promises; squared, negative).
 //!   Below `gossip_threshold` a peer gets no gossip and its gossip is ignored; below
@@ -64,6 +65,7 @@ use crate::node::{Context, PeerEvent, Protocol};
 use crate::pow::{Difficulty, Stamp};
 use crate::random;
 use crate::time::Instant;
+use crate::trust::reputation::Observation;
 use crate::wire::{WireError, check_bound};
 
 pub use score::ScoreParams;
@@ -1076,6 +1078,7 @@ impl PubSub {
         if m.verify(self.limits.difficulty).is_err() {
             self.stats.invalid += 1;
             self.scores.invalid(&from, &m.topic, now);
+            cx.observe(from, Observation::Invalid);
             return;
         }
         self.promises.remove(&id);
@@ -1096,6 +1099,7 @@ impl PubSub {
             Validation::Reject => {
                 self.stats.rejected += 1;
                 self.scores.invalid(&from, &m.topic, now);
+                cx.observe(from, Observation::Invalid);
                 return;
             }
         }
@@ -1304,6 +1308,8 @@ impl PubSub {
     fn heartbeat_tick(&mut self, cx: &mut Context<'_>) {
         let now = cx.now;
         self.scores.decay(now);
+        self.scores
+            .set_application(|peer| cx.reputation(peer) - 0.5);
         for state in self.peers.values_mut() {
             state.ihaves = 0;
             state.asked = 0;

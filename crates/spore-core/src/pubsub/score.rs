@@ -29,6 +29,10 @@ pub struct ScoreParams {
     pub invalid_weight: f64,
     /// P4 decay per second. Default 0.99 (half-life about 70 s).
     pub invalid_decay: f64,
+    /// P5: weight of the application-specific score, which is the peer's reputation in the
+    /// node's table less a stranger's (from -0.5 to 0.5). Default 10, so a peer the node has
+    /// only bad evidence against loses 5, and one with a long good record gains up to 5.
+    pub application_weight: f64,
     /// P6: weight of the squared number of peers beyond the threshold sharing one IP address.
     /// Default -10.
     pub ip_colocation_weight: f64,
@@ -62,6 +66,7 @@ impl Default for ScoreParams {
             first_delivery_decay: 0.99,
             invalid_weight: -10.0,
             invalid_decay: 0.99,
+            application_weight: 10.0,
             ip_colocation_weight: -10.0,
             ip_colocation_threshold: 3,
             behaviour_weight: -10.0,
@@ -87,6 +92,8 @@ struct TopicScore {
 struct PeerScore {
     topics: BTreeMap<String, TopicScore>,
     behaviour: f64,
+    /// P5, refreshed every heartbeat.
+    application: f64,
     ip: Option<IpAddr>,
     /// Set while disconnected: when to forget the peer.
     expires: Option<Instant>,
@@ -133,6 +140,7 @@ impl Scores {
             score += t.first.min(p.first_delivery_cap) * p.first_delivery_weight;
             score += t.invalid * t.invalid * p.invalid_weight;
         }
+        score += s.application * p.application_weight;
         if let Some(ip) = s.ip {
             let n = self.per_ip.get(&ip).copied().unwrap_or(0);
             let excess = n.saturating_sub(p.ip_colocation_threshold) as f64;
@@ -236,6 +244,13 @@ impl Scores {
                 || s.expires.is_some()
                 || s.topics.values().any(|t| t.first > 0.0 || t.invalid > 0.0)
         })
+    }
+
+    /// Sets every known peer's application-specific score (P5) to `score(peer)`.
+    pub(super) fn set_application(&mut self, mut score: impl FnMut(&PeerId) -> f64) {
+        for (peer, s) in &mut self.peers {
+            s.application = score(peer);
+        }
     }
 
     pub(super) fn decay(&mut self, now: Instant) {

@@ -16,7 +16,14 @@ pub(crate) struct Candidate {
     pub(crate) regular: bool,
     /// Joined recently: thrice as likely to be picked for the optimistic unchoke.
     pub(crate) new: bool,
+    /// Its reputation is below a stranger's (see [`SUSPECT_BELOW`]): it gets an optimistic
+    /// unchoke only when nobody else wants one.
+    pub(crate) suspect: bool,
 }
+
+/// A peer whose reputation score is under this has more bad evidence against it than good (a
+/// stranger scores 0.5): the optimistic unchoke, a gift, goes to others first.
+pub(crate) const SUSPECT_BELOW: f64 = 0.45;
 
 /// The `slots` best eligible peers by rate; ties (notably all-zero rates at the start) are
 /// broken at random so no peer id is favoured.
@@ -28,13 +35,17 @@ pub(crate) fn regular(cands: &[Candidate], slots: usize, rng: &mut impl RngCore)
 }
 
 /// An optimistic unchoke among `cands` that are not in `taken`: uniformly at random, newcomers
-/// weighted thrice (they have nothing to reciprocate with yet, as in mainline BitTorrent).
+/// weighted thrice (they have nothing to reciprocate with yet, as in mainline BitTorrent);
+/// suspects only when there is nobody else.
 pub(crate) fn optimistic(
     cands: &[Candidate],
     taken: &[PeerId],
     rng: &mut impl RngCore,
 ) -> Option<PeerId> {
-    let pool: Vec<&Candidate> = cands.iter().filter(|c| !taken.contains(&c.peer)).collect();
+    let mut pool: Vec<&Candidate> = cands.iter().filter(|c| !taken.contains(&c.peer)).collect();
+    if pool.iter().any(|c| !c.suspect) {
+        pool.retain(|c| !c.suspect);
+    }
     let weight = |c: &Candidate| if c.new { 3 } else { 1 };
     let total: u64 = pool.iter().map(|c| weight(c)).sum();
     if total == 0 {
@@ -71,6 +82,7 @@ mod tests {
                 rate: u64::from(n) * 1000,
                 regular: n != 6,
                 new: false,
+                suspect: false,
             })
             .collect();
         let r = regular(&cands, 4, &mut rng);
@@ -81,5 +93,24 @@ mod tests {
             assert!(o == id(1) || o == id(6));
         }
         assert_eq!(optimistic(&cands[..1], &[id(1)], &mut rng), None);
+    }
+
+    #[test]
+    fn suspects_get_the_optimistic_unchoke_only_when_nobody_else_is_left() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let cands: Vec<Candidate> = (1..=4)
+            .map(|n| Candidate {
+                peer: id(n),
+                rate: 0,
+                regular: true,
+                new: n == 1,
+                suspect: n != 4,
+            })
+            .collect();
+        for _ in 0..20 {
+            assert_eq!(optimistic(&cands, &[], &mut rng), Some(id(4)));
+        }
+        let o = optimistic(&cands, &[id(4)], &mut rng).unwrap();
+        assert_ne!(o, id(4));
     }
 }

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::identity::PeerId;
 use crate::random;
+use crate::trust::reputation::Observation;
 
 impl BlobSwarm {
     /// Whether `p` has something we still want.
@@ -313,7 +314,10 @@ impl BlobSwarm {
             env.stats.late_data += 1;
         }
         match env.blobs.write(&self.hash, size, groups.clone(), &encoded) {
-            Ok(w) => self.on_written(env, from, groups, encoded.len() as u64, expected, size, w),
+            Ok(w) => {
+                env.cx.observe(from, Observation::VerifiedData);
+                self.on_written(env, from, groups, encoded.len() as u64, expected, size, w);
+            }
             Err(WriteError::Bad(_)) => {
                 env.stats.bad_data += 1;
                 self.drop_bad(env, from);

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::identity::PeerId;
 use crate::kad::record::PeerRecord;
+use crate::trust::reputation::Observation;
 
 impl BlobSwarm {
     /// Our `Have`: nothing until the size is proven (a claim we cannot back would mislead).
@@ -317,6 +318,7 @@ impl BlobSwarm {
 
     /// Drops `peer` for bad data or a false size claim: remembered, reported, refused.
     pub(super) fn drop_bad(&mut self, env: &mut Env<'_, '_>, peer: PeerId) {
+        env.cx.observe(peer, Observation::BadData);
         self.remove_peer(env, peer);
         self.candidates.remove(&peer);
         if self.bad.len() >= env.config.max_bad_peers.max(1) {

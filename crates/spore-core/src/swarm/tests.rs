@@ -17,7 +17,9 @@ use super::*;
 use crate::identity::Keypair;
 use crate::kad::record::PeerRecord;
 use crate::node::tests_support::{Harness, test_config, test_node};
-use crate::node::{ConnectionEvent, Direction, Event as NodeEvent, Node, Protocol, Transmit};
+use crate::node::{
+    CloseReason, ConnectionEvent, Direction, Event as NodeEvent, Node, Protocol, Transmit,
+};
 use crate::pow::{Difficulty, Stamp};
 use crate::swarm;
 use crate::time::Instant;
@@ -401,20 +403,21 @@ fn corrupting_provider_cannot_corrupt_the_download() {
     assert_eq!(s.stats().bad_peers, 1);
     assert!(s.stats().bad_data >= 1);
     assert!(s.peers(&hash).iter().all(|p| p.peer != liar));
-    // It is refused if it tries again.
-    let again = Message::Have {
-        hash,
-        size: Some(blob.len() as u64),
-        ranges: vec![0..group_count(blob.len() as u64)],
-        record: None,
-    };
-    net.nodes[2].handle_message(net.now, liar, Wire::Swarm(again));
-    let t = net.nodes[2].poll_transmit().unwrap();
+    // The node distrusts it: the connection was closed, and a new one is refused.
+    assert!(net.nodes[2].standing(&liar).distrusted);
+    while net.nodes[2].poll_event().is_some() {}
+    net.nodes[2].handle_connection_event(
+        net.now,
+        ConnectionEvent::Connected {
+            peer: liar,
+            addr: "10.0.0.2:1".parse().unwrap(),
+            direction: Direction::Inbound,
+        },
+    );
     assert!(matches!(
-        t.message,
-        Wire::Swarm(Message::Reject {
-            groups: None,
-            reason: RejectReason::Banned,
+        net.nodes[2].poll_event(),
+        Some(NodeEvent::Close {
+            reason: CloseReason::Distrusted,
             ..
         })
     ));

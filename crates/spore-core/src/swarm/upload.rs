@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::blob::BlobSwarm;
-use super::choke::{self, Candidate};
+use super::choke::{self, Candidate, SUSPECT_BELOW};
 use super::machine::Env;
 use super::store::ReadError;
 use super::{MAX_REQUEST_GROUPS, Message, RejectReason, Slot};
@@ -31,6 +31,7 @@ impl BlobSwarm {
                 },
                 regular: !p.snubbing(now, env.config.snub_timeout),
                 new: p.since + env.config.optimistic_interval > now,
+                suspect: env.cx.reputation(id) < SUSPECT_BELOW,
             })
             .collect()
     }

@@ -1,0 +1,5 @@
+//! Trust: what this node believes about other peers.
+//!
+//! - [`reputation`]: a local, decaying score per peer, fed by every protocol's observations and
+//!   used by the node to refuse peers that lie, and by the protocols to prefer good peers.
+pub mod reputation;
