@@ -8,6 +8,7 @@ use spore_core::node::{Event, PeerInfo};
 use spore_core::pow::Stamp;
 use spore_core::pubsub::Published;
 use spore_core::swarm::{PeerView, SwarmInfo};
+use spore_core::trust::reputation::{Observation, Standing};
 use spore_core::wire::Message;
 use spore_core::{Keypair, Node, PeerId};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -452,6 +453,23 @@ impl NodeHandle {
         self.request(|reply| Command::Peers { reply })
             .await
             .ok_or(RequestError::Shutdown)
+    }
+
+    /// Every peer in the node's reputation table with its standing, in id order: what this
+    /// node has seen each peer do (see [`spore_core::trust::reputation`]).
+    pub async fn reputation(&self) -> Result<Vec<(PeerId, Standing)>, RequestError> {
+        self.request(|reply| Command::Reputation { reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Tells the node what `peer` did, for its reputation table (a peer this distrusts is
+    /// disconnected and refused).
+    pub async fn observe(&self, peer: PeerId, what: Observation) {
+        let _ = self
+            .inputs
+            .send(Input::Command(Command::Observe { peer, what }))
+            .await;
     }
 
     /// A snapshot of the node's state.

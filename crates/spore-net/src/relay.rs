@@ -19,6 +19,7 @@ use spore_core::PeerId;
 use spore_core::nat::relay::{
     self, CircuitBudget, Header, MAX_HEADER_LEN, RelayLimits, RelayServer, RelayStats, Reply,
 };
+use spore_core::trust::reputation::Observation;
 use tracing::{debug, info};
 
 use crate::conn::StreamKind;
@@ -372,7 +373,16 @@ impl NodeHandle {
     pub async fn reserve_relay(&self, relay: PeerId) -> Result<Duration, RequestError> {
         let shared = self.relay_shared()?;
         let conn = self.connection(relay).await?;
-        let ttl = reserve_once(&conn).await?;
+        let ttl = match reserve_once(&conn).await {
+            Ok(ttl) => {
+                self.observe(relay, Observation::RelayServed).await;
+                ttl
+            }
+            Err(e) => {
+                self.observe(relay, Observation::RelayFailed).await;
+                return Err(e);
+            }
+        };
         let until = tokio::time::Instant::now() + ttl;
         shared
             .reserved_at
@@ -419,8 +429,14 @@ impl NodeHandle {
             ));
         };
         let conn = self.connection(relay).await?;
-        let (send, recv, reply) = ask(&conn, &Header::Connect { target: peer }).await?;
+        let asked = ask(&conn, &Header::Connect { target: peer }).await;
+        let Ok((send, recv, reply)) = asked else {
+            self.observe(relay, Observation::RelayFailed).await;
+            return asked.map(|_| ());
+        };
         if let Reply::Refused(refusal) = reply {
+            // A refusal is the relay's right (the target holds no reservation, a quota is
+            // spent): no mark against it.
             return Err(RequestError::Relay(refusal));
         }
         let path = socket.open_path();
@@ -431,6 +447,7 @@ impl NodeHandle {
             socket.close_path(&addr);
             return Err(RequestError::Stream(format!("dial over the relay: {e}")));
         }
+        self.observe(relay, Observation::RelayServed).await;
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use spore_core::node::{CloseReason, ConnectionEvent, Direction, Event, PeerInfo,
 use spore_core::pubsub::{self, PubSubError, Published};
 use spore_core::swarm::{self, PeerView, SwarmError, SwarmInfo};
 use spore_core::time::Instant;
+use spore_core::trust::reputation::{Observation, Standing};
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
 use spore_core::{pex, ping};
@@ -105,6 +106,15 @@ pub(crate) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    /// Every peer in the reputation table, with its standing now.
+    Reputation {
+        reply: oneshot::Sender<Vec<(PeerId, Standing)>>,
+    },
+    /// Something the runtime saw a peer do (e.g. relay for us).
+    Observe {
+        peer: PeerId,
+        what: Observation,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -754,6 +764,13 @@ impl Runtime {
             },
             Command::Peers { reply } => {
                 let _ = reply.send(self.node.peers().collect());
+            }
+            Command::Reputation { reply } => {
+                let now = self.clock.now();
+                let _ = reply.send(self.node.reputation().iter(now).collect());
+            }
+            Command::Observe { peer, what } => {
+                self.node.observe(self.clock.now(), peer, what);
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());

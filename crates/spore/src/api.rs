@@ -95,6 +95,14 @@ pub struct PeerView {
     /// `punched` (a relayed connection a hole punch moved to a direct path).
     #[serde(default)]
     pub path: String,
+    /// This node's reputation score of the peer: 0 (only bad evidence) to 1, 0.5 for a peer
+    /// it knows nothing about.
+    #[serde(default = "stranger_score")]
+    pub reputation: f64,
+}
+
+fn stranger_score() -> f64 {
+    spore_core::trust::reputation::Standing::STRANGER.score
 }
 
 impl From<PeerInfo> for PeerView {
@@ -121,6 +129,7 @@ impl From<PeerInfo> for PeerView {
             } else {
                 "direct".into()
             },
+            reputation: stranger_score(),
         }
     }
 }
@@ -321,7 +330,21 @@ async fn status(State(s): State<ApiState>) -> Result<Json<spore_net::Status>, Ap
 
 async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<PeerView>>, ApiError> {
     let peers = s.node.peers().await.map_err(unavailable)?;
-    Ok(Json(peers.into_iter().map(PeerView::from).collect()))
+    let standings: std::collections::BTreeMap<PeerId, f64> = s
+        .node
+        .reputation()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|(peer, standing)| (peer, standing.score))
+        .collect();
+    let views = peers.into_iter().map(|p| {
+        let reputation = standings.get(&p.peer).copied();
+        let mut view = PeerView::from(p);
+        view.reputation = reputation.unwrap_or(view.reputation);
+        view
+    });
+    Ok(Json(views.collect()))
 }
 
 async fn ping(

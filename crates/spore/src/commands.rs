@@ -329,8 +329,8 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<54} {:<24} {:<9} {:<8} {:>9}  AGENT",
-        "PEER", "ADDRESS", "DIRECTION", "PATH", "RTT"
+        "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5}  AGENT",
+        "PEER", "ADDRESS", "DIRECTION", "PATH", "RTT", "REP"
     );
     for p in peers {
         let rtt = p
@@ -349,8 +349,8 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
             p.addr.to_string()
         };
         println!(
-            "{:<54} {:<24} {:<9} {:<8} {:>9}  {}{state}",
-            p.peer, addr, direction, p.path, rtt, p.agent
+            "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5.2}  {}{state}",
+            p.peer, addr, direction, p.path, rtt, p.reputation, p.agent
         );
     }
     Ok(())
