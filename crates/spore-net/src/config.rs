@@ -56,6 +56,9 @@ pub struct NetConfig {
     /// Ask the gateway to forward the node's IPv4 UDP port (UPnP-IGD, NAT-PMP, PCP) and
     /// announce the mapped address; `None` (the default) sends nothing to the gateway.
     pub port_map: Option<crate::portmap::PortMapConfig>,
+    /// The identities this node vouches for, as saved before a restart (see
+    /// [`spore_core::trust::wot`]); the statement is published again at start.
+    pub vouches: std::collections::BTreeSet<PeerId>,
 }
 
 impl Default for NetConfig {
@@ -78,6 +81,7 @@ impl Default for NetConfig {
             nat: crate::nat::NatConfig::default(),
             relay: crate::relay::RelayConfig::default(),
             port_map: None,
+            vouches: std::collections::BTreeSet::new(),
         }
     }
 }

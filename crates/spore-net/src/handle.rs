@@ -20,7 +20,8 @@ use crate::error::{DialError, RequestError, StartError};
 use crate::nat::{NatConfig, NatShared, NodeSocket};
 use crate::relay::RelayShared;
 use crate::runtime::{
-    Clock, Command, ConnTable, DocOp, Input, KadAnswer, KadOp, Runtime, Status, canonical,
+    Clock, Command, ConnTable, DocOp, Input, KadAnswer, KadOp, Runtime, Status, TrustStatus,
+    canonical,
 };
 use crate::search::{SearchHit, SearchStream};
 use bytes::Bytes;
@@ -124,6 +125,7 @@ pub async fn start(
     if let Some(validator) = &config.pubsub_validator {
         node.set_pubsub_validator(validator.make());
     }
+    node.set_trust_vouches(clock.now(), config.vouches.clone())?;
     if let Some(maker) = &config.doc_store {
         let store = maker.make().map_err(StartError::Docs)?;
         let loaded = node
@@ -470,6 +472,58 @@ impl NodeHandle {
             .inputs
             .send(Input::Command(Command::Observe { peer, what }))
             .await;
+    }
+
+    /// Vouches for `peer` in this node's web of trust; the new signed statement goes to the
+    /// DHT and the trust topic. `Ok(false)` if the node already vouched for it.
+    pub async fn trust_vouch(&self, peer: PeerId) -> Result<bool, RequestError> {
+        self.request(|reply| Command::TrustVouch { peer, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(|e| RequestError::Refused(e.to_string()))
+    }
+
+    /// Withdraws this node's vouch for `peer`; the revocation spreads as a vouch does.
+    /// `false` if there was none.
+    pub async fn trust_revoke(&self, peer: PeerId) -> Result<bool, RequestError> {
+        self.request(|reply| Command::TrustRevoke { peer, reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// A shortest chain of vouches from this node to `peer` of at most `depth` links (this
+    /// node first, `peer` last), or `None` if the node does not trust it within `depth`.
+    pub async fn trust_chain(
+        &self,
+        peer: PeerId,
+        depth: u8,
+    ) -> Result<Option<Vec<PeerId>>, RequestError> {
+        self.request(|reply| Command::TrustChain { peer, depth, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(|e| RequestError::Refused(e.to_string()))
+    }
+
+    /// The web of trust as the node holds it: its vouches, every identity it trusts within
+    /// its configured depth, and the closed topics.
+    pub async fn trust_status(&self) -> Result<TrustStatus, RequestError> {
+        self.request(|reply| Command::TrustStatus { reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// Closes pub/sub `topic` to authors this node does not trust within `depth` vouches:
+    /// their messages are neither delivered nor forwarded.
+    pub async fn close_topic(&self, topic: &str, depth: u8) -> Result<(), RequestError> {
+        let topic = topic.to_string();
+        self.request(|reply| Command::CloseTopic {
+            topic,
+            depth,
+            reply,
+        })
+        .await
+        .ok_or(RequestError::Shutdown)?
+        .map_err(RequestError::from)
     }
 
     /// A snapshot of the node's state.

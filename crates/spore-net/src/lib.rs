@@ -69,7 +69,7 @@ pub use portmap::{PortMapConfig, PortMapStatus};
 pub use relay::{RelayConfig, RelayStatus};
 pub use runtime::{
     DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,
-    SwarmSummary, TopicStatus,
+    SwarmSummary, TopicStatus, TrustStatus,
 };
 pub use search::{SearchHit, SearchStream};
 pub use turn::{TurnStatus, parse_turn};

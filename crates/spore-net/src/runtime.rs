@@ -27,6 +27,7 @@ use spore_core::pubsub::{self, PubSubError, Published};
 use spore_core::swarm::{self, PeerView, SwarmError, SwarmInfo};
 use spore_core::time::Instant;
 use spore_core::trust::reputation::{Observation, Standing};
+use spore_core::trust::wot::{self, GraphEntry, TrustError};
 use spore_core::wire::{Message, WireError};
 use spore_core::{Keypair, Node, PeerId};
 use spore_core::{pex, ping};
@@ -73,6 +74,23 @@ pub(crate) enum Input {
     Command(Command),
 }
 
+/// The web of trust, as [`NodeHandle::trust_status`](crate::NodeHandle::trust_status) reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrustStatus {
+    /// The identities this node vouches for.
+    pub vouches: Vec<PeerId>,
+    /// How many links from this node its graph reaches.
+    pub depth: u8,
+    /// Every identity the node trusts within `depth`, nearest first, with who vouches for it.
+    pub graph: Vec<GraphEntry>,
+    /// Statements held (the node's own and those of identities within `depth - 1`).
+    pub statements: usize,
+    /// Closed pub/sub topics and the trust depth each requires.
+    pub closed_topics: Vec<(String, u8)>,
+    /// Counters.
+    pub stats: wot::Stats,
+}
+
 /// Requests from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
     SetRelays {
@@ -110,6 +128,27 @@ pub(crate) enum Command {
     /// Every peer in the reputation table, with its standing now.
     Reputation {
         reply: oneshot::Sender<Vec<(PeerId, Standing)>>,
+    },
+    TrustVouch {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<bool, TrustError>>,
+    },
+    TrustRevoke {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    TrustChain {
+        peer: PeerId,
+        depth: u8,
+        reply: oneshot::Sender<Result<Option<Vec<PeerId>>, TrustError>>,
+    },
+    TrustStatus {
+        reply: oneshot::Sender<TrustStatus>,
+    },
+    CloseTopic {
+        topic: String,
+        depth: u8,
+        reply: oneshot::Sender<Result<(), PubSubError>>,
     },
     /// Something the runtime saw a peer do (e.g. relay for us).
     Observe {
@@ -768,6 +807,38 @@ impl Runtime {
             Command::Reputation { reply } => {
                 let now = self.clock.now();
                 let _ = reply.send(self.node.reputation().iter(now).collect());
+            }
+            Command::TrustVouch { peer, reply } => {
+                let _ = reply.send(self.node.trust_vouch(now, peer));
+            }
+            Command::TrustRevoke { peer, reply } => {
+                let _ = reply.send(self.node.trust_revoke(now, &peer));
+            }
+            Command::TrustChain { peer, depth, reply } => {
+                let _ = reply.send(self.node.trust().chain(&peer, depth));
+            }
+            Command::TrustStatus { reply } => {
+                let wot = self.node.trust();
+                let _ = reply.send(TrustStatus {
+                    vouches: wot.vouches().iter().copied().collect(),
+                    depth: wot.config().depth,
+                    graph: wot.graph(),
+                    statements: wot.held(),
+                    closed_topics: self
+                        .node
+                        .pubsub()
+                        .closed_topics()
+                        .map(|(t, d)| (t.to_string(), d))
+                        .collect(),
+                    stats: wot.stats(),
+                });
+            }
+            Command::CloseTopic {
+                topic,
+                depth,
+                reply,
+            } => {
+                let _ = reply.send(self.node.close_topic(now, &topic, depth));
             }
             Command::Observe { peer, what } => {
                 self.node.observe(self.clock.now(), peer, what);

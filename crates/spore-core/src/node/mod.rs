@@ -52,6 +52,7 @@ use crate::pubsub::{self, PubSub, PubSubError, Published};
 use crate::swarm::{self, BlobAccess, Swarm, SwarmError};
 use crate::time::Instant;
 use crate::trust::reputation::{self, Observation, Reputation, Standing};
+use crate::trust::wot::{self, TrustError, WebOfTrust};
 use crate::wire::{Capabilities, Hello, MAX_AGENT_LEN, MAX_LISTEN_ADDRS, Message};
 
 use keep::Keeper;
@@ -127,6 +128,8 @@ pub struct Config {
     pub docs: doc::sync::Config,
     /// Reputation settings: when a peer is distrusted, how fast evidence fades.
     pub reputation: reputation::Config,
+    /// Web-of-trust settings: how deep the graph reaches, how often statements are refreshed.
+    pub trust: wot::Config,
 }
 
 impl Default for Config {
@@ -155,6 +158,7 @@ impl Default for Config {
             swarm: swarm::Config::default(),
             docs: doc::sync::Config::default(),
             reputation: reputation::Config::default(),
+            trust: wot::Config::default(),
         }
     }
 }
@@ -407,6 +411,8 @@ pub struct Node {
     keeper: Keeper,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
+    /// DHT lookups of trust statements under way, and whose statement each looks for.
+    trust_queries: BTreeMap<QueryId, PeerId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -488,6 +494,7 @@ impl Node {
             },
             own,
             Reputation::new(config.reputation.clone()),
+            WebOfTrust::new(keypair.peer_id(), config.trust.clone()),
         );
         Ok(Self {
             keypair,
@@ -508,6 +515,7 @@ impl Node {
             docs,
             keeper: Keeper::new(config.keep.clone()),
             next_prune: None,
+            trust_queries: BTreeMap::new(),
             config,
         })
     }
@@ -771,7 +779,7 @@ impl Node {
                 self.punch.handle_message(&mut cx, from, m);
             }
         }
-        self.disconnect_distrusted();
+        self.after_input();
     }
 
     /// Input: the time returned by [`poll_timeout`](Self::poll_timeout) has come.
@@ -817,7 +825,17 @@ impl Node {
         if self.next_prune.is_some_and(|t| t <= now) {
             self.prune_idle();
         }
+        if self.out.wot.poll_timeout().is_some_and(|t| t <= now) {
+            self.fetch_trust_statements();
+        }
+        self.after_input();
+    }
+
+    /// What every input ends with: peers that became distrusted are disconnected, and what
+    /// the DHT and pub/sub brought for the web of trust goes to it.
+    fn after_input(&mut self) {
         self.disconnect_distrusted();
+        self.take_trust_events();
     }
 
     /// Closes the connections of peers that became distrusted while the last input was handled.
@@ -854,6 +872,143 @@ impl Node {
         let mut cx = context!(self);
         cx.observe(peer, what);
         self.disconnect_distrusted();
+    }
+
+    /// The web of trust: whom this node vouches for, the statements it holds.
+    pub fn trust(&self) -> &WebOfTrust {
+        &self.out.wot
+    }
+
+    /// Command: vouch for `subject`. The new statement is stored in the DHT and published on
+    /// the trust topic. False if the node already vouched for it.
+    pub fn trust_vouch(&mut self, now: Instant, subject: PeerId) -> Result<bool, TrustError> {
+        self.advance(now);
+        let changed = self.out.wot.vouch(now, subject)?;
+        if changed {
+            self.publish_trust_statement();
+        }
+        Ok(changed)
+    }
+
+    /// Command: withdraw the vouch for `subject`; the new statement spreads as a vouch does.
+    /// False if there was none.
+    pub fn trust_revoke(&mut self, now: Instant, subject: &PeerId) -> bool {
+        self.advance(now);
+        let changed = self.out.wot.revoke(now, subject);
+        if changed {
+            self.publish_trust_statement();
+        }
+        changed
+    }
+
+    /// Command: set whom the node vouches for, as saved before a restart; the statement is
+    /// published again (with a higher sequence number than any before).
+    pub fn set_trust_vouches(
+        &mut self,
+        now: Instant,
+        subjects: std::collections::BTreeSet<PeerId>,
+    ) -> Result<(), TrustError> {
+        self.advance(now);
+        self.out.wot.set_vouches(now, subjects)?;
+        if self.out.wot.is_active() {
+            self.publish_trust_statement();
+        }
+        Ok(())
+    }
+
+    /// Command: close `topic` to authors this node does not trust within `depth` vouches (see
+    /// [`PubSub::close_topic`]). The node follows the trust topic from then on, so that
+    /// revocations reach it at once.
+    pub fn close_topic(&mut self, now: Instant, topic: &str, depth: u8) -> Result<(), PubSubError> {
+        self.advance(now);
+        self.pubsub.close_topic(topic, depth)?;
+        self.follow_trust_topic();
+        Ok(())
+    }
+
+    /// Stores this node's statement in the DHT and publishes it on the trust topic (best
+    /// effort: the DHT's republishing and the others' refreshes carry it if either fails now).
+    fn publish_trust_statement(&mut self) {
+        let value = self.out.wot.own_statement();
+        let now = self.now;
+        let _ = self.with_kad(now, |kad, cx| kad.put_value(cx, wot::STATEMENT_NAME, value));
+        let key = kad::record::ValueRecord::key_for(&self.peer_id(), wot::STATEMENT_NAME);
+        self.follow_trust_topic();
+        if let Some(record) = self.kad.store().get_value(&key, now)
+            && let Ok(bytes) = postcard::to_allocvec(&record)
+        {
+            let _ = self.with_pubsub(now, |p, cx| p.publish(cx, wot::TOPIC, bytes.into()));
+        }
+    }
+
+    /// Subscribes to the trust topic (idempotent).
+    fn follow_trust_topic(&mut self) {
+        let now = self.now;
+        let _ = self.with_pubsub(now, |p, cx| p.subscribe(cx, wot::TOPIC));
+    }
+
+    /// Starts DHT lookups for the trust statements that are missing or due for a refresh.
+    fn fetch_trust_statements(&mut self) {
+        let now = self.now;
+        for issuer in self.out.wot.due(now) {
+            match self.with_kad(now, |kad, cx| {
+                kad.get_value(cx, issuer, wot::STATEMENT_NAME)
+            }) {
+                Ok(id) => {
+                    self.trust_queries.insert(id, issuer);
+                }
+                Err(_) => {
+                    let limits = self.record_limits();
+                    self.out.wot.fetched(now, issuer, None, &limits);
+                }
+            }
+        }
+    }
+
+    /// Takes the events that belong to the web of trust out of the event queue: the ends of
+    /// statement lookups, and statements published on the trust topic.
+    fn take_trust_events(&mut self) {
+        if self.trust_queries.is_empty() && !self.pubsub.is_subscribed(wot::TOPIC) {
+            return;
+        }
+        let queries = &mut self.trust_queries;
+        let mut found = Vec::new();
+        let mut published = Vec::new();
+        self.out.events.retain(|e| match e {
+            Event::Kad(kad::Event::QueryDone { id, result, .. }) => match queries.remove(id) {
+                Some(issuer) => {
+                    let record = match result {
+                        kad::QueryResult::GetValue { record, .. } => record.clone(),
+                        _ => None,
+                    };
+                    found.push((issuer, record));
+                    false
+                }
+                None => true,
+            },
+            Event::PubSub(pubsub::Event::Message { topic, data, .. }) if topic == wot::TOPIC => {
+                published.push(data.clone());
+                false
+            }
+            _ => true,
+        });
+        let (now, limits) = (self.now, self.record_limits());
+        for (issuer, record) in found {
+            self.out.wot.fetched(now, issuer, record.as_ref(), &limits);
+        }
+        for data in published {
+            if let Ok(record) = postcard::from_bytes::<kad::record::ValueRecord>(&data) {
+                let _ = self.out.wot.learn(now, &record, &limits);
+            }
+        }
+    }
+
+    /// What DHT records are checked against.
+    fn record_limits(&self) -> kad::record::RecordLimits {
+        kad::record::RecordLimits {
+            max_ttl: self.config.kad.max_record_ttl,
+            difficulty: self.config.difficulty,
+        }
     }
 
     /// The peer idle longest, if it has been idle for at least `min`.
@@ -1268,6 +1423,7 @@ impl Node {
             .into_iter()
             .chain(waiting)
             .chain(self.next_prune)
+            .chain(self.out.wot.poll_timeout())
             .min();
         let protocols = self
             .protocols()

@@ -10,6 +10,7 @@ use crate::identity::PeerId;
 use crate::kad::record::{OwnRecord, PeerRecord};
 use crate::time::Instant;
 use crate::trust::reputation::{Observation, Reputation};
+use crate::trust::wot::WebOfTrust;
 use crate::wire::Message;
 
 /// A sub-protocol of the node: a deterministic state machine.
@@ -147,6 +148,12 @@ impl Context<'_> {
     pub fn is_distrusted(&self, peer: &PeerId) -> bool {
         self.out.reputation.is_distrusted(self.now, peer)
     }
+
+    /// Whether a chain of at most `depth` vouches leads from this node to `peer` (see
+    /// [`crate::trust::wot`]).
+    pub fn trusts(&self, peer: &PeerId, depth: u8) -> bool {
+        self.out.wot.trusts(peer, depth)
+    }
 }
 
 /// A message the driver must deliver.
@@ -198,6 +205,8 @@ pub(super) struct Outputs {
     /// Peers that became distrusted during the current input, to disconnect after it (bounded:
     /// the rest are refused when they next say `Hello`).
     pub(super) distrusted: Vec<PeerId>,
+    /// The web of trust.
+    pub(super) wot: WebOfTrust,
 }
 
 /// Bounds of [`Outputs`].
@@ -209,7 +218,12 @@ pub(super) struct OutputLimits {
 }
 
 impl Outputs {
-    pub(super) fn new(limits: OutputLimits, own: OwnRecord, reputation: Reputation) -> Self {
+    pub(super) fn new(
+        limits: OutputLimits,
+        own: OwnRecord,
+        reputation: Reputation,
+        wot: WebOfTrust,
+    ) -> Self {
         Self {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -222,6 +236,7 @@ impl Outputs {
             own,
             reputation,
             distrusted: Vec::new(),
+            wot,
         }
     }
 

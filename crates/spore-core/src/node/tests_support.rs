@@ -175,6 +175,10 @@ impl Harness {
                     crate::kad::record::OwnRecord::new(key, stamp, Duration::from_secs(3600))
                 },
                 crate::trust::reputation::Reputation::new(Default::default()),
+                crate::trust::wot::WebOfTrust::new(
+                    Keypair::from_secret_bytes([0xee; 32]).peer_id(),
+                    Default::default(),
+                ),
             ),
         }
     }

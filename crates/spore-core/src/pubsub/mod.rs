@@ -487,6 +487,8 @@ pub struct Stats {
     pub rejected: u64,
     /// Messages the validator ignored.
     pub ignored: u64,
+    /// Messages on closed topics from authors this node does not trust, dropped.
+    pub untrusted: u64,
     /// Publish frames dropped by the per-peer rate limit.
     pub rate_limited: u64,
     /// Messages from graylisted peers, ignored.
@@ -647,6 +649,9 @@ pub struct PubSub {
     promises: BTreeMap<MessageId, (PeerId, Instant)>,
     pending: BTreeMap<PeerId, Control>,
     validator: Option<Box<dyn Validator>>,
+    /// Closed topics: only messages whose author this node trusts within the depth are
+    /// delivered or forwarded.
+    closed: BTreeMap<String, u8>,
     next_heartbeat: Option<Instant>,
     stats: Stats,
 }
@@ -685,6 +690,7 @@ impl PubSub {
             promises: BTreeMap::new(),
             pending: BTreeMap::new(),
             validator: None,
+            closed: BTreeMap::new(),
             next_heartbeat: None,
             stats: Stats::default(),
         }
@@ -698,6 +704,11 @@ impl PubSub {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether this node subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.subscriptions.contains(topic)
     }
 
     /// Topics this node subscribes to.
@@ -729,6 +740,28 @@ impl PubSub {
     /// `peer`'s current score.
     pub fn score(&self, peer: &PeerId, now: Instant) -> f64 {
         self.scores.score(peer, now)
+    }
+
+    /// Closes `topic`: from now on only messages whose author this node trusts within `depth`
+    /// vouches (see [`crate::trust::wot`]) are delivered and forwarded; others are dropped
+    /// without a mark against the peer that forwarded them (its web of trust may differ).
+    pub fn close_topic(&mut self, topic: &str, depth: u8) -> Result<(), PubSubError> {
+        self.check_topic(topic)?;
+        if !self.closed.contains_key(topic) && self.closed.len() >= MAX_TOPICS {
+            return Err(PubSubError::TooManyTopics);
+        }
+        self.closed.insert(topic.to_string(), depth);
+        Ok(())
+    }
+
+    /// Opens a closed topic again. False if it was not closed.
+    pub fn open_topic(&mut self, topic: &str) -> bool {
+        self.closed.remove(topic).is_some()
+    }
+
+    /// The closed topics and the trust depth each requires.
+    pub fn closed_topics(&self) -> impl Iterator<Item = (&str, u8)> {
+        self.closed.iter().map(|(t, d)| (t.as_str(), *d))
     }
 
     /// Sets the application's validator (replacing any earlier one).
@@ -1084,6 +1117,12 @@ impl PubSub {
         self.promises.remove(&id);
         self.seen.insert(id, now, self.config.max_seen);
         if m.author == self.keypair.peer_id() {
+            return;
+        }
+        if let Some(&depth) = self.closed.get(&m.topic)
+            && !cx.trusts(&m.author, depth)
+        {
+            self.stats.untrusted += 1;
             return;
         }
         let verdict = match &mut self.validator {

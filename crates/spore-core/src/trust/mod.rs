@@ -3,3 +3,4 @@
 //! - [`reputation`]: a local, decaying score per peer, fed by every protocol's observations and
 //!   used by the node to refuse peers that lie, and by the protocols to prefer good peers.
 pub mod reputation;
+pub mod wot;
