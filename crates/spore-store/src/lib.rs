@@ -20,6 +20,7 @@
 //! | `records.redb`   | DHT records and the peer book ([`records`])                    | no     |
 //! | `blobs/`         | the blob store ([`blobs`]): data, outboards, `meta.redb`        | no     |
 //! | `docs.redb`      | documents: access lists and changes ([`docs`])                  | no     |
+//! | `vouches.txt`    | the peer ids this node vouches for, one per line ([`trust`])     | no     |
 //!
 //! A secret file whose mode lets group or other users in is refused with an error that says
 //! how to fix it (`chmod 600 …`): if it was readable, someone may have read it, and fixing the
@@ -54,6 +55,7 @@ mod error;
 mod fsutil;
 mod identity;
 pub mod records;
+pub mod trust;
 
 pub use error::StoreError;
 pub use identity::{Identity, KEY_FILE_HEADER};

@@ -29,6 +29,11 @@
 //! | POST | `/v1/docs/{doc}/edits` | `[`[`EditRequest`]`]` | [`DocView`] after the change |
 //! | POST | `/v1/docs/{doc}/writers` | [`WriterRequest`] | [`DocView`]: the owner admitted a writer |
 //! | GET | `/v1/docs/{doc}/events` | | server-sent events: `state` ([`DocView`]) now and on every change from other replicas |
+//! | GET | `/v1/trust` | | [`TrustView`]: vouches, the trust graph, closed topics, the reputation table |
+//! | PUT | `/v1/trust/vouches/{peer}` | | [`VouchView`]: vouches for the peer (saved in `vouches.txt`) |
+//! | DELETE | `/v1/trust/vouches/{peer}` | | [`VouchView`]: revokes the vouch, or 404 if there was none |
+//! | GET | `/v1/trust/chains/{peer}?depth=D` | | [`ChainView`]: a shortest chain of at most D vouches (default 2, at most 4) |
+//! | PUT | `/v1/topics/{topic}/closed` | `{"depth": D}` | [`ClosedTopic`]: only authors trusted within D vouches pass |
 //!
 //! Topic names are 1 to 256 bytes, percent-encoded in the path (`/` as `%2F`). Message data is
 //! text in JSON, or base64 with `"encoding": "base64"` for binary data; a message holds at most
@@ -45,6 +50,7 @@ pub mod docs;
 pub mod events;
 pub mod search;
 pub mod topics;
+pub mod trust;
 
 pub use docs::{DocCreated, DocTicket, DocView, EditRequest, JoinRequest, WriterRequest};
 pub use events::{EventStream, SseEvent};
@@ -52,6 +58,7 @@ pub use search::{SearchRequest, SearchResponse, SharedName, UnsharedView};
 pub use topics::{
     Encoding, MessageView, PublishRequest, PublishResponse, SubscriptionView, TopicView,
 };
+pub use trust::{ChainView, ClosedTopic, ReputationView, TrustView, VouchView};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,6 +237,10 @@ pub fn encode_path(s: &str) -> String {
 struct ApiState {
     node: NodeHandle,
     token: String,
+    /// Where vouches are saved (`None`: not saved, e.g. an embedded node without one).
+    data_dir: Option<spore_store::DataDir>,
+    /// Held while the vouches are read back and saved.
+    vouches_saved: Arc<tokio::sync::Mutex<()>>,
     holders: Arc<topics::Holders>,
     /// Permits for searches running through the API ([`search::MAX_SEARCHES`]).
     searches: Arc<tokio::sync::Semaphore>,
@@ -247,11 +258,14 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// The API's routes, with bearer-token authentication on all of them.
-pub fn router(node: NodeHandle, token: String) -> Router {
+/// The API's routes, with bearer-token authentication on all of them. Vouches are saved in
+/// `data_dir`, if given.
+pub fn router(node: NodeHandle, token: String, data_dir: Option<spore_store::DataDir>) -> Router {
     let state = ApiState {
         node,
         token,
+        data_dir,
+        vouches_saved: Arc::default(),
         holders: Arc::default(),
         searches: Arc::new(tokio::sync::Semaphore::new(search::MAX_SEARCHES)),
     };
@@ -283,6 +297,13 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/v1/docs/{doc}/edits", post(docs::edit))
         .route("/v1/docs/{doc}/writers", post(docs::add_writer))
         .route("/v1/docs/{doc}/events", get(docs::events))
+        .route("/v1/trust", get(trust::show))
+        .route(
+            "/v1/trust/vouches/{peer}",
+            put(trust::vouch).delete(trust::revoke),
+        )
+        .route("/v1/trust/chains/{peer}", get(trust::chain))
+        .route("/v1/topics/{topic}/closed", put(trust::close_topic))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -292,9 +313,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: NodeHandle,
     token: String,
+    data_dir: Option<spore_store::DataDir>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token))
+    axum::serve(listener, router(node, token, data_dir))
         .with_graceful_shutdown(shutdown)
         .await
 }

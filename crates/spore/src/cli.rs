@@ -79,6 +79,21 @@ pub enum Command {
     /// and binary data shown as base64, or one JSON object per line with --json. Stops after
     /// --count messages, or on Ctrl-C.
     Sub(SubArgs),
+    /// Vouch for identities, revoke vouches, and see whom the node trusts (asks the running
+    /// node).
+    ///
+    /// A vouch says "I trust this identity". The node signs the list of identities it vouches
+    /// for, stores it in the DHT and publishes it on the trust topic; other nodes follow chains
+    /// of vouches to decide whom they trust, e.g. who may publish on a closed topic
+    /// (`spore sub TOPIC --trusted-within 2`). The list is saved in the data directory
+    /// (`vouches.txt`) and published again when the node restarts.
+    ///
+    /// Example: `spore trust vouch PEERID`, then `spore trust check OTHERID --depth 2`.
+    Trust {
+        /// What to do.
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// Search the network for shared names containing every word (asks the running node).
     ///
     /// The query travels a few hops over the node's overlay neighbors; each node sharing a
@@ -332,6 +347,12 @@ pub struct SubArgs {
     /// Exit after this many messages [default: run until Ctrl-C]
     #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+
+    /// Close the topic first: the node then delivers and forwards only messages whose author
+    /// it trusts within DEPTH vouches (see `spore trust`); 0 admits only the node itself. The
+    /// topic stays closed until the node stops.
+    #[arg(long, value_name = "DEPTH", value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub trusted_within: Option<u8>,
 }
 
 /// Arguments of `spore search`.
@@ -385,6 +406,43 @@ pub enum DhtCommand {
         /// `PUBLISHER/NAME`, where PUBLISHER is a peer id.
         #[arg(value_name = "PUBLISHER/NAME")]
         key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `spore trust` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Vouch for PEERID (at most 30 identities).
+    Vouch {
+        /// The identity vouched for.
+        #[arg(value_name = "PEERID")]
+        peer: spore_core::PeerId,
+    },
+    /// Withdraw the vouch for PEERID; nodes that trusted it through this node stop doing so.
+    Revoke {
+        /// The identity.
+        #[arg(value_name = "PEERID")]
+        peer: spore_core::PeerId,
+    },
+    /// Show the vouches, every identity trusted through them, closed topics, and the
+    /// reputation the node keeps of the peers it has dealt with.
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say whether the node trusts PEERID within DEPTH vouches, and through whom. Exits with
+    /// status 1 if it does not.
+    Check {
+        /// The identity.
+        #[arg(value_name = "PEERID")]
+        peer: spore_core::PeerId,
+        /// Longest chain accepted: 1 is "vouched for by this node" (at most 4)
+        #[arg(long, short, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=4))]
+        depth: u8,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

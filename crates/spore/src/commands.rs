@@ -211,6 +211,7 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         mdns: mdns.then(spore_net::mdns::MdnsConfig::default),
         blobs: Some(store.clone()),
         doc_store: Some(doc_store(&dir)),
+        vouches: dir.load_vouches()?,
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
@@ -256,9 +257,15 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
     dir.write_api_addr(api_addr)?;
     let token = dir.api_token()?;
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, node.clone(), token, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(api::serve(
+        listener,
+        node.clone(),
+        token,
+        Some(dir.clone()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     Ok(Launched {
         node,
         store,
@@ -354,6 +361,105 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `spore trust …`
+pub async fn trust(data_dir: Option<PathBuf>, command: crate::cli::TrustCommand) -> Result<()> {
+    use crate::cli::TrustCommand;
+    let dir = open_data_dir(data_dir)?;
+    let client = ApiClient::from_data_dir(&dir)?;
+    match command {
+        TrustCommand::Vouch { peer } => {
+            let v: api::VouchView = client.put(&format!("/v1/trust/vouches/{peer}")).await?;
+            if v.changed {
+                println!(
+                    "vouched for {peer}; this node vouches for {} identities",
+                    v.vouches.len()
+                );
+            } else {
+                println!("this node already vouches for {peer}");
+            }
+        }
+        TrustCommand::Revoke { peer } => {
+            let v: api::VouchView = client.delete(&format!("/v1/trust/vouches/{peer}")).await?;
+            println!(
+                "revoked the vouch for {peer}; this node vouches for {} identities",
+                v.vouches.len()
+            );
+        }
+        TrustCommand::Show { json } => {
+            let t: api::TrustView = client.get("/v1/trust").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+                return Ok(());
+            }
+            print_trust(&t);
+        }
+        TrustCommand::Check { peer, depth, json } => {
+            let c: api::ChainView = client
+                .get(&format!("/v1/trust/chains/{peer}?depth={depth}"))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else if let Some(chain) = &c.chain {
+                let links: Vec<String> = chain.iter().map(ToString::to_string).collect();
+                println!("trusted within {depth}: {}", links.join(" -> "));
+            } else {
+                println!("not trusted within {depth} vouches: {peer}");
+            }
+            if !c.trusted {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_trust(t: &api::TrustView) {
+    let s = &t.trust;
+    if s.vouches.is_empty() {
+        println!("vouches      none (spore trust vouch PEERID)");
+    }
+    for (i, peer) in s.vouches.iter().enumerate() {
+        let label = if i == 0 { "vouches" } else { "" };
+        println!("{label:<12} {peer}");
+    }
+    let further: Vec<_> = s.graph.iter().filter(|e| e.depth > 1).collect();
+    println!(
+        "graph        {} identities within {} vouches ({} statements held)",
+        s.graph.len(),
+        s.depth,
+        s.statements
+    );
+    for e in further {
+        println!(
+            "  depth {}   {} (vouched for by {})",
+            e.depth, e.peer, e.via
+        );
+    }
+    for (topic, depth) in &s.closed_topics {
+        println!("closed topic {topic:?}: authors trusted within {depth}");
+    }
+    if t.reputation.is_empty() {
+        println!("reputation   no peer recorded yet");
+        return;
+    }
+    println!();
+    println!(
+        "{:<54} {:>5} {:>7} {:>7}  STATE",
+        "PEER", "SCORE", "GOOD", "BAD"
+    );
+    for r in &t.reputation {
+        let state = if r.standing.distrusted {
+            "distrusted"
+        } else {
+            ""
+        };
+        println!(
+            "{:<54} {:>5.2} {:>7.2} {:>7.2}  {state}",
+            r.peer, r.standing.score, r.standing.good, r.standing.bad
+        );
+    }
 }
 
 /// `spore status`
@@ -685,6 +791,20 @@ pub async fn subscribe(data_dir: Option<PathBuf>, args: SubArgs) -> Result<()> {
     use std::io::Write;
     let dir = open_data_dir(data_dir)?;
     let client = ApiClient::from_data_dir(&dir)?;
+    if let Some(depth) = args.trusted_within {
+        let path = format!("/v1/topics/{}/closed", api::encode_path(&args.topic));
+        let body = api::ClosedTopic {
+            topic: String::new(),
+            depth,
+        };
+        let _: api::ClosedTopic = client.put_json(&path, &body).await?;
+        if !args.json {
+            eprintln!(
+                "closed {:?} to authors this node does not trust within {depth} vouches",
+                args.topic
+            );
+        }
+    }
     let path = format!("/v1/topics/{}/messages", api::encode_path(&args.topic));
     let mut stream = client.events(&path).await?;
     if !args.json {

@@ -50,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::FindPeer { peer, json } => commands::find_peer(cli.data_dir, peer, json).await,
             Command::Pub(args) => commands::publish(cli.data_dir, args).await,
             Command::Sub(args) => commands::subscribe(cli.data_dir, args).await,
+            Command::Trust { command } => commands::trust(cli.data_dir, command).await,
             Command::Search(args) => commands::search(cli.data_dir, args).await,
             Command::Share(args) => spore::share::share(cli.data_dir, args).await,
             Command::Get(args) => spore::share::get(cli.data_dir, args).await,

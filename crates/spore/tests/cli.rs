@@ -337,6 +337,101 @@ fn pub_on_one_node_reaches_sub_on_the_other() {
 }
 
 #[test]
+fn trust_vouch_check_and_revoke_decide_who_may_publish_on_a_closed_topic() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_id, mut a, _b) = two_joined_nodes(a_dir.path(), b_dir.path());
+    let b_id = stdout(&spore(b_dir.path(), &["id"])).trim().to_string();
+    let a_path = a_dir.path();
+
+    let check = spore(a_path, &["trust", "check", &b_id]);
+    assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("not trusted within 2"),
+        "{}",
+        stdout(&check)
+    );
+    let vouch = spore(a_path, &["trust", "vouch", &b_id]);
+    assert!(vouch.status.success(), "{}", stderr(&vouch));
+    assert!(stdout(&vouch).contains("vouched for"), "{}", stdout(&vouch));
+    let check = spore(a_path, &["trust", "check", &b_id, "--depth", "1", "--json"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let c: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(c["chain"], serde_json::json!([a_id, b_id]));
+    let saved = std::fs::read_to_string(a_path.join("vouches.txt")).unwrap();
+    assert!(saved.lines().any(|l| l == b_id), "{saved}");
+    let myself = spore(a_path, &["trust", "vouch", &a_id]);
+    assert!(!myself.status.success());
+    assert!(
+        stderr(&myself).contains("cannot vouch for itself"),
+        "{}",
+        stderr(&myself)
+    );
+
+    // The club admits authors a trusts within one vouch: b is one.
+    let (out, _) = pub_until_received(
+        a_path,
+        &["sub", "club", "--trusted-within", "1", "-n", "1", "--json"],
+        b_dir.path(),
+        &["pub", "club", "b is in"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (m["author"].as_str(), m["data"].as_str()),
+        (Some(b_id.as_str()), Some("b is in"))
+    );
+
+    // Revoked, b is out: its messages no longer get through (the topic stays closed).
+    let revoke = spore(a_path, &["trust", "revoke", &b_id]);
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    let again = spore(a_path, &["trust", "revoke", &b_id]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("does not vouch"),
+        "{}",
+        stderr(&again)
+    );
+    let saved = std::fs::read_to_string(a_path.join("vouches.txt")).unwrap();
+    assert!(!saved.contains(&b_id), "{saved}");
+    let sub = Command::new(SPORE)
+        .arg("--data-dir")
+        .arg(a_path)
+        .args(["sub", "club", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut sub = NodeProcess(sub);
+    for k in 0..4 {
+        let _ = spore(b_dir.path(), &["pub", "club", &format!("b is out {k}")]);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            sub.0.try_wait().unwrap().is_none(),
+            "a delivered b's message"
+        );
+    }
+    let show = wait_json(
+        a_path,
+        &["trust", "show", "--json"],
+        "the club closed",
+        |v| v["closed_topics"] == serde_json::json!([["club", 1]]),
+    );
+    assert_eq!(show["vouches"], serde_json::json!([]));
+
+    // Vouches survive a restart.
+    assert!(spore(a_path, &["trust", "vouch", &b_id]).status.success());
+    drop(sub);
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let _a = start_node(a_path, &[]);
+    let show = wait_json(a_path, &["trust", "show", "--json"], "a restarted", |v| {
+        v["vouches"] == serde_json::json!([b_id])
+    });
+    assert!(show["reputation"].is_array());
+}
+
+#[test]
 fn search_on_one_node_finds_names_shared_through_the_api_of_the_other() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a_id, _a, _b) = two_joined_nodes(a_dir.path(), b_dir.path());
