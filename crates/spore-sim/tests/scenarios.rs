@@ -141,6 +141,26 @@ fn eclipse_defences_keep_honest_nodes_in_view() {
 }
 
 #[test]
+fn honest_lookups_succeed_with_a_fifth_of_the_network_sybils_from_one_subnet() {
+    let mut s = shipped("sybil");
+    s.nodes = 600;
+    s.duration = mins(4);
+    s.join.settle = mins(1);
+    let lookups = s.lookups.as_mut().unwrap();
+    lookups.count = 400;
+    lookups.over = mins(3);
+    let report = run(&s);
+    let (on, off) = (&report.runs[0], &report.runs[1]);
+    assert_eq!(off.label, "defences off");
+    assert!(
+        metric(on, "lookup_success") >= 0.99,
+        "defences on: {:?}",
+        on.summary
+    );
+    assert!(metric(on, "lookup_success") >= metric(off, "lookup_success"));
+}
+
+#[test]
 fn scale_runs_every_size() {
     let mut s = shipped("scale");
     s.sizes = vec![100, 400];
@@ -188,7 +208,8 @@ fn every_shipped_scenario_parses() {
             "pubsub-10k",
             "pubsub-1k",
             "scale",
-            "swarm-500"
+            "swarm-500",
+            "sybil"
         ]
     );
 }
