@@ -483,7 +483,8 @@ impl Node {
             config.difficulty,
             config.pubsub.clone(),
         );
-        let swarm = Swarm::new(keypair.peer_id(), config.difficulty, config.swarm.clone());
+        let mut swarm = Swarm::new(keypair.peer_id(), config.difficulty, config.swarm.clone());
+        swarm.set_signer(keypair.clone());
         let mut own = OwnRecord::new(keypair.clone(), stamp, config.pex.record_ttl);
         own.set_addrs(config.listen_addrs.clone());
         let out = Outputs::new(

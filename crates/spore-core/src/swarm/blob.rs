@@ -331,6 +331,8 @@ impl BlobSwarm {
             },
             Message::Peers { records, .. } => self.on_peers(env, from, records),
             Message::Leave { .. } => self.remove_peer(env, from),
+            // Handled by the swarm machine before any blob swarm sees it.
+            Message::Receipt { .. } => {}
         }
     }
 

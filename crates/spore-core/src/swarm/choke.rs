@@ -19,18 +19,20 @@ pub(crate) struct Candidate {
     /// Its reputation is below a stranger's (see [`SUSPECT_BELOW`]): it gets an optimistic
     /// unchoke only when nobody else wants one.
     pub(crate) suspect: bool,
+    /// It is in debt to us beyond the credit allowance: regular slots go to others first.
+    pub(crate) debtor: bool,
 }
 
 /// A peer whose reputation score is under this has more bad evidence against it than good (a
 /// stranger scores 0.5): the optimistic unchoke, a gift, goes to others first.
 pub(crate) const SUSPECT_BELOW: f64 = 0.45;
 
-/// The `slots` best eligible peers by rate; ties (notably all-zero rates at the start) are
-/// broken at random so no peer id is favoured.
+/// The `slots` best eligible peers: peers in good standing before debtors, each by rate; ties
+/// (notably all-zero rates at the start) are broken at random so no peer id is favoured.
 pub(crate) fn regular(cands: &[Candidate], slots: usize, rng: &mut impl RngCore) -> Vec<PeerId> {
     let mut eligible: Vec<&Candidate> = cands.iter().filter(|c| c.regular).collect();
     random::shuffle(rng, &mut eligible);
-    eligible.sort_by_key(|c| std::cmp::Reverse(c.rate));
+    eligible.sort_by_key(|c| (c.debtor, std::cmp::Reverse(c.rate)));
     eligible.into_iter().take(slots).map(|c| c.peer).collect()
 }
 
@@ -83,6 +85,7 @@ mod tests {
                 regular: n != 6,
                 new: false,
                 suspect: false,
+                debtor: false,
             })
             .collect();
         let r = regular(&cands, 4, &mut rng);
@@ -105,6 +108,7 @@ mod tests {
                 regular: true,
                 new: n == 1,
                 suspect: n != 4,
+                debtor: false,
             })
             .collect();
         for _ in 0..20 {
@@ -112,5 +116,24 @@ mod tests {
         }
         let o = optimistic(&cands, &[id(4)], &mut rng).unwrap();
         assert_ne!(o, id(4));
+    }
+
+    #[test]
+    fn debtors_get_the_regular_slots_left_over_however_fast_they_are() {
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        let cands: Vec<Candidate> = (1..=6)
+            .map(|n| Candidate {
+                peer: id(n),
+                rate: u64::from(n) * 1000,
+                regular: true,
+                new: false,
+                suspect: false,
+                debtor: n >= 4,
+            })
+            .collect();
+        assert_eq!(
+            regular(&cands, 4, &mut rng),
+            vec![id(3), id(2), id(1), id(6)]
+        );
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::bitfield::Bitfield;
 use super::blob::{BlobSwarm, Block, MAX_RECENT, SwarmPeer};
+use super::credit::{RECEIPT_EVERY, Receipt};
 use super::machine::Env;
 use super::picker::Picker;
 use super::store::{BlobStatus, WriteError, Written};
@@ -364,7 +365,22 @@ impl BlobSwarm {
                 .unwrap_or(usize::MAX)
                 .clamp(min, env.config.max_window.max(min));
         }
-        env.totals.entry(from).downloaded += len;
+        let totals = env.totals.entry(from);
+        totals.downloaded += len;
+        let downloaded = totals.downloaded;
+        if let Some(key) = env.signer
+            && downloaded >= totals.receipt_sent + RECEIPT_EVERY
+        {
+            totals.receipt_sent = downloaded;
+            let receipt = Receipt::new(key, from, downloaded, env.now().as_secs());
+            env.send(
+                from,
+                Message::Receipt {
+                    hash: self.hash,
+                    receipt,
+                },
+            );
+        }
         env.stats.bytes_downloaded += len;
         if expected {
             self.complete_block(env, groups.start, from);

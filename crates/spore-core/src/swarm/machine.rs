@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 
 use rand_core::RngCore;
 
+use super::LedgerEntry;
 use super::bitfield::Bitfield;
 use super::blob::BlobSwarm;
+use super::credit::Receipt;
 use super::memory::MemoryBlobs;
 use super::picker::Picker;
 use super::rate::Pacer;
@@ -18,17 +20,20 @@ use super::{
     Config, Event, Hash, Message, PeerTotals, PeerView, RejectReason, Stats, SwarmError, SwarmInfo,
     empty_hash, group_count,
 };
-use crate::identity::PeerId;
+use crate::identity::{Keypair, PeerId};
 use crate::kad::record::RecordLimits;
 use crate::node::{Context, PeerEvent, Protocol};
 use crate::pow::Difficulty;
 use crate::time::Instant;
+use crate::trust::reputation::Observation;
 
 /// Byte counts per peer, bounded: when full, the peer with the fewest bytes either way is
 /// forgotten.
 #[derive(Debug, Default)]
 pub(super) struct Totals {
     map: BTreeMap<PeerId, PeerTotals>,
+    /// The latest receipt from each peer in `map` that sent one.
+    receipts: BTreeMap<PeerId, Receipt>,
     max: usize,
 }
 
@@ -42,9 +47,14 @@ impl Totals {
                 .map(|(id, _)| *id);
             if let Some(least) = least {
                 self.map.remove(&least);
+                self.receipts.remove(&least);
             }
         }
         self.map.entry(peer).or_default()
+    }
+
+    pub(super) fn get(&self, peer: &PeerId) -> Option<&PeerTotals> {
+        self.map.get(peer)
     }
 }
 
@@ -57,6 +67,7 @@ pub(super) struct Env<'a, 'c> {
     pub(super) stats: &'a mut Stats,
     pub(super) totals: &'a mut Totals,
     pub(super) local: PeerId,
+    pub(super) signer: Option<&'a Keypair>,
 }
 
 impl Env<'_, '_> {
@@ -72,6 +83,8 @@ impl Env<'_, '_> {
 /// The swarm protocol: every blob this node fetches or serves. See the [module docs](super).
 pub struct Swarm {
     local: PeerId,
+    /// Signs receipts; without it the swarm sends none.
+    signer: Option<Keypair>,
     config: Config,
     limits: RecordLimits,
     blobs: Box<dyn BlobAccess>,
@@ -109,8 +122,10 @@ impl Swarm {
             swarms: BTreeMap::new(),
             totals: Totals {
                 map: BTreeMap::new(),
+                receipts: BTreeMap::new(),
                 max: config.max_tracked_peers,
             },
+            signer: None,
             pacer: Pacer::new(config.upload_rate, config.upload_burst),
             cursor: None,
             pacer_wake: None,
@@ -149,6 +164,68 @@ impl Swarm {
     /// Bytes exchanged with every peer tracked.
     pub fn all_totals(&self) -> impl Iterator<Item = (&PeerId, &PeerTotals)> {
         self.totals.map.iter()
+    }
+
+    /// Sets the key that signs this node's receipts (the node's own).
+    pub fn set_signer(&mut self, keypair: Keypair) {
+        self.signer = Some(keypair);
+    }
+
+    /// The credit ledger, to save: every peer tracked with its byte counts and its latest
+    /// receipt.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.totals
+            .map
+            .iter()
+            .map(|(peer, totals)| LedgerEntry {
+                peer: *peer,
+                totals: *totals,
+                receipt: self.totals.receipts.get(peer).cloned(),
+            })
+            .collect()
+    }
+
+    /// Restores a saved ledger (before the node starts talking to peers): entries beyond the
+    /// tracking bound are dropped, and a receipt that does not verify or names someone else is
+    /// dropped with its claim.
+    pub fn restore_ledger(&mut self, entries: impl IntoIterator<Item = LedgerEntry>) {
+        for mut e in entries {
+            let receipt = e
+                .receipt
+                .take()
+                .filter(|r| r.receiver() == &e.peer && r.giver() == &self.local && r.verify());
+            e.totals.receipted = receipt.as_ref().map_or(0, Receipt::bytes);
+            *self.totals.entry(e.peer) = e.totals;
+            if let Some(r) = receipt {
+                self.totals.receipts.insert(e.peer, r);
+            }
+        }
+    }
+
+    /// The latest receipt `peer` signed for what we gave it.
+    pub fn receipt(&self, peer: &PeerId) -> Option<&Receipt> {
+        self.totals.receipts.get(peer)
+    }
+
+    /// A receipt from `from`: kept if it is `from`'s signed word for bytes we gave it, more
+    /// than its last receipt said and no more than we sent.
+    fn accept_receipt(&mut self, cx: &mut Context<'_>, from: PeerId, receipt: Receipt) {
+        let Some(totals) = self.totals.map.get_mut(&from) else {
+            self.stats.receipts_ignored += 1;
+            return;
+        };
+        if receipt.receiver() != &from || receipt.giver() != &self.local || !receipt.verify() {
+            self.stats.receipts_invalid += 1;
+            cx.observe(from, Observation::Invalid);
+            return;
+        }
+        if receipt.bytes() <= totals.receipted || receipt.bytes() > totals.uploaded {
+            self.stats.receipts_ignored += 1;
+            return;
+        }
+        totals.receipted = receipt.bytes();
+        self.totals.receipts.insert(from, receipt);
+        self.stats.receipts += 1;
     }
 
     /// The blobs with a swarm.
@@ -190,6 +267,7 @@ impl Swarm {
     ) -> (&'a mut BTreeMap<Hash, BlobSwarm>, Env<'a, 'c>) {
         let Swarm {
             local,
+            signer,
             config,
             limits,
             blobs,
@@ -206,6 +284,7 @@ impl Swarm {
             stats,
             totals,
             local: *local,
+            signer: signer.as_ref(),
         };
         (swarms, env)
     }
@@ -370,6 +449,9 @@ impl Protocol for Swarm {
     fn handle_message(&mut self, cx: &mut Context<'_>, from: PeerId, msg: Message) {
         if !self.config.enabled {
             return;
+        }
+        if let Message::Receipt { receipt, .. } = msg {
+            return self.accept_receipt(cx, from, receipt);
         }
         let hash = *msg.hash();
         if !self.swarms.contains_key(&hash) {

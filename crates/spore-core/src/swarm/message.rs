@@ -108,6 +108,14 @@ pub enum Message {
         /// The blob.
         hash: Hash,
     },
+    /// The sender's signed acknowledgement of the verified bytes the receiver gave it, over
+    /// all swarms (see [`credit`](super::credit)); `hash` is the swarm that prompted it.
+    Receipt {
+        /// The blob.
+        hash: Hash,
+        /// The receipt.
+        receipt: super::credit::Receipt,
+    },
 }
 
 fn usize_of(x: u64) -> usize {
@@ -178,7 +186,8 @@ impl Message {
             | Message::NotInterested { .. }
             | Message::Choke { .. }
             | Message::Unchoke { .. }
-            | Message::Leave { .. } => Ok(()),
+            | Message::Leave { .. }
+            | Message::Receipt { .. } => Ok(()),
         }
     }
 
@@ -196,7 +205,8 @@ impl Message {
             | Message::Data { hash, .. }
             | Message::Reject { hash, .. }
             | Message::Peers { hash, .. }
-            | Message::Leave { hash } => hash,
+            | Message::Leave { hash }
+            | Message::Receipt { hash, .. } => hash,
         }
     }
 
@@ -215,6 +225,7 @@ impl Message {
             Message::Reject { .. } => "swarm-reject",
             Message::Peers { .. } => "swarm-peers",
             Message::Leave { .. } => "swarm-leave",
+            Message::Receipt { .. } => "swarm-receipt",
         }
     }
 }

@@ -70,6 +70,7 @@
 mod bitfield;
 mod blob;
 mod choke;
+pub mod credit;
 mod download;
 mod machine;
 mod members;
@@ -84,6 +85,7 @@ mod upload;
 mod tests;
 
 pub use bitfield::Bitfield;
+pub use credit::Receipt;
 pub use machine::Swarm;
 pub use memory::MemoryBlobs;
 pub use message::Message;
@@ -232,6 +234,45 @@ pub struct Config {
     /// Peers whose byte counts are kept ([`Swarm::totals`]); the least active are forgotten
     /// first. Default 4096.
     pub max_tracked_peers: usize,
+    /// Credit: what the choker does with peers far in debt to this node. Default: a peer that
+    /// took more than 16 MiB beyond what it gave is served after every peer in credit.
+    pub credit: CreditPolicy,
+}
+
+/// Bilateral credit: each node counts, per peer and over all swarms, the verified bytes the
+/// peer gave it and the bytes it gave the peer ([`PeerTotals`]). A peer's *debt* is what it
+/// took beyond what it gave. Within `allowance` a peer is in good standing, so a newcomer with
+/// nothing to give can start; beyond it the policy applies. The optimistic unchoke ignores
+/// credit (it is how a newcomer gets its first pieces), except under
+/// [`CreditMode::Refuse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditPolicy {
+    /// What happens beyond the allowance.
+    pub mode: CreditMode,
+    /// Debt, in bytes, a peer may run up before the policy applies. Default 16 MiB.
+    pub allowance: u64,
+}
+
+impl Default for CreditPolicy {
+    fn default() -> Self {
+        Self {
+            mode: CreditMode::Deprioritise,
+            allowance: 16 << 20,
+        }
+    }
+}
+
+/// What the choker does with a peer in debt beyond the allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditMode {
+    /// Nothing: slots by rate alone (plain BitTorrent).
+    Off,
+    /// Regular slots go to peers in good standing first; debtors get the ones left over.
+    #[default]
+    Deprioritise,
+    /// Debtors get no slot at all until they give back.
+    Refuse,
 }
 
 impl Default for Config {
@@ -269,6 +310,7 @@ impl Default for Config {
             seed_after_complete: true,
             max_record_ttl: crate::kad::record::DEFAULT_MAX_TTL,
             max_tracked_peers: 4096,
+            credit: CreditPolicy::default(),
         }
     }
 }
@@ -412,11 +454,39 @@ pub struct PeerTotals {
     pub uploaded: u64,
     /// Bytes it sent us that verified.
     pub downloaded: u64,
+    /// Of `uploaded`, what the peer acknowledged in its latest signed receipt.
+    pub receipted: u64,
+    /// `downloaded` when we last sent the peer a receipt.
+    pub receipt_sent: u64,
+}
+
+/// One peer's line of the credit ledger ([`Swarm::ledger`]), as saved across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The peer.
+    pub peer: PeerId,
+    /// Bytes exchanged with it.
+    pub totals: PeerTotals,
+    /// Its latest receipt for what we gave it.
+    pub receipt: Option<credit::Receipt>,
+}
+
+impl PeerTotals {
+    /// What the peer took from us beyond what it gave (0 if it gave more).
+    pub fn debt(&self) -> u64 {
+        self.uploaded.saturating_sub(self.downloaded)
+    }
 }
 
 /// Counters, for status, metrics and the simulator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Receipts kept (a peer's signed word for bytes we gave it).
+    pub receipts: u64,
+    /// Receipts that did not verify or named someone else.
+    pub receipts_invalid: u64,
+    /// Receipts from untracked peers, or not newer, or for more than we gave.
+    pub receipts_ignored: u64,
     /// Fetches started.
     pub fetches: u64,
     /// Downloads completed.

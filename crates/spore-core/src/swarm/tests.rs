@@ -320,6 +320,65 @@ fn one_seeder_one_leecher() {
     assert!(!info.fetching && info.verified_bytes == blob.len() as u64);
 }
 
+#[test]
+fn a_leecher_signs_receipts_the_seeder_keeps_and_the_ledger_survives_a_restore() {
+    let mut net = Net::new(2, |_| swarm::Config::default());
+    let blob = data(5 * 1024 * 1024 + 100, 7);
+    let hash = net.serve(0, &blob);
+    net.fetch(1, hash, vec![0]);
+    assert!(net.run_until(secs(60), |n| n.completed(1, &hash)));
+    let (seeder, leecher) = (net.id(0), net.id(1));
+    let got = net.nodes[1].swarm().totals(&seeder).downloaded;
+    let given = net.nodes[0].swarm().totals(&leecher);
+    // A receipt each time another MiB has arrived: the last covers all but less than a MiB and
+    // a message (a data message is at most ~130 KiB).
+    let receipt = net.nodes[0].swarm().receipt(&leecher).unwrap().clone();
+    assert!(receipt.verify() && receipt.receiver() == &leecher && receipt.giver() == &seeder);
+    assert_eq!(given.receipted, receipt.bytes());
+    let lag = got - receipt.bytes();
+    assert!(
+        lag < swarm::credit::RECEIPT_EVERY + (256 << 10),
+        "{got} {receipt:?}"
+    );
+    let receipts = net.nodes[0].swarm().stats().receipts;
+    assert!((4..=5).contains(&receipts), "{receipts}");
+
+    // A forged receipt (signed by someone else) is refused and counts against the sender.
+    let forged = swarm::Receipt::new(&key(99), seeder, given.uploaded, 1);
+    net.nodes[0].handle_message(
+        net.now,
+        leecher,
+        Wire::Swarm(Message::Receipt {
+            hash,
+            receipt: forged,
+        }),
+    );
+    assert_eq!(net.nodes[0].swarm().stats().receipts_invalid, 1);
+    assert_eq!(
+        net.nodes[0].swarm().totals(&leecher).receipted,
+        receipt.bytes()
+    );
+
+    // Saved and restored into a fresh swarm of the same identity, the ledger comes back
+    // whole; a receipt tampered with on disk is dropped with its claim.
+    let ledger = net.nodes[0].swarm().ledger();
+    let mut restored = Swarm::new(seeder, D, swarm::Config::default());
+    restored.restore_ledger(ledger.clone());
+    assert_eq!(restored.ledger(), ledger);
+    let mut tampered = ledger.clone();
+    for e in &mut tampered {
+        e.receipt = Some(swarm::Receipt::new(&key(98), seeder, 1 << 30, 1));
+    }
+    let mut restored = Swarm::new(seeder, D, swarm::Config::default());
+    restored.restore_ledger(tampered);
+    assert!(
+        restored
+            .ledger()
+            .iter()
+            .all(|e| e.receipt.is_none() && e.totals.receipted == 0)
+    );
+}
+
 /// Runs one seeder and `leechers` leechers, all uploading at `rate`; returns the net.
 fn swarm_of(leechers: usize, size: usize, rate: u64) -> (Net, Hash, Vec<u8>) {
     let mut net = Net::new(leechers + 1, |_| paced(rate));
@@ -1034,6 +1093,10 @@ fn all_messages() -> Vec<Message> {
             records: vec![record],
         },
         Message::Leave { hash },
+        Message::Receipt {
+            hash,
+            receipt: swarm::Receipt::new(&k, key(41).peer_id(), 3 << 20, 1_000),
+        },
     ]
 }
 

@@ -6,7 +6,7 @@ use super::blob::BlobSwarm;
 use super::choke::{self, Candidate, SUSPECT_BELOW};
 use super::machine::Env;
 use super::store::ReadError;
-use super::{MAX_REQUEST_GROUPS, Message, RejectReason, Slot};
+use super::{CreditMode, MAX_REQUEST_GROUPS, Message, RejectReason, Slot};
 use crate::identity::PeerId;
 
 impl BlobSwarm {
@@ -19,9 +19,18 @@ impl BlobSwarm {
     fn candidates(&self, env: &Env<'_, '_>) -> Vec<Candidate> {
         let now = env.now();
         let seeding = self.seeding();
+        let credit = env.config.credit;
+        let debtor = |peer: &PeerId| {
+            credit.mode != CreditMode::Off
+                && env
+                    .totals
+                    .get(peer)
+                    .is_some_and(|t| t.debt() > credit.allowance)
+        };
         self.peers
             .iter()
             .filter(|(_, p)| p.active && p.peer_interested)
+            .filter(|(id, _)| credit.mode != CreditMode::Refuse || !debtor(id))
             .map(|(id, p)| Candidate {
                 peer: *id,
                 rate: if seeding {
@@ -32,6 +41,7 @@ impl BlobSwarm {
                 regular: !p.snubbing(now, env.config.snub_timeout),
                 new: p.since + env.config.optimistic_interval > now,
                 suspect: env.cx.reputation(id) < SUSPECT_BELOW,
+                debtor: debtor(id),
             })
             .collect()
     }
