@@ -56,6 +56,10 @@ pub struct NetConfig {
     /// Ask the gateway to forward the node's IPv4 UDP port (UPnP-IGD, NAT-PMP, PCP) and
     /// announce the mapped address; `None` (the default) sends nothing to the gateway.
     pub port_map: Option<crate::portmap::PortMapConfig>,
+    /// Where the credit ledger is kept (bytes exchanged per peer and their signed receipts,
+    /// e.g. `<data-dir>/credits.bin`): loaded at start, saved every minute and at shutdown.
+    /// `None` keeps it in memory.
+    pub ledger: Option<PathBuf>,
     /// The identities this node vouches for, as saved before a restart (see
     /// [`spore_core::trust::wot`]); the statement is published again at start.
     pub vouches: std::collections::BTreeSet<PeerId>,
@@ -81,6 +85,7 @@ impl Default for NetConfig {
             nat: crate::nat::NatConfig::default(),
             relay: crate::relay::RelayConfig::default(),
             port_map: None,
+            ledger: None,
             vouches: std::collections::BTreeSet::new(),
         }
     }

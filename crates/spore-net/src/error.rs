@@ -37,6 +37,9 @@ pub enum StartError {
     /// The document store could not be opened or read.
     #[error("cannot open the document store: {0}")]
     Docs(String),
+    /// The credit ledger could not be read.
+    #[error("cannot read the credit ledger: {0}")]
+    Ledger(String),
     /// The saved vouches are not a valid statement.
     #[error("cannot restore the vouches: {0}")]
     Trust(#[from] spore_core::trust::wot::TrustError),

@@ -126,6 +126,12 @@ pub async fn start(
         node.set_pubsub_validator(validator.make());
     }
     node.set_trust_vouches(clock.now(), config.vouches.clone())?;
+    if let Some(path) = &config.ledger {
+        let entries = spore_store::credit::load_ledger(path)
+            .map_err(|e| StartError::Ledger(e.to_string()))?;
+        debug!(peers = entries.len(), "credit ledger restored");
+        node.restore_ledger(entries);
+    }
     if let Some(maker) = &config.doc_store {
         let store = maker.make().map_err(StartError::Docs)?;
         let loaded = node
@@ -453,6 +459,14 @@ impl NodeHandle {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, RequestError> {
         self.request(|reply| Command::Peers { reply })
+            .await
+            .ok_or(RequestError::Shutdown)
+    }
+
+    /// The credit ledger: per peer, the bytes exchanged with it over all swarms and its latest
+    /// signed receipt, in id order.
+    pub async fn ledger(&self) -> Result<Vec<spore_core::swarm::LedgerEntry>, RequestError> {
+        self.request(|reply| Command::Ledger { reply })
             .await
             .ok_or(RequestError::Shutdown)
     }

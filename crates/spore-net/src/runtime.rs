@@ -125,6 +125,10 @@ pub(crate) enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
+    /// The credit ledger.
+    Ledger {
+        reply: oneshot::Sender<Vec<swarm::LedgerEntry>>,
+    },
     /// Every peer in the reputation table, with its standing now.
     Reputation {
         reply: oneshot::Sender<Vec<(PeerId, Standing)>>,
@@ -462,6 +466,8 @@ struct Entry {
 /// once from the wall clock at start and advanced by the monotonic clock, so it never jumps.
 /// How long a replaced connection stays open to deliver what was in flight on it.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How often the credit ledger is saved while the node runs.
+const LEDGER_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy)]
 pub(crate) struct Clock {
@@ -596,7 +602,12 @@ impl Runtime {
     pub(crate) async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
         // Whatever the node asked for before the runtime started (dials to kept peers).
         self.drain();
+        let mut next_ledger_save = tokio::time::Instant::now() + LEDGER_SAVE_EVERY;
         loop {
+            if tokio::time::Instant::now() >= next_ledger_save {
+                next_ledger_save += LEDGER_SAVE_EVERY;
+                self.save_ledger();
+            }
             let wake = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
             let input = tokio::select! {
                 input = inputs.recv() => input,
@@ -803,6 +814,9 @@ impl Runtime {
             },
             Command::Peers { reply } => {
                 let _ = reply.send(self.node.peers().collect());
+            }
+            Command::Ledger { reply } => {
+                let _ = reply.send(self.node.swarm().ledger());
             }
             Command::Reputation { reply } => {
                 let now = self.clock.now();
@@ -1565,8 +1579,21 @@ impl Runtime {
         let _ = self.events.send(event);
     }
 
+    /// Writes the credit ledger to its file, if it has one (a minute's exchanges are lost at
+    /// worst if the process is killed).
+    fn save_ledger(&self) {
+        let Some(path) = &self.config.ledger else {
+            return;
+        };
+        let entries = self.node.swarm().ledger();
+        if let Err(e) = spore_store::credit::save_ledger(path, &entries) {
+            warn!(error = %e, "cannot save the credit ledger");
+        }
+    }
+
     async fn shutdown(&mut self) {
         info!("shutting down");
+        self.save_ledger();
         self.port_map.release().await;
         if let Some(turn) = self.turn.take() {
             let _ = turn.send(crate::turn::TurnCommand::Close).await;

@@ -20,6 +20,7 @@
 //! | `records.redb`   | DHT records and the peer book ([`records`])                    | no     |
 //! | `blobs/`         | the blob store ([`blobs`]): data, outboards, `meta.redb`        | no     |
 //! | `docs.redb`      | documents: access lists and changes ([`docs`])                  | no     |
+//! | `credits.bin`    | the credit ledger: bytes exchanged per peer and their signed receipts ([`credit`]) | no |
 //! | `vouches.txt`    | the peer ids this node vouches for, one per line ([`trust`])     | no     |
 //!
 //! A secret file whose mode lets group or other users in is refused with an error that says
@@ -50,6 +51,7 @@
 
 mod api;
 pub mod blobs;
+pub mod credit;
 pub mod docs;
 mod error;
 mod fsutil;

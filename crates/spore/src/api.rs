@@ -106,6 +106,20 @@ pub struct PeerView {
     /// it knows nothing about.
     #[serde(default = "stranger_score")]
     pub reputation: f64,
+    /// Credit: bytes exchanged with the peer over all swarms.
+    #[serde(default)]
+    pub credit: CreditView,
+}
+
+/// What a node and a peer gave each other, as `GET /v1/peers` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditView {
+    /// Bytes this node sent the peer.
+    pub uploaded: u64,
+    /// Verified bytes the peer sent this node.
+    pub downloaded: u64,
+    /// Of `uploaded`, what the peer acknowledged in a signed receipt.
+    pub receipted: u64,
 }
 
 fn stranger_score() -> f64 {
@@ -137,6 +151,7 @@ impl From<PeerInfo> for PeerView {
                 "direct".into()
             },
             reputation: stranger_score(),
+            credit: CreditView::default(),
         }
     }
 }
@@ -360,10 +375,28 @@ async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<PeerView>>, ApiErro
         .into_iter()
         .map(|(peer, standing)| (peer, standing.score))
         .collect();
+    let credits: std::collections::BTreeMap<PeerId, CreditView> = s
+        .node
+        .ledger()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|e| {
+            let t = e.totals;
+            let credit = CreditView {
+                uploaded: t.uploaded,
+                downloaded: t.downloaded,
+                receipted: t.receipted,
+            };
+            (e.peer, credit)
+        })
+        .collect();
     let views = peers.into_iter().map(|p| {
         let reputation = standings.get(&p.peer).copied();
+        let credit = credits.get(&p.peer).copied();
         let mut view = PeerView::from(p);
         view.reputation = reputation.unwrap_or(view.reputation);
+        view.credit = credit.unwrap_or_default();
         view
     });
     Ok(Json(views.collect()))

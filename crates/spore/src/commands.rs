@@ -212,6 +212,7 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         blobs: Some(store.clone()),
         doc_store: Some(doc_store(&dir)),
         vouches: dir.load_vouches()?,
+        ledger: Some(dir.path().join(spore_store::credit::LEDGER_FILE)),
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
@@ -336,8 +337,8 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5}  AGENT",
-        "PEER", "ADDRESS", "DIRECTION", "PATH", "RTT", "REP"
+        "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5} {:>9} {:>9}  AGENT",
+        "PEER", "ADDRESS", "DIRECTION", "PATH", "RTT", "REP", "GAVE", "GOT"
     );
     for p in peers {
         let rtt = p
@@ -356,8 +357,16 @@ pub async fn peers(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
             p.addr.to_string()
         };
         println!(
-            "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5.2}  {}{state}",
-            p.peer, addr, direction, p.path, rtt, p.reputation, p.agent
+            "{:<54} {:<24} {:<9} {:<8} {:>9} {:>5.2} {:>9} {:>9}  {}{state}",
+            p.peer,
+            addr,
+            direction,
+            p.path,
+            rtt,
+            p.reputation,
+            human_size(p.credit.uploaded),
+            human_size(p.credit.downloaded),
+            p.agent
         );
     }
     Ok(())

@@ -92,11 +92,39 @@ fn a_file_and_a_directory_arrive_intact() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let file = tmp.path().join("notes.bin");
     let data = random_file(&file, 5 << 20, 1);
-    let (_sharer, ticket) = share(&a, &file, &[]);
+    let (mut sharer, ticket) = share(&a, &file, &[]);
     let out = tmp.path().join("got.bin");
     let report = get(&b, &ticket, &out);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert_eq!(report["size"], 5 << 20);
+
+    // Stopped, the sharer saves its credit ledger: what it gave the getter, and the getter's
+    // signed receipts for most of it (one per MiB received).
+    let term = Command::new("kill")
+        .args(["-TERM", &sharer.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sharer.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sharer did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ledger =
+        spore_store::credit::load_ledger(&a.join(spore_store::credit::LEDGER_FILE)).unwrap();
+    let getter = ledger
+        .iter()
+        .find(|e| e.totals.uploaded >= 5 << 20)
+        .unwrap_or_else(|| panic!("no peer got the file in {ledger:?}"));
+    let receipt = getter.receipt.as_ref().unwrap();
+    assert!(
+        receipt.verify() && receipt.bytes() >= 4 << 20,
+        "{receipt:?}"
+    );
+    assert_eq!(getter.totals.receipted, receipt.bytes());
 
     // A directory, nested, with an empty file.
     let dir = tmp.path().join("album");

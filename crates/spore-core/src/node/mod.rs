@@ -1365,6 +1365,12 @@ impl Node {
         self.swarm.set_blobs(blobs);
     }
 
+    /// Restores the swarm's credit ledger saved before a restart (see
+    /// [`Swarm::restore_ledger`]).
+    pub fn restore_ledger(&mut self, entries: impl IntoIterator<Item = swarm::LedgerEntry>) {
+        self.swarm.restore_ledger(entries);
+    }
+
     /// Command: download blob `hash` from `providers` (from a ticket or DHT provider
     /// records; peer exchange inside the swarm finds more), or add providers to a download in
     /// progress. Progress, completion and failure arrive as [`Event::Swarm`]; the blob is then
