@@ -209,6 +209,7 @@ fn every_shipped_scenario_parses() {
             "pubsub-1k",
             "scale",
             "swarm-500",
+            "swarm-freeriders",
             "sybil"
         ]
     );

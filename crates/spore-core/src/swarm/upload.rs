@@ -30,7 +30,7 @@ impl BlobSwarm {
         self.peers
             .iter()
             .filter(|(_, p)| p.active && p.peer_interested)
-            .filter(|(id, _)| credit.mode != CreditMode::Refuse || !debtor(id))
+            .filter(|(id, _)| credit.mode != CreditMode::Refuse || seeding || !debtor(id))
             .map(|(id, p)| Candidate {
                 peer: *id,
                 rate: if seeding {
@@ -192,6 +192,7 @@ impl BlobSwarm {
     pub(super) fn serve_one(&mut self, env: &mut Env<'_, '_>, peer: PeerId) -> u64 {
         let hash = self.hash;
         let now = env.now();
+        let seeding = self.seeding();
         let Some(p) = self.peers.get_mut(&peer) else {
             return 0;
         };
@@ -203,7 +204,12 @@ impl BlobSwarm {
                 let len = encoded.len() as u64;
                 p.up.add(now, len);
                 p.uploaded += len;
-                env.totals.entry(peer).uploaded += len;
+                let totals = env.totals.entry(peer);
+                totals.uploaded += len;
+                let credit = env.config.credit;
+                let cut_off = credit.mode == CreditMode::Refuse
+                    && !seeding
+                    && totals.debt() > credit.allowance;
                 env.stats.bytes_uploaded += len;
                 env.stats.requests_served += 1;
                 env.send(
@@ -214,6 +220,17 @@ impl BlobSwarm {
                         encoded,
                     },
                 );
+                if cut_off {
+                    // Refused from this moment, not from the next rechoke: a slot held for
+                    // ten seconds would hand a fast debtor megabytes.
+                    p.slot = None;
+                    p.am_choking = true;
+                    p.queue.clear();
+                    env.send(peer, Message::Choke { hash });
+                    if self.optimistic == Some(peer) {
+                        self.optimistic = None;
+                    }
+                }
                 len
             }
             Err(e) => {

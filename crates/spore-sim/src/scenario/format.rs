@@ -377,6 +377,11 @@ pub struct NodeSettings {
     pub swarm_optimistic_slots: Option<usize>,
     /// Swarm: whether a completed download keeps serving (seeding).
     pub swarm_seed: Option<bool>,
+    /// Swarm: what the choker does with peers in debt beyond the allowance (`off`,
+    /// `deprioritise`, `refuse`).
+    pub swarm_credit: Option<spore_core::swarm::CreditMode>,
+    /// Swarm: debt a peer may run up before the credit policy applies.
+    pub swarm_credit_allowance: Option<ByteSize>,
 }
 
 impl NodeSettings {
@@ -412,7 +417,9 @@ impl NodeSettings {
             swarm_max_peers,
             swarm_regular_slots,
             swarm_optimistic_slots,
-            swarm_seed
+            swarm_seed,
+            swarm_credit,
+            swarm_credit_allowance
         )
     }
 
@@ -502,6 +509,12 @@ impl NodeSettings {
         }
         if let Some(on) = self.swarm_seed {
             w.seed_after_complete = on;
+        }
+        if let Some(mode) = self.swarm_credit {
+            w.credit.mode = mode;
+        }
+        if let Some(ByteSize(bytes)) = self.swarm_credit_allowance {
+            w.credit.allowance = bytes;
         }
         c.kad.mode = Mode::Server;
         c
@@ -975,6 +988,9 @@ pub struct Variant {
     pub adversary: Option<AdversarySpec>,
     /// A crash for this run, in place of the scenario's `[pubsub]` `crash`.
     pub crash: Option<CrashSpec>,
+    /// The share of free riders for this run, in place of the scenario's `[swarm]`
+    /// `free_riders`.
+    pub free_riders: Option<f64>,
 }
 
 /// A bound on a result: `metric` of the run `variant` (the first run if absent) is at least
@@ -1077,6 +1093,9 @@ impl Scenario {
             }
             if let (Some(c), Some(p)) = (&v.crash, s.pubsub.as_mut()) {
                 p.crash = Some(c.clone());
+            }
+            if let (Some(f), Some(w)) = (v.free_riders, s.swarm.as_mut()) {
+                w.free_riders = f;
             }
         }
         s
@@ -1233,6 +1252,19 @@ impl Scenario {
         }
         if self.variants.iter().any(|v| v.crash.is_some()) && self.pubsub.is_none() {
             return Err("a variant's crash needs a [pubsub] section".into());
+        }
+        for v in &self.variants {
+            if let Some(f) = v.free_riders {
+                if self.swarm.is_none() {
+                    return Err("a variant's free_riders needs a [swarm] section".into());
+                }
+                if !(0.0..1.0).contains(&f) {
+                    return Err(format!(
+                        "variant {:?}: free_riders must be in [0, 1)",
+                        v.name
+                    ));
+                }
+            }
         }
         if let Some(a) = &self.adversary {
             if a.role.is_pubsub() && self.pubsub.is_none() {
