@@ -132,6 +132,8 @@ pub struct KadStats {
     pub requests_failed: u64,
     /// Answers that matched no request of ours.
     pub unexpected_responses: u64,
+    /// Value records in answers to our value lookups, valid or not.
+    pub value_records_received: u64,
     /// Records from peers that failed verification.
     pub invalid_records: u64,
     /// Contacts from peers dropped (bad stamp, no address, our own id).
@@ -785,8 +787,10 @@ impl Kad {
                 self.step(cx, qid);
             }
             Purpose::Lookup(qid) => {
-                let (mut closer, invalid) = self.absorb(cx.now, qid, from, response);
-                if invalid > 0 {
+                let (mut closer, invalid, forged) = self.absorb(cx.now, qid, from, response);
+                if forged > 0 {
+                    cx.observe(from, Observation::Forged);
+                } else if invalid > 0 {
                     cx.observe(from, Observation::Invalid);
                 }
                 // Peers this node refuses to talk to are not worth following.
@@ -807,9 +811,10 @@ impl Kad {
         qid: QueryId,
         from: PeerId,
         response: Response,
-    ) -> (Vec<Contact>, u64) {
+    ) -> (Vec<Contact>, u64, u64) {
         let limits = self.record_limits();
         let difficulty = self.difficulty;
+        let mut forged = 0;
         let (closer, mut invalid) = match response {
             Response::Nodes { closer } => (closer, 0),
             Response::Value { record, closer } => {
@@ -822,12 +827,15 @@ impl Kad {
                     }),
                 ) = (record, self.queries.get_mut(&qid))
                 {
-                    if r.key() == *key && r.verify(now, &limits).is_ok() {
+                    self.stats.value_records_received += 1;
+                    let checked = r.verify(now, &limits);
+                    if r.key() == *key && checked.is_ok() {
                         if best.as_ref().is_none_or(|b| r.supersedes(b)) {
                             *best = Some(r);
                         }
                     } else {
                         invalid += 1;
+                        forged += u64::from(checked == Err(RecordError::BadSignature));
                     }
                 }
                 (closer, invalid)
@@ -861,12 +869,14 @@ impl Kad {
                     }),
                 ) = (record, self.queries.get_mut(&qid))
                 {
-                    if r.peer() == peer && r.verify(now, &limits).is_ok() {
+                    let checked = r.verify(now, &limits);
+                    if r.peer() == peer && checked.is_ok() {
                         if found.as_ref().is_none_or(|f| r.supersedes(f)) {
                             *found = Some(r);
                         }
                     } else {
                         invalid += 1;
+                        forged += u64::from(checked == Err(RecordError::BadSignature));
                     }
                 }
                 (closer, invalid)
@@ -889,7 +899,7 @@ impl Kad {
             good.push(c);
         }
         self.stats.invalid_contacts += invalid;
-        (good, invalid_records + invalid)
+        (good, invalid_records + invalid, forged)
     }
 
     fn on_request(&mut self, cx: &mut Context<'_>, from: PeerId, id: u64, request: Request) {

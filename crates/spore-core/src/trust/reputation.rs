@@ -54,6 +54,10 @@ pub enum Observation {
     /// It sent a well-formed message with invalid content: a record or message whose signature
     /// fails, a contact whose stamp fails, a message the application rejected.
     Invalid,
+    /// It handed us a record whose signature does not verify: something its signer never
+    /// signed. Honest nodes verify records before they store or pass them on, so this is a
+    /// lie, not a mistake.
+    Forged,
     /// It broke the protocol (a message before `Hello`, a second `Hello`, a bad stamp).
     Violation,
     /// It relayed for us as promised (a reservation or circuit it accepted and carried).
@@ -71,6 +75,7 @@ impl Observation {
             Observation::Answered => (0.1, 0.0, 0.0),
             Observation::Unanswered => (0.0, 0.5, 0.0),
             Observation::Invalid => (0.0, 0.0, 1.0),
+            Observation::Forged => (0.0, 0.0, 4.0),
             Observation::Violation => (0.0, 0.0, 8.0),
             Observation::RelayServed => (1.0, 0.0, 0.0),
             Observation::RelayFailed => (0.0, 1.0, 0.0),

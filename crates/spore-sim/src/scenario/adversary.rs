@@ -49,16 +49,27 @@ pub(crate) fn eclipse(sybils: Vec<Contact>) -> Tamper {
     })
 }
 
-/// A record poisoner: every value it hands out has its value changed under the publisher's
-/// signature.
-pub(crate) fn poisoner() -> Tamper {
-    Box::new(|_, msg| {
-        if let Some(Response::Value {
-            record: record @ Some(_),
-            ..
-        }) = response(msg)
-        {
-            *record = record.as_ref().and_then(forged);
+/// A record poisoner: a share `rate` of the values it hands out (all of them at 1; below 1 it
+/// is camouflaged) have their value changed under the publisher's signature, decided by its
+/// own seeded coin. With `colluders`, every answer names them as the closest nodes, so lookups
+/// are steered from one poisoner to the next.
+pub(crate) fn poisoner(rate: f64, seed: u64, colluders: Vec<Contact>) -> Tamper {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    Box::new(move |_, msg| {
+        if let Some(r) = response(msg) {
+            if let Response::Value {
+                record: record @ Some(_),
+                ..
+            } = r
+                && crate::network::unit(&mut rng) < rate
+            {
+                *record = record.as_ref().and_then(forged);
+            }
+            if !colluders.is_empty()
+                && let Response::Nodes { closer } | Response::Value { closer, .. } = r
+            {
+                *closer = colluders.clone();
+            }
         }
         true
     })

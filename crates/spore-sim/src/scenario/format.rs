@@ -382,6 +382,8 @@ pub struct NodeSettings {
     pub swarm_credit: Option<spore_core::swarm::CreditMode>,
     /// Swarm: debt a peer may run up before the credit policy applies.
     pub swarm_credit_allowance: Option<ByteSize>,
+    /// Reputation: whether nodes keep a reputation table (and distrust peers caught lying).
+    pub reputation: Option<bool>,
 }
 
 impl NodeSettings {
@@ -419,7 +421,8 @@ impl NodeSettings {
             swarm_optimistic_slots,
             swarm_seed,
             swarm_credit,
-            swarm_credit_allowance
+            swarm_credit_allowance,
+            reputation
         )
     }
 
@@ -515,6 +518,9 @@ impl NodeSettings {
         }
         if let Some(ByteSize(bytes)) = self.swarm_credit_allowance {
             w.credit.allowance = bytes;
+        }
+        if self.reputation == Some(false) {
+            c.reputation.max_peers = 0;
         }
         c.kad.mode = Mode::Server;
         c
@@ -738,6 +744,14 @@ pub struct AdversarySpec {
     /// Dropper: share of messages dropped.
     #[serde(default = "default_drop_rate")]
     pub drop_rate: f64,
+    /// Poisoner: share of the values it hands out that it forges; below 1 it is camouflaged,
+    /// honest the rest of the time.
+    #[serde(default = "default_drop_rate")]
+    pub poison_rate: f64,
+    /// Poisoner: the poisoners collude, naming each other as the closest nodes in every answer
+    /// so that lookups go from one to the next.
+    #[serde(default)]
+    pub collude: bool,
     /// Gossip spammer: what it sends.
     #[serde(default)]
     pub spam: SpamKind,

@@ -443,10 +443,12 @@ impl<'a> Runner<'a> {
         let Some(spec) = &self.scenario.adversary else {
             return Vec::new();
         };
-        if spec.role != AdversaryRole::Eclipse {
+        let colluding = spec.role == AdversaryRole::Poisoner && spec.collude;
+        if spec.role != AdversaryRole::Eclipse && !colluding {
             return Vec::new();
         }
-        let bits = spec.prefix_bits;
+        // Colluding poisoners have random ids: they attack every key, not one.
+        let bits = if colluding { 0 } else { spec.prefix_bits };
         let [a, b, ..] = spec.subnet.octets();
         let difficulty = self.sim.config().node.difficulty;
         let mut out = Vec::with_capacity(count);
@@ -487,7 +489,7 @@ impl<'a> Runner<'a> {
             .adversary
             .as_ref()
             .ok_or_else(|| SimError::InvalidConfig("adversary without a section".into()))?;
-        let (role, drop_rate) = (spec.role, spec.drop_rate);
+        let (role, drop_rate, poison_rate) = (spec.role, spec.drop_rate, spec.poison_rate);
         let i = match sybils.get(n) {
             Some((key, contact)) => self.sim.add_node_with(NodeSpec {
                 addr: contact.addrs.first().copied(),
@@ -521,7 +523,11 @@ impl<'a> Runner<'a> {
                 closest.truncate(self.k);
                 adversary::eclipse(closest)
             }
-            AdversaryRole::Poisoner => adversary::poisoner(),
+            AdversaryRole::Poisoner => {
+                let colluders: Vec<Contact> =
+                    sybils.iter().take(self.k).map(|(_, c)| c.clone()).collect();
+                adversary::poisoner(poison_rate, self.rng.next_u64(), colluders)
+            }
             AdversaryRole::Dropper => adversary::dropper(drop_rate, self.rng.next_u64()),
             AdversaryRole::FreeRider => adversary::free_rider(),
             AdversaryRole::GossipDropper => adversary::gossip_dropper(),
@@ -1005,6 +1011,22 @@ impl<'a> Runner<'a> {
         wall_secs: f64,
     ) -> Result<RunReport, SimError> {
         self.tell(progress, "done");
+        // What honest readers were handed: every value record in their lookups' answers, and
+        // those that failed verification (forged).
+        let (mut received, mut forged) = (0u64, 0u64);
+        for i in self.sim.indices() {
+            if !self.is_adversary[i.index()] {
+                let k = self.sim.node(i).kad().stats();
+                received += k.value_records_received;
+                forged += k.invalid_records;
+            }
+        }
+        let distrusted: u64 = self
+            .sim
+            .indices()
+            .filter(|i| !self.is_adversary[i.index()])
+            .map(|i| self.sim.node(i).reputation().stats().distrusted)
+            .sum();
         let t = &mut self.totals;
         let mut summary = BTreeMap::new();
         let mut put = |k: &str, v: f64| {
@@ -1042,6 +1064,10 @@ impl<'a> Runner<'a> {
             put("gets", t.gets as f64);
             put("availability", ratio(t.gets_ok, t.gets));
             put("forged_values_accepted", t.forged_accepted as f64);
+            put("value_records_received", received as f64);
+            put("forged_records_received", forged as f64);
+            put("forged_record_share", ratio(forged, received));
+            put("peers_distrusted", distrusted as f64);
             if let Some(min) = self
                 .series
                 .iter()
