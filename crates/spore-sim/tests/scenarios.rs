@@ -143,7 +143,7 @@ fn eclipse_defences_keep_honest_nodes_in_view() {
 #[test]
 fn honest_lookups_succeed_with_a_fifth_of_the_network_sybils_from_one_subnet() {
     let mut s = shipped("sybil");
-    s.nodes = 600;
+    s.nodes = 400;
     s.duration = mins(4);
     s.join.settle = mins(1);
     let lookups = s.lookups.as_mut().unwrap();
@@ -160,13 +160,13 @@ fn honest_lookups_succeed_with_a_fifth_of_the_network_sybils_from_one_subnet() {
     assert!(metric(on, "lookup_success") >= metric(off, "lookup_success"));
 }
 
-/// The EigenTrust threat models at 400 nodes: no forged value is ever accepted, and with
+/// The EigenTrust threat models at 300 nodes: no forged value is ever accepted, and with
 /// reputation the honest readers are handed less forged data than without, in every model.
 #[test]
 fn reputation_cuts_the_forged_data_honest_readers_are_handed() {
     let mut s = shipped("reputation");
-    s.nodes = 400;
-    s.duration = mins(8);
+    s.nodes = 300;
+    s.duration = mins(6);
     s.values.as_mut().unwrap().gets = 100;
     let report = run(&s);
     for r in &report.runs {
