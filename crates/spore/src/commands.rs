@@ -381,20 +381,16 @@ pub async fn trust(data_dir: Option<PathBuf>, command: crate::cli::TrustCommand)
         TrustCommand::Vouch { peer } => {
             let v: api::VouchView = client.put(&format!("/v1/trust/vouches/{peer}")).await?;
             if v.changed {
-                println!(
-                    "vouched for {peer}; this node vouches for {} identities",
-                    v.vouches.len()
-                );
+                let n = identities(v.vouches.len());
+                println!("vouched for {peer}; this node vouches for {n}");
             } else {
                 println!("this node already vouches for {peer}");
             }
         }
         TrustCommand::Revoke { peer } => {
             let v: api::VouchView = client.delete(&format!("/v1/trust/vouches/{peer}")).await?;
-            println!(
-                "revoked the vouch for {peer}; this node vouches for {} identities",
-                v.vouches.len()
-            );
+            let n = identities(v.vouches.len());
+            println!("revoked the vouch for {peer}; this node vouches for {n}");
         }
         TrustCommand::Show { json } => {
             let t: api::TrustView = client.get("/v1/trust").await?;
@@ -424,6 +420,15 @@ pub async fn trust(data_dir: Option<PathBuf>, command: crate::cli::TrustCommand)
     Ok(())
 }
 
+/// `n identities`, or `1 identity`.
+fn identities(n: usize) -> String {
+    if n == 1 {
+        "1 identity".into()
+    } else {
+        format!("{n} identities")
+    }
+}
+
 fn print_trust(t: &api::TrustView) {
     let s = &t.trust;
     if s.vouches.is_empty() {
@@ -435,8 +440,8 @@ fn print_trust(t: &api::TrustView) {
     }
     let further: Vec<_> = s.graph.iter().filter(|e| e.depth > 1).collect();
     println!(
-        "graph        {} identities within {} vouches ({} statements held)",
-        s.graph.len(),
+        "graph        {} within {} vouches ({} statements held)",
+        identities(s.graph.len()),
         s.depth,
         s.statements
     );
