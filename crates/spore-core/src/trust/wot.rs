@@ -186,6 +186,10 @@ pub struct WebOfTrust {
     config: Config,
     own: BTreeSet<PeerId>,
     held: BTreeMap<PeerId, Held>,
+    /// Every identity within [`Config::depth`] links (one at least), with its distance and its predecessor
+    /// on a shortest chain: the breadth-first search over `own` and `held`, redone whenever
+    /// either changes, so that queries (one per message of a closed topic) are lookups.
+    reach: BTreeMap<PeerId, (u8, PeerId)>,
     fetching: BTreeSet<PeerId>,
     next_check: Option<Instant>,
     stats: Stats,
@@ -200,6 +204,7 @@ impl WebOfTrust {
             config,
             own: BTreeSet::new(),
             held: BTreeMap::new(),
+            reach: BTreeMap::from([(me, (0, me))]),
             fetching: BTreeSet::new(),
             next_check: None,
             stats: Stats::default(),
@@ -300,10 +305,9 @@ impl WebOfTrust {
             }
         };
         let issuer = *record.publisher();
-        let reach = self.distances(self.config.depth.saturating_sub(1));
         let newer = self.held.get(&issuer).is_none_or(|h| record.seq() > h.seq);
         let room = self.held.contains_key(&issuer) || self.held.len() < self.config.max_statements;
-        if issuer == self.me || !reach.contains_key(&issuer) || !newer || !room {
+        if issuer == self.me || !self.issues_in_graph(&issuer) || !newer || !room {
             self.stats.ignored += 1;
             if let Some(h) = self.held.get_mut(&issuer).filter(|h| h.seq == record.seq()) {
                 h.checked = now;
@@ -329,16 +333,15 @@ impl WebOfTrust {
     /// [`fetched`](Self::fetched) reports the outcome.
     pub fn due(&mut self, now: Instant) -> Vec<PeerId> {
         let room = self.config.max_fetches.saturating_sub(self.fetching.len());
-        let reach = self.distances(self.config.depth.saturating_sub(1));
-        let mut due: Vec<(u8, PeerId)> = reach
-            .iter()
-            .filter(|(peer, _)| **peer != self.me && !self.fetching.contains(peer))
+        let mut due: Vec<(u8, PeerId)> = self
+            .issuers()
+            .filter(|(peer, _)| !self.fetching.contains(peer))
             .filter(|(peer, _)| match self.held.get(peer) {
                 None => true,
                 Some(h) if h.seq == 0 => h.checked + self.config.retry_missing <= now,
                 Some(h) => h.checked + self.config.refresh <= now,
             })
-            .map(|(peer, (depth, _))| (*depth, *peer))
+            .map(|(peer, depth)| (depth, peer))
             .collect();
         // Nearest first: they decide the most.
         due.sort();
@@ -363,9 +366,7 @@ impl WebOfTrust {
             r.publisher() == &issuer && self.learn(now, r, limits).is_ok_and(|changed| changed)
         });
         if !learned {
-            let reachable = self
-                .distances(self.config.depth.saturating_sub(1))
-                .contains_key(&issuer);
+            let reachable = self.issues_in_graph(&issuer);
             let room = self.held.len() < self.config.max_statements;
             match self.held.get_mut(&issuer) {
                 Some(h) => {
@@ -409,39 +410,36 @@ impl WebOfTrust {
                 max: MAX_DEPTH,
             });
         }
-        let reach = self.distances(depth);
-        if !reach.contains_key(subject) {
+        if !self.trusts(subject, depth) {
             return Ok(None);
         }
         let mut chain = vec![*subject];
         let mut at = *subject;
         while at != self.me {
-            at = reach[&at].1;
+            at = self.reach[&at].1;
             chain.push(at);
         }
         chain.reverse();
         Ok(Some(chain))
     }
 
-    /// Whether a chain of at most `depth` vouches leads from this node to `subject` (depths
-    /// beyond [`MAX_DEPTH`] count as [`MAX_DEPTH`]).
+    /// Whether a chain of at most `depth` vouches leads from this node to `subject`. The
+    /// graph reaches [`Config::depth`] links, so deeper queries find no more than that.
     pub fn trusts(&self, subject: &PeerId, depth: u8) -> bool {
-        if *subject == self.me {
-            return true;
-        }
-        if depth >= 1 && self.own.contains(subject) {
-            return true;
-        }
-        self.distances(depth.min(MAX_DEPTH)).contains_key(subject)
+        self.reach.get(subject).is_some_and(|(d, _)| *d <= depth)
     }
 
     /// Every identity this node trusts within [`Config::depth`], nearest first.
     pub fn graph(&self) -> Vec<GraphEntry> {
         let mut entries: Vec<GraphEntry> = self
-            .distances(self.config.depth)
-            .into_iter()
-            .filter(|(peer, _)| *peer != self.me)
-            .map(|(peer, (depth, via))| GraphEntry { peer, depth, via })
+            .reach
+            .iter()
+            .filter(|(peer, (d, _))| **peer != self.me && *d <= self.config.depth)
+            .map(|(peer, (depth, via))| GraphEntry {
+                peer: *peer,
+                depth: *depth,
+                via: *via,
+            })
             .collect();
         entries.sort_by_key(|e| (e.depth, e.peer));
         entries
@@ -450,6 +448,23 @@ impl WebOfTrust {
     /// Statements held (including notes of statements the DHT did not have).
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether `issuer`'s statement belongs to the graph: it is within `depth - 1` links, so
+    /// whom it vouches for is within `depth`.
+    fn issues_in_graph(&self, issuer: &PeerId) -> bool {
+        self.reach
+            .get(issuer)
+            .is_some_and(|(d, _)| *d < self.config.depth)
+    }
+
+    /// The identities other than this node whose statements belong to the graph, with their
+    /// distance.
+    fn issuers(&self) -> impl Iterator<Item = (PeerId, u8)> + '_ {
+        self.reach
+            .iter()
+            .filter(|(peer, (d, _))| **peer != self.me && *d < self.config.depth)
+            .map(|(peer, (d, _))| (*peer, *d))
     }
 
     /// Breadth-first search from this node: every identity within `depth` links, with its
@@ -482,9 +497,15 @@ impl WebOfTrust {
     /// The graph changed: drop statements no chain reaches any more, and look for new fetches
     /// at once.
     fn changed(&mut self, now: Instant) {
-        let reach = self.distances(self.config.depth.saturating_sub(1));
+        // Statements outside the graph extend it by nothing, so dropping them leaves the
+        // search's answer as it is.
+        // At least one link: the node's own vouches count whatever the configured depth.
+        self.reach = self.distances(self.config.depth.max(1));
         let before = self.held.len();
-        self.held.retain(|peer, _| reach.contains_key(peer));
+        let depth = self.config.depth;
+        let reach = &self.reach;
+        self.held
+            .retain(|peer, _| reach.get(peer).is_some_and(|(d, _)| *d < depth));
         self.stats.dropped += (before - self.held.len()) as u64;
         self.next_check = Some(now);
     }
@@ -492,11 +513,10 @@ impl WebOfTrust {
     /// Sets [`poll_timeout`](Self::poll_timeout): the earliest time a statement in the graph
     /// is missing or due for a refresh.
     fn schedule(&mut self, now: Instant) {
-        let reach = self.distances(self.config.depth.saturating_sub(1));
-        self.next_check = reach
-            .keys()
-            .filter(|peer| **peer != self.me && !self.fetching.contains(peer))
-            .map(|peer| match self.held.get(peer) {
+        self.next_check = self
+            .issuers()
+            .filter(|(peer, _)| !self.fetching.contains(peer))
+            .map(|(peer, _)| match self.held.get(&peer) {
                 None => now,
                 Some(h) if h.seq == 0 => h.checked + self.config.retry_missing,
                 Some(h) => h.checked + self.config.refresh,
