@@ -431,7 +431,9 @@ impl Kad {
         }
     }
 
-    fn record_limits(&self) -> RecordLimits {
+    /// What records from peers are checked against: this DHT's TTL bound and the network's
+    /// difficulty.
+    pub(crate) fn record_limits(&self) -> RecordLimits {
         RecordLimits {
             max_ttl: self.config.max_record_ttl,
             difficulty: self.difficulty,

@@ -959,7 +959,7 @@ impl Node {
                     self.trust_queries.insert(id, issuer);
                 }
                 Err(_) => {
-                    let limits = self.record_limits();
+                    let limits = self.kad.record_limits();
                     self.out.wot.fetched(now, issuer, None, &limits);
                 }
             }
@@ -993,7 +993,7 @@ impl Node {
             }
             _ => true,
         });
-        let (now, limits) = (self.now, self.record_limits());
+        let (now, limits) = (self.now, self.kad.record_limits());
         for (issuer, record) in found {
             self.out.wot.fetched(now, issuer, record.as_ref(), &limits);
         }
@@ -1001,14 +1001,6 @@ impl Node {
             if let Ok(record) = postcard::from_bytes::<kad::record::ValueRecord>(&data) {
                 let _ = self.out.wot.learn(now, &record, &limits);
             }
-        }
-    }
-
-    /// What DHT records are checked against.
-    fn record_limits(&self) -> kad::record::RecordLimits {
-        kad::record::RecordLimits {
-            max_ttl: self.config.kad.max_record_ttl,
-            difficulty: self.config.difficulty,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::blob::BlobSwarm;
+use super::blob::{BlobSwarm, SwarmPeer};
 use super::choke::{self, Candidate, SUSPECT_BELOW};
 use super::machine::Env;
 use super::store::ReadError;
@@ -113,9 +113,7 @@ impl BlobSwarm {
                 p.am_choking = false;
                 env.send(*id, Message::Unchoke { hash });
             } else if slot.is_none() && !p.am_choking {
-                p.am_choking = true;
-                p.queue.clear();
-                env.send(*id, Message::Choke { hash });
+                choke(env, hash, *id, p);
             }
         }
     }
@@ -224,9 +222,7 @@ impl BlobSwarm {
                     // Refused from this moment, not from the next rechoke: a slot held for
                     // ten seconds would hand a fast debtor megabytes.
                     p.slot = None;
-                    p.am_choking = true;
-                    p.queue.clear();
-                    env.send(peer, Message::Choke { hash });
+                    choke(env, hash, peer, p);
                     if self.optimistic == Some(peer) {
                         self.optimistic = None;
                     }
@@ -250,4 +246,11 @@ impl BlobSwarm {
             }
         }
     }
+}
+
+/// Chokes `peer`: its queued requests are dropped, as `Choke` tells it.
+fn choke(env: &mut Env<'_, '_>, hash: super::Hash, peer: PeerId, p: &mut SwarmPeer) {
+    p.am_choking = true;
+    p.queue.clear();
+    env.send(peer, Message::Choke { hash });
 }
