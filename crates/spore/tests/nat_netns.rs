@@ -833,6 +833,14 @@ fn print_row(sharer: Nat, getter: Nat, outcomes: &[PairOutcome]) -> usize {
     direct.len()
 }
 
+/// Transfers per matrix cell: `SPORE_NAT_MATRIX_REPS`, default 2.
+fn matrix_reps() -> usize {
+    std::env::var("SPORE_NAT_MATRIX_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+}
+
 /// The matrix: every pair of NAT kinds, each cell `SPORE_NAT_MATRIX_REPS` times (default 2),
 /// each a 10 MiB `spore get` that must verify. Every pair connects (through the relay where it
 /// must); every pair where UDP passes and at least one side maps endpoint-independently must
@@ -843,10 +851,7 @@ fn nat_matrix() {
         println!("skipping: {reason}");
         return;
     }
-    let reps: usize = std::env::var("SPORE_NAT_MATRIX_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
+    let reps = matrix_reps();
     let kinds = [
         Nat::Cone,
         Nat::RestrictedCone,
@@ -897,10 +902,7 @@ fn nat_matrix_degraded_link() {
         println!("skipping: {reason}");
         return;
     }
-    let reps: usize = std::env::var("SPORE_NAT_MATRIX_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
+    let reps = matrix_reps();
     let pairs = [
         (Nat::Cone, Nat::Cone),
         (Nat::Cone, Nat::Symmetric),
