@@ -82,5 +82,12 @@ mod tests {
             err.contains("line 8") && err.contains("not-a-peer"),
             "{err}"
         );
+        // One more identity than a statement holds is refused, not cut short.
+        let many: BTreeSet<PeerId> = (0..=MAX_VOUCHES as u8)
+            .map(|n| Keypair::from_secret_bytes([n; 32]).peer_id())
+            .collect();
+        dir.save_vouches(&many).unwrap();
+        let err = dir.load_vouches().unwrap_err().to_string();
+        assert!(err.contains("31 identities, at most 30"), "{err}");
     }
 }

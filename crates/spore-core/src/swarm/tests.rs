@@ -358,6 +358,23 @@ fn a_leecher_signs_receipts_the_seeder_keeps_and_the_ledger_survives_a_restore()
         net.nodes[0].swarm().totals(&leecher).receipted,
         receipt.bytes()
     );
+    // A genuine receipt for more than the seeder sent, or for less than the last one said,
+    // is ignored. (Node 1 of the net has the key of seed 2.)
+    let leecher_key = key(2);
+    assert_eq!(leecher_key.peer_id(), leecher);
+    for bytes in [given.uploaded + 1, receipt.bytes() - 1] {
+        let r = swarm::Receipt::new(&leecher_key, seeder, bytes, 2);
+        net.nodes[0].handle_message(
+            net.now,
+            leecher,
+            Wire::Swarm(Message::Receipt { hash, receipt: r }),
+        );
+    }
+    assert_eq!(net.nodes[0].swarm().stats().receipts_ignored, 2);
+    assert_eq!(
+        net.nodes[0].swarm().totals(&leecher).receipted,
+        receipt.bytes()
+    );
 
     // Saved and restored into a fresh swarm of the same identity, the ledger comes back
     // whole; a receipt tampered with on disk is dropped with its claim.

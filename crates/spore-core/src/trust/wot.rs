@@ -634,6 +634,31 @@ mod tests {
     }
 
     #[test]
+    fn statements_stop_at_their_bound() {
+        let mut w = WebOfTrust::new(
+            id(1),
+            Config {
+                max_statements: 2,
+                ..Config::default()
+            },
+        );
+        for n in 2..5 {
+            w.vouch(T0, id(n)).unwrap();
+        }
+        assert!(w.learn(T0, &statement(2, &[10], 1), &limits()).unwrap());
+        assert!(w.learn(T0, &statement(3, &[11], 1), &limits()).unwrap());
+        // Full: a third issuer is ignored, a newer statement of a held one still replaces it.
+        assert!(!w.learn(T0, &statement(4, &[12], 1), &limits()).unwrap());
+        assert_eq!(w.held(), 2);
+        assert!(!w.trusts(&id(12), 2));
+        assert!(w.learn(T0, &statement(3, &[13], 2), &limits()).unwrap());
+        assert!(w.trusts(&id(13), 2) && !w.trusts(&id(11), 2));
+        // A lookup that found nothing takes no room either.
+        w.fetched(T0, id(4), None, &limits());
+        assert_eq!(w.held(), 2);
+    }
+
+    #[test]
     fn forged_and_malformed_statements_are_refused() {
         let mut w = chain_of_six(4);
         // Signed by 7 but claiming to be 2's: the signature does not verify.
