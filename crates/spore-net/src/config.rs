@@ -184,11 +184,34 @@ impl std::fmt::Debug for PubSubValidator {
     }
 }
 
-/// Bounds on connections. Incoming connections over a limit are refused before the handshake.
+/// Bounds on connections, streams, queues and memory. Incoming connections over a limit are
+/// refused before the handshake where the limit allows it; see [`crate::resources`] for how
+/// memory is accounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most established connections in total (a hard limit: further ones are refused).
     pub max_connections: usize,
+    /// Most connections peers opened to us. When they are all taken, a new one evicts an
+    /// existing inbound connection chosen by [`spore_core::trust::eviction`] (long-lived,
+    /// fast, useful, well-reputed and network-diverse peers are protected), or is refused if
+    /// every one is protected. The slots between this and `max_connections` stay free for
+    /// connections this node opens, so peers cannot fill all of them.
+    pub max_inbound: usize,
+    /// The memory budget, in bytes, for everything peers can make the node buffer:
+    /// connection state, QUIC windows, frames read and not yet handled, frames queued and not
+    /// yet sent. A connection that does not fit is refused, a frame that does not fit is
+    /// dropped (outbound) or waited for (inbound, which stops reading and so the peer).
+    pub max_memory: usize,
+    /// Most memory, in bytes, one connection's frames (inbound and outbound) may hold at once.
+    /// At least twice the largest frame (2 MiB) is needed to make progress.
+    pub connection_memory: usize,
+    /// Each way's QUIC window of a connection that carries no bulk data, in bytes: what the
+    /// peer may have in flight to us, and we to it. A connection grows to the transport's full
+    /// windows while swarm data flows, as far as `max_memory` allows.
+    pub base_window: u32,
+    /// Most control messages a peer may send per second on one connection (with a burst of
+    /// as many); beyond that the node stops reading from it until the rate allows.
+    pub max_messages_per_sec: u32,
     /// Connections the node is happy to keep open; above this, idle ones are closed.
     pub target_connections: usize,
     /// How long a connection must carry no control message to count as idle.
@@ -221,6 +244,11 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            max_inbound: 448,
+            max_memory: 1 << 30,
+            connection_memory: 8 << 20,
+            base_window: 512 << 10,
+            max_messages_per_sec: 2000,
             target_connections: 128,
             idle_after: Duration::from_secs(120),
             max_per_ip: 8,
@@ -274,8 +302,12 @@ impl TransportParams {
         t.max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
-            .receive_window(quinn::VarInt::from_u32(self.receive_window))
-            .send_window(self.send_window)
+            // A connection starts with the base windows (what the resource manager reserves
+            // for it at admission) and grows towards the full ones while bulk data flows.
+            .receive_window(quinn::VarInt::from_u32(
+                limits.base_window.min(self.receive_window),
+            ))
+            .send_window(u64::from(limits.base_window).min(self.send_window))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(limits.max_uni_streams))
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_relay_streams))
             .datagram_receive_buffer_size(None);

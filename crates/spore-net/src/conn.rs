@@ -11,7 +11,19 @@ use spore_core::wire::{FrameDecoder, Message, WireError};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::resources::{Memory, Reservation, Scope, Use, Windows};
 use crate::runtime::Input;
+
+/// What a connection's readers need besides the stream: the memory they reserve from, the
+/// windows bulk data grows, and the peer's message rate.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    pub(crate) memory: Memory,
+    pub(crate) scope: Scope,
+    pub(crate) windows: Option<std::sync::Arc<Windows>>,
+    /// Control messages per second (and burst); 0 is unlimited.
+    pub(crate) rate: u32,
+}
 
 /// The first byte of every unidirectional stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +71,23 @@ pub mod close_code {
 /// Error code for stopping an application stream nobody is accepting.
 const STREAM_REFUSED: u32 = 1;
 
+/// A queued frame and the memory it holds until written.
+pub(crate) type Queued = (Bytes, Reservation);
+
 /// Writes queued frames to a stream of `kind` (control or bulk) until the queue closes or the
 /// stream fails. The control stream is opened at once; the bulk stream with its first frame.
+/// Bulk frames grow the connection's windows (see [`crate::resources`]).
 pub(crate) async fn write_frames(
     conn: quinn::Connection,
     kind: StreamKind,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<Queued>,
+    windows: Option<std::sync::Arc<Windows>>,
 ) {
+    let bulk = |w: &Option<std::sync::Arc<Windows>>| {
+        if let Some(w) = w {
+            w.bulk();
+        }
+    };
     let mut first = None;
     if kind == StreamKind::Bulk {
         match frames.recv().await {
@@ -83,12 +105,16 @@ pub(crate) async fn write_frames(
     if send.write_all(&[kind as u8]).await.is_err() {
         return;
     }
-    if let Some(frame) = first
-        && send.write_chunk(frame).await.is_err()
-    {
-        return;
+    if let Some((frame, _memory)) = first {
+        bulk(&windows);
+        if send.write_chunk(frame).await.is_err() {
+            return;
+        }
     }
-    while let Some(frame) = frames.recv().await {
+    while let Some((frame, _memory)) = frames.recv().await {
+        if kind == StreamKind::Bulk {
+            bulk(&windows);
+        }
         if let Err(e) = send.write_chunk(frame).await {
             debug!(error = %e, ?kind, "stream write failed");
             return;
@@ -103,6 +129,7 @@ pub(crate) async fn accept_streams(
     peer: PeerId,
     inputs: mpsc::Sender<Input>,
     app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
+    reader: Reader,
 ) {
     let conn_id = conn.stable_id();
     let mut have_control = false;
@@ -119,11 +146,13 @@ pub(crate) async fn accept_streams(
         match StreamKind::from_byte(kind[0]) {
             Some(StreamKind::Control) if !have_control => {
                 have_control = true;
-                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone()));
+                let r = reader.clone();
+                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone(), r, false));
             }
             Some(StreamKind::Bulk) if !have_bulk => {
                 have_bulk = true;
-                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone()));
+                let r = reader.clone();
+                tokio::spawn(read_frames(recv, peer, conn_id, inputs.clone(), r, true));
             }
             Some(kind @ (StreamKind::Control | StreamKind::Bulk)) => {
                 let err = WireError::Malformed(format!("second {kind:?} stream"));
@@ -190,16 +219,23 @@ pub(crate) async fn accept_bidi_streams(
     }
 }
 
-/// Decodes frames from the peer's control or bulk stream. The bounded `inputs` channel is the
-/// backpressure: while the runtime is busy this task stops reading, and QUIC flow control stops
-/// the peer.
+/// Decodes frames from the peer's control or bulk stream. What is read is reserved from the
+/// connection's scope and the node's budget first, and stays reserved until the runtime has
+/// handled the message; both that and the bounded `inputs` channel are backpressure: while
+/// either is short, this task stops reading and QUIC flow control stops the peer. Control
+/// messages are also held to the peer's rate.
 async fn read_frames(
     mut recv: quinn::RecvStream,
     peer: PeerId,
     conn_id: usize,
     inputs: mpsc::Sender<Input>,
+    reader: Reader,
+    bulk: bool,
 ) {
     let mut decoder = FrameDecoder::new();
+    // What the decoder holds: the partial frame and the chunk being decoded.
+    let mut held = reader.memory.empty(Use::Inbound);
+    let mut rate = (!bulk && reader.rate > 0).then(|| TokenBucket::new(reader.rate));
     loop {
         let chunk = match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => chunk.bytes,
@@ -211,15 +247,34 @@ async fn read_frames(
             }
             Err(_) => return,
         };
+        match reader
+            .memory
+            .reserve(Use::Inbound, chunk.len(), &reader.scope)
+            .await
+        {
+            Some(r) => held.merge(r),
+            None => return, // the connection is gone
+        }
+        if bulk && let Some(w) = &reader.windows {
+            w.bulk();
+        }
         decoder.extend(&chunk);
         loop {
+            let before = decoder.buffered();
             match decoder.next_message() {
                 Ok(Some(msg)) => {
-                    if inputs
-                        .send(Input::Message { peer, conn_id, msg })
-                        .await
-                        .is_err()
-                    {
+                    let used = before - decoder.buffered();
+                    let memory = held.split(used);
+                    if let Some(bucket) = &mut rate {
+                        bucket.take().await;
+                    }
+                    let input = Input::Message {
+                        peer,
+                        conn_id,
+                        msg,
+                        memory,
+                    };
+                    if inputs.send(input).await.is_err() {
                         return;
                     }
                 }
@@ -230,6 +285,41 @@ async fn read_frames(
                 }
             }
         }
+        // Decoded bytes are gone; keep only what the decoder still buffers.
+        let excess = held.bytes().saturating_sub(decoder.buffered());
+        drop(held.split(excess));
+    }
+}
+
+/// A token bucket of messages: `rate` per second, holding at most `rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token, waiting for one if the bucket is empty.
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.at = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
     }
 }
 

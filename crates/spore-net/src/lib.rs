@@ -52,6 +52,7 @@ pub mod mdns;
 mod nat;
 mod portmap;
 mod relay;
+pub mod resources;
 mod runtime;
 mod search;
 pub mod tls;
@@ -68,8 +69,8 @@ pub use nat::{NatConfig, NatStatus};
 pub use portmap::{PortMapConfig, PortMapStatus};
 pub use relay::{RelayConfig, RelayStatus};
 pub use runtime::{
-    DhtStatus, KadAnswer, OverlayStatus, PubSubStatus, RuntimeStats, Status, SwarmStatus,
-    SwarmSummary, TopicStatus, TrustStatus,
+    DhtStatus, KadAnswer, LimitUse, OverlayStatus, PubSubStatus, ResourceStatus, RuntimeStats,
+    Status, SwarmStatus, SwarmSummary, TopicStatus, TrustStatus,
 };
 pub use search::{SearchHit, SearchStream};
 pub use turn::{TurnStatus, parse_turn};

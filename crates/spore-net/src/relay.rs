@@ -112,6 +112,18 @@ impl RelayShared {
         status
     }
 
+    /// The limits this relay serves under, when it serves.
+    pub(crate) fn limits(&self) -> Option<spore_core::nat::relay::RelayLimits> {
+        let server = self.server.as_ref()?;
+        Some(
+            server
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .limits()
+                .clone(),
+        )
+    }
+
     /// A peer's connection closed: its reservation here ends.
     pub(crate) fn peer_gone(&self, peer: &PeerId) {
         if let Some(server) = &self.server {

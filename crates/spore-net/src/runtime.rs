@@ -37,9 +37,12 @@ use tracing::{debug, info, warn};
 use crate::config::{Limits, NetConfig};
 use crate::conn::{self, close_code};
 use crate::error::{DialError, RequestError};
+use crate::resources::{Memory, Scope, Use, Windows};
 use crate::search::{SearchStream, Searches};
 
 /// Everything the runtime reacts to.
+// Messages are most inputs; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Input {
     /// A connection finished its TLS handshake; the peer's key is verified.
     Connected {
@@ -63,6 +66,8 @@ pub(crate) enum Input {
         peer: PeerId,
         conn_id: usize,
         msg: Message,
+        /// The memory the message holds until it is handled.
+        memory: crate::resources::Reservation,
     },
     /// Bytes from a peer were not valid wire format.
     WireError {
@@ -317,6 +322,47 @@ pub struct Status {
     /// The TURN allocation, if a TURN server is configured.
     #[serde(default)]
     pub turn: crate::turn::TurnStatus,
+    /// Every limit, with what is in use against it.
+    #[serde(default)]
+    pub resources: ResourceStatus,
+}
+
+/// The resource manager's part of [`Status`]: the memory budget by use, and every limit the
+/// node enforces with what is in use against it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ResourceStatus {
+    /// The memory budget (see [`crate::resources`]).
+    pub memory: crate::resources::MemoryUse,
+    /// Every limit.
+    pub limits: Vec<LimitUse>,
+}
+
+/// One limit in [`ResourceStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LimitUse {
+    /// What is limited.
+    pub name: String,
+    /// Where the limit applies: `node`, `connection`, `peer`, `IP`, `swarm`, `circuit`, ….
+    pub scope: String,
+    /// In use now (for a per-scope limit, the most any one holds); `None` where the runtime
+    /// cannot see it.
+    pub used: Option<u64>,
+    /// The limit.
+    pub limit: u64,
+    /// The unit of `used` and `limit`.
+    pub unit: String,
+}
+
+impl LimitUse {
+    fn new(name: &str, scope: &str, used: Option<u64>, limit: u64, unit: &str) -> Self {
+        Self {
+            name: name.into(),
+            scope: scope.into(),
+            used,
+            limit,
+            unit: unit.into(),
+        }
+    }
 }
 
 /// The blob swarms' part of [`Status`].
@@ -414,6 +460,10 @@ pub struct RuntimeStats {
     pub duplicates_closed: u64,
     /// Incoming connections refused by a limit.
     pub refused: u64,
+    /// Inbound connections closed to make room for a newcomer (see
+    /// [`spore_core::trust::eviction`]).
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 /// Connection counts shared with the accept loops, which refuse over-limit connections before
@@ -457,9 +507,15 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 struct Entry {
     conn: quinn::Connection,
     direction: Direction,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<conn::Queued>,
     /// Swarm data, on its own stream so that bulk bytes never hold up control messages.
-    bulk: mpsc::Sender<Bytes>,
+    bulk: mpsc::Sender<conn::Queued>,
+    /// The connection's QUIC windows and what they reserve.
+    windows: Arc<Windows>,
+    /// The connection's memory scope (its frames, both ways).
+    scope: Scope,
+    /// When the connection was taken in.
+    since: tokio::time::Instant,
 }
 
 /// Maps the runtime's clock to spore-core's [`Instant`]: microseconds since the UNIX epoch, read
@@ -545,6 +601,10 @@ pub(crate) struct Runtime {
     /// The TURN task, if TURN is on, and what it shows in `status`.
     pub(crate) turn: Option<mpsc::Sender<crate::turn::TurnCommand>>,
     pub(crate) turn_status: Arc<Mutex<crate::turn::TurnStatus>>,
+    /// The memory budget (see [`crate::resources`]).
+    pub(crate) memory: Memory,
+    /// Orders network groups for inbound eviction; secret, so peers cannot predict it.
+    eviction_key: u64,
     stats: RuntimeStats,
 }
 
@@ -562,6 +622,7 @@ impl Runtime {
         app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
     ) -> Self {
         let bound_announced = node.config().listen_addrs.clone();
+        let config_memory = config.limits.max_memory;
         Self {
             node,
             keypair,
@@ -595,6 +656,8 @@ impl Runtime {
             turn_candidate: None,
             turn: None,
             turn_status: Arc::default(),
+            memory: Memory::new(config_memory),
+            eviction_key: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
             stats: RuntimeStats::default(),
         }
     }
@@ -685,7 +748,12 @@ impl Runtime {
                     }
                 }
             }
-            Input::Message { peer, conn_id, msg } => {
+            Input::Message {
+                peer,
+                conn_id,
+                msg,
+                memory: _memory,
+            } => {
                 // A replaced connection still delivers what was in flight on it.
                 let current = self
                     .conns
@@ -1016,6 +1084,285 @@ impl Runtime {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            resources: self.resources(),
+        }
+    }
+
+    /// Every limit with its use, for `status`.
+    fn resources(&self) -> ResourceStatus {
+        let l = &self.config.limits;
+        let n = |x: usize| x as u64;
+        let most = |f: &dyn Fn(&Entry) -> usize| n(self.conns.values().map(f).max().unwrap_or(0));
+        let (per_ip, inbound) = {
+            let mut ips: HashMap<IpAddr, usize> = HashMap::new();
+            let mut inbound = 0;
+            for e in self.conns.values() {
+                let ip = canonical(e.conn.remote_address()).ip();
+                if !ip.is_loopback() {
+                    *ips.entry(ip).or_default() += 1;
+                }
+                inbound += usize::from(e.direction == Direction::Inbound);
+            }
+            (ips.values().copied().max().unwrap_or(0), inbound)
+        };
+        let memory = self.memory.usage();
+        let mut rows = vec![
+            LimitUse::new(
+                "connections",
+                "node",
+                Some(n(self.conns.len())),
+                n(l.max_connections),
+                "connections",
+            ),
+            LimitUse::new(
+                "inbound connections",
+                "node",
+                Some(n(inbound)),
+                n(l.max_inbound),
+                "connections",
+            ),
+            LimitUse::new(
+                "connections per IP (loopback exempt)",
+                "IP",
+                Some(n(per_ip)),
+                n(l.max_per_ip),
+                "connections",
+            ),
+            LimitUse::new(
+                "handshakes in progress",
+                "node",
+                None,
+                n(l.max_pending_handshakes),
+                "handshakes",
+            ),
+            LimitUse::new("memory", "node", Some(memory.used), memory.limit, "bytes"),
+            LimitUse::new(
+                "frame memory",
+                "connection",
+                Some(most(&|e| e.scope.used())),
+                n(l.connection_memory),
+                "bytes",
+            ),
+            LimitUse::new(
+                "receive window",
+                "connection",
+                Some(most(&|e| e.windows.current().0 as usize)),
+                u64::from(self.config.transport.receive_window),
+                "bytes",
+            ),
+            LimitUse::new(
+                "send window",
+                "connection",
+                Some(most(&|e| e.windows.current().1 as usize)),
+                self.config.transport.send_window,
+                "bytes",
+            ),
+            LimitUse::new(
+                "control messages per second",
+                "connection",
+                None,
+                u64::from(l.max_messages_per_sec),
+                "msg/s",
+            ),
+            LimitUse::new(
+                "queued control frames",
+                "connection",
+                Some(most(&|e| e.frames.max_capacity() - e.frames.capacity())),
+                n(l.max_queued_frames),
+                "frames",
+            ),
+            LimitUse::new(
+                "queued bulk frames",
+                "connection",
+                Some(most(&|e| e.bulk.max_capacity() - e.bulk.capacity())),
+                n(l.max_queued_bulk_frames),
+                "frames",
+            ),
+            LimitUse::new(
+                "unidirectional streams",
+                "connection",
+                None,
+                u64::from(l.max_uni_streams),
+                "streams",
+            ),
+            LimitUse::new(
+                "relay streams",
+                "connection",
+                None,
+                u64::from(l.max_relay_streams),
+                "streams",
+            ),
+            LimitUse::new(
+                "application streams waiting",
+                "node",
+                Some(n(
+                    self.app_streams.max_capacity() - self.app_streams.capacity()
+                )),
+                n(l.max_pending_app_streams),
+                "streams",
+            ),
+            LimitUse::new(
+                "inputs waiting for the runtime",
+                "node",
+                Some(n(self.inputs.max_capacity() - self.inputs.capacity())),
+                n(self.inputs.max_capacity()),
+                "inputs",
+            ),
+        ];
+        let core = self.node.config();
+        rows.push(LimitUse::new(
+            "peers known",
+            "node",
+            Some(n(self.node.peers().count())),
+            n(core.max_peers),
+            "peers",
+        ));
+        let store = self.node.kad().store();
+        if let Some(sl) = store.limits() {
+            let c = store.len();
+            rows.push(LimitUse::new(
+                "DHT value records",
+                "node",
+                Some(n(c.values)),
+                n(sl.max_values),
+                "records",
+            ));
+            rows.push(LimitUse::new(
+                "DHT value records per publisher",
+                "peer",
+                None,
+                n(sl.max_values_per_publisher),
+                "records",
+            ));
+            rows.push(LimitUse::new(
+                "DHT provider keys",
+                "node",
+                Some(n(c.provider_keys)),
+                n(sl.max_provider_keys),
+                "keys",
+            ));
+            rows.push(LimitUse::new(
+                "DHT providers per key",
+                "key",
+                None,
+                n(sl.max_providers_per_key),
+                "records",
+            ));
+            rows.push(LimitUse::new(
+                "DHT peer records",
+                "node",
+                Some(n(c.peers)),
+                n(sl.max_peer_records),
+                "records",
+            ));
+        }
+        let pubsub = self.node.pubsub().config();
+        rows.push(LimitUse::new(
+            "pub/sub messages per second",
+            "peer",
+            None,
+            u64::from(pubsub.max_messages_per_sec),
+            "msg/s",
+        ));
+        rows.push(LimitUse::new(
+            "pub/sub message size",
+            "message",
+            None,
+            n(pubsub.max_message_size),
+            "bytes",
+        ));
+        rows.push(LimitUse::new(
+            "pub/sub messages cached",
+            "node",
+            None,
+            n(pubsub.max_cached),
+            "messages",
+        ));
+        let swarm = self.node.swarm();
+        let sc = swarm.config();
+        rows.push(LimitUse::new(
+            "swarms",
+            "node",
+            Some(n(swarm.hashes().count())),
+            n(sc.max_swarms),
+            "swarms",
+        ));
+        rows.push(LimitUse::new(
+            "peers per swarm",
+            "swarm",
+            None,
+            n(sc.max_peers),
+            "peers",
+        ));
+        rows.push(LimitUse::new(
+            "blob size",
+            "blob",
+            None,
+            sc.max_blob_size,
+            "bytes",
+        ));
+        if let Some(rate) = sc.upload_rate {
+            rows.push(LimitUse::new("upload rate", "node", None, rate, "bytes/s"));
+        }
+        let reputation = self.node.reputation();
+        rows.push(LimitUse::new(
+            "reputation entries",
+            "node",
+            Some(n(reputation.len())),
+            n(reputation.config().max_peers),
+            "peers",
+        ));
+        let trust = self.node.trust();
+        rows.push(LimitUse::new(
+            "trust statements held",
+            "node",
+            Some(n(trust.held())),
+            n(trust.config().max_statements),
+            "statements",
+        ));
+        if let Some(relay) = self.relay.limits() {
+            let status = self.relay.status();
+            rows.push(LimitUse::new(
+                "relay reservations",
+                "node",
+                Some(n(status.reservations)),
+                n(relay.max_reservations),
+                "reservations",
+            ));
+            rows.push(LimitUse::new(
+                "relay circuits",
+                "node",
+                Some(n(status.circuits)),
+                n(relay.max_circuits),
+                "circuits",
+            ));
+            rows.push(LimitUse::new(
+                "relay circuits per peer",
+                "peer",
+                None,
+                n(relay.max_circuits_per_peer),
+                "circuits",
+            ));
+            rows.push(LimitUse::new(
+                "relay bytes per circuit",
+                "circuit",
+                None,
+                relay.circuit_bytes,
+                "bytes",
+            ));
+            if let Some(rate) = relay.circuit_rate {
+                rows.push(LimitUse::new(
+                    "relay rate per circuit",
+                    "circuit",
+                    None,
+                    rate,
+                    "bytes/s",
+                ));
+            }
+        }
+        ResourceStatus {
+            memory,
+            limits: rows,
         }
     }
 
@@ -1208,6 +1555,7 @@ impl Runtime {
                         peer,
                         self.inputs.clone(),
                         self.app_streams.clone(),
+                        self.reader(&Scope::new(self.config.limits.connection_memory), None),
                     ));
                     self.retire(peer, conn, b"duplicate connection");
                 } else {
@@ -1230,18 +1578,73 @@ impl Runtime {
             // Both ends of a hole punch dial: the node keeps the peer's state if that explains
             // the second connection, and starts afresh otherwise (a restarted peer redialing).
             return self.register_new(conn, peer, direction, true);
-        } else {
-            let admitted = {
-                let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-                table.total < self.config.limits.max_connections
-            };
-            if !admitted {
-                conn.close(close_code::LIMIT.into(), b"connection limit");
-                let limit = self.config.limits.max_connections;
-                return self.finish_dials(peer, Err(DialError::Limit(limit)));
-            }
+        } else if let Err(limit) = self.make_room(direction) {
+            conn.close(close_code::LIMIT.into(), b"connection limit");
+            return self.finish_dials(peer, Err(DialError::Limit(limit)));
         }
         self.register_new(conn, peer, direction, false);
+    }
+
+    /// Whether a new connection in `direction` fits: below the connection limits and with room
+    /// in the memory budget for its windows. A newcomer that finds the inbound slots (or the
+    /// budget) full evicts an inbound connection if the eviction policy finds one unprotected.
+    /// `Err` carries the connection limit to report.
+    fn make_room(&mut self, direction: Direction) -> Result<(), usize> {
+        let limits = &self.config.limits;
+        let total = self.conns.len();
+        if total >= limits.max_connections {
+            return Err(limits.max_connections);
+        }
+        let inbound = self
+            .conns
+            .values()
+            .filter(|e| e.direction == Direction::Inbound)
+            .count();
+        let windows = 2 * u64::from(limits.base_window) as usize
+            + crate::resources::CONNECTION_STATE
+            + crate::resources::FRAME_ALLOWANCE;
+        let memory_short = self.memory.usage().used as usize + windows > limits.max_memory;
+        let inbound_full = direction == Direction::Inbound && inbound >= limits.max_inbound;
+        if !inbound_full && !memory_short {
+            return Ok(());
+        }
+        if direction == Direction::Inbound
+            && let Some(victim) = self.eviction_victim()
+        {
+            info!(peer = %victim, "evicting an inbound connection for a newcomer");
+            self.stats.evicted += 1;
+            self.close(victim, close_code::LIMIT, "evicted for a newcomer");
+            return Ok(());
+        }
+        Err(if inbound_full {
+            limits.max_inbound
+        } else {
+            limits.max_connections
+        })
+    }
+
+    /// The inbound connection [`spore_core::trust::eviction`] would evict now.
+    fn eviction_victim(&self) -> Option<PeerId> {
+        use spore_core::trust::eviction::{self, Candidate, NetGroup};
+        let kept: std::collections::BTreeSet<PeerId> = self.node.kept_peers().copied().collect();
+        let candidates: Vec<Candidate> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.direction == Direction::Inbound)
+            .map(|(peer, e)| {
+                let standing = self.node.standing(peer);
+                Candidate {
+                    peer: *peer,
+                    group: NetGroup::of(e.conn.remote_address().ip()),
+                    connected_for: e.since.elapsed(),
+                    rtt: Some(e.conn.rtt()),
+                    useful: standing.good,
+                    score: standing.score,
+                    protected: kept.contains(peer),
+                }
+            })
+            .collect();
+        eviction::choose(&candidates, self.eviction_key)
     }
 
     /// Takes `conn` into the table as `peer`'s connection (any other already removed);
@@ -1255,27 +1658,46 @@ impl Runtime {
         replaced: bool,
     ) {
         let addr = canonical(conn.remote_address());
+        let Some(windows) = Windows::admit(
+            &self.memory,
+            &conn,
+            &self.config.limits,
+            &self.config.transport,
+        ) else {
+            debug!(%peer, "no memory for another connection");
+            conn.close(close_code::LIMIT.into(), b"memory limit");
+            if replaced {
+                self.node
+                    .handle_connection_event(self.clock.now(), ConnectionEvent::Closed { peer });
+            }
+            let limit = self.config.limits.max_connections;
+            return self.finish_dials(peer, Err(DialError::Limit(limit)));
+        };
         self.table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add(addr.ip());
+        let scope = Scope::new(self.config.limits.connection_memory);
         let (frames, frames_rx) = mpsc::channel(self.config.limits.max_queued_frames);
         tokio::spawn(conn::write_frames(
             conn.clone(),
             conn::StreamKind::Control,
             frames_rx,
+            None,
         ));
         let (bulk, bulk_rx) = mpsc::channel(self.config.limits.max_queued_bulk_frames);
         tokio::spawn(conn::write_frames(
             conn.clone(),
             conn::StreamKind::Bulk,
             bulk_rx,
+            Some(windows.clone()),
         ));
         tokio::spawn(conn::accept_streams(
             conn.clone(),
             peer,
             self.inputs.clone(),
             self.app_streams.clone(),
+            self.reader(&scope, Some(windows.clone())),
         ));
         tokio::spawn(conn::accept_bidi_streams(
             conn.clone(),
@@ -1284,8 +1706,18 @@ impl Runtime {
         ));
         let watcher = conn.clone();
         let inputs = self.inputs.clone();
+        let idle_windows = windows.clone();
         tokio::spawn(async move {
-            let error = watcher.closed().await;
+            let closed = watcher.closed();
+            tokio::pin!(closed);
+            let error = loop {
+                tokio::select! {
+                    error = &mut closed => break error,
+                    _ = tokio::time::sleep(crate::resources::WINDOW_IDLE / 2) => {
+                        idle_windows.shrink_if_idle();
+                    }
+                }
+            };
             let duplicate = matches!(
                 &error,
                 quinn::ConnectionError::ApplicationClosed(c)
@@ -1309,6 +1741,9 @@ impl Runtime {
                 direction,
                 frames,
                 bulk,
+                windows,
+                scope,
+                since: tokio::time::Instant::now(),
             },
         );
         let now = self.clock.now();
@@ -1356,8 +1791,20 @@ impl Runtime {
         });
     }
 
+    /// What the readers of a connection with `scope` and `windows` need.
+    fn reader(&self, scope: &Scope, windows: Option<Arc<Windows>>) -> conn::Reader {
+        conn::Reader {
+            memory: self.memory.clone(),
+            scope: scope.clone(),
+            windows,
+            rate: self.config.limits.max_messages_per_sec,
+        }
+    }
+
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
         let entry = self.conns.remove(&peer)?;
+        entry.windows.release();
+        entry.scope.close();
         let addr = entry.conn.remote_address();
         if let Some(socket) = self.relay.socket.clone()
             && crate::relay::is_relayed(&addr)
@@ -1466,7 +1913,15 @@ impl Runtime {
         } else {
             &entry.frames
         };
-        if queue.try_send(frame).is_err() {
+        let Some(memory) = self
+            .memory
+            .try_reserve(Use::Outbound, frame.len(), Some(&entry.scope))
+        else {
+            self.stats.frames_dropped += 1;
+            debug!(peer = %to, kind = msg.kind(), "no memory for the frame; dropped");
+            return;
+        };
+        if queue.try_send((frame, memory)).is_err() {
             // The peer is not reading fast enough: drop, as the network would. Protocols
             // tolerate loss; holding frames without bound would not be tolerable.
             self.stats.frames_dropped += 1;

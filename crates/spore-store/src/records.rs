@@ -377,6 +377,10 @@ fn apply_removals(
 }
 
 impl RecordStore for RedbStore {
+    fn limits(&self) -> Option<StoreLimits> {
+        Some(*self.index.limits())
+    }
+
     fn put_value(&mut self, record: ValueRecord, now: Instant) -> Result<(), StoreError> {
         let put = Put::Value(record.key(), encode(&record)?);
         self.index.put_value(record, now)?;

@@ -488,6 +488,18 @@ pub struct NodeArgs {
     #[arg(long, env = "SPORE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
+    /// Most connections peers open to this node; when they are all taken a newcomer evicts the
+    /// least valuable inbound peer (young, slow, unknown, from a crowded network group) or is
+    /// refused [default: 448]
+    #[arg(long, env = "SPORE_MAX_INBOUND", value_name = "N")]
+    pub max_inbound: Option<usize>,
+
+    /// Memory budget for everything peers can make the node buffer (QUIC windows, frames
+    /// read and not yet handled, frames queued to send), e.g. `256M` or `1G` (binary units)
+    /// [default: 1G]
+    #[arg(long, env = "SPORE_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
     /// Announce this node and find peers on the local network by mDNS (_spore._udp.local)
     #[arg(long, env = "SPORE_MDNS")]
     pub mdns: bool,
@@ -581,6 +593,11 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         Some(rate) if rate > 0 && rate >> shift == n => Ok(rate),
         _ => Err(format!("{s:?} is not a rate above zero that fits")),
     }
+}
+
+/// A size in bytes, as `4096`, `512K`, `256M` or `1G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_rate(s).map_err(|_| format!("{s:?} is not a size such as 256M or 1G"))
 }
 
 /// Arguments of `spore ping`.

@@ -191,6 +191,17 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
             .max_connections_per_ip
             .or(file.max_connections_per_ip)
             .unwrap_or(defaults.max_per_ip),
+        max_inbound: args
+            .max_inbound
+            .or(file.max_inbound)
+            .unwrap_or(defaults.max_inbound),
+        max_memory: match (args.max_memory, &file.max_memory) {
+            (Some(bytes), _) => usize::try_from(bytes).unwrap_or(usize::MAX),
+            (None, Some(text)) => crate::cli::parse_size(text)
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+                .map_err(|e| anyhow::anyhow!("config file: max_memory: {e}"))?,
+            (None, None) => defaults.max_memory,
+        },
         ..defaults
     };
 
@@ -569,14 +580,76 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     }
     println!(
         "discarded    {} wire errors, {} protocol violations, {} frames dropped, {} pub/sub \
-         frames shed, {} refused",
+         frames shed, {} refused, {} evicted",
         s.runtime.wire_errors,
         s.core.violations,
         s.runtime.frames_dropped,
         s.runtime.pubsub_frames_shed,
-        s.runtime.refused
+        s.runtime.refused,
+        s.runtime.evicted
     );
+    let m = &s.resources.memory;
+    println!(
+        "memory       {} of {} reserved: windows {}, frames in {}, frames out {}, state {}; \
+         {} reservations refused",
+        human_size(m.used),
+        human_size(m.limit),
+        human_size(m.windows),
+        human_size(m.inbound),
+        human_size(m.outbound),
+        human_size(m.state),
+        m.refused
+    );
+    println!();
+    print!("{}", limits_table(&s.resources.limits));
     Ok(())
+}
+
+/// The limits of `spore status`: one row each, with what is in use against it.
+fn limits_table(limits: &[spore_net::LimitUse]) -> String {
+    let amount = |n: u64, unit: &str| match unit {
+        "bytes" => human_size(n),
+        "bytes/s" => format!("{}/s", human_size(n)),
+        _ => n.to_string(),
+    };
+    let rows: Vec<[String; 4]> = limits
+        .iter()
+        .map(|l| {
+            let used = l
+                .used
+                .map_or_else(|| "-".to_string(), |u| amount(u, &l.unit));
+            let unit = if l.unit.starts_with("bytes") {
+                ""
+            } else {
+                l.unit.as_str()
+            };
+            [
+                l.name.clone(),
+                format!("per {}", l.scope),
+                used,
+                format!("{} {unit}", amount(l.limit, &l.unit))
+                    .trim_end()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    let header = ["LIMIT", "SCOPE", "USED", "MAX"].map(String::from);
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&header))
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        out.push_str(&format!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {}\n",
+            r[0], r[1], r[2], r[3]
+        ));
+    }
+    out
 }
 
 /// `spore ping`

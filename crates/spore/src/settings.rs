@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Connection limit per IP address.
     pub max_connections_per_ip: Option<usize>,
+    /// Inbound connection limit (eviction beyond it).
+    pub max_inbound: Option<usize>,
+    /// Memory budget for network buffers, e.g. `"256M"`.
+    pub max_memory: Option<String>,
     /// Discover peers on the local network by mDNS.
     pub mdns: Option<bool>,
     /// `server` or `client`.

@@ -136,6 +136,10 @@ pub trait RecordStore {
     fn is_empty(&self) -> bool {
         self.len() == StoreCounts::default()
     }
+    /// The limits the store enforces, if it has these.
+    fn limits(&self) -> Option<StoreLimits> {
+        None
+    }
 }
 
 /// A record a [`MemoryStore`] dropped (expired, or displaced by a newer provider), as reported
@@ -333,6 +337,10 @@ fn check_live(expires: u64, now: Instant) -> Result<(), StoreError> {
 }
 
 impl RecordStore for MemoryStore {
+    fn limits(&self) -> Option<StoreLimits> {
+        Some(self.limits)
+    }
+
     fn put_value(&mut self, record: ValueRecord, now: Instant) -> Result<(), StoreError> {
         check_live(record.expires(), now)?;
         let key = record.key();
