@@ -60,6 +60,10 @@ pub struct NetConfig {
     /// e.g. `<data-dir>/credits.bin`): loaded at start, saved every minute and at shutdown.
     /// `None` keeps it in memory.
     pub ledger: Option<PathBuf>,
+    /// Where the anchor peers are kept (e.g. `<data-dir>/anchors.txt`): the longest-lived
+    /// outbound peers, saved every minute and at shutdown, and kept connected (dialed first)
+    /// at the next start. `None` keeps no anchors.
+    pub anchors: Option<PathBuf>,
     /// The identities this node vouches for, as saved before a restart (see
     /// [`spore_core::trust::wot`]); the statement is published again at start.
     pub vouches: std::collections::BTreeSet<PeerId>,
@@ -86,6 +90,7 @@ impl Default for NetConfig {
             relay: crate::relay::RelayConfig::default(),
             port_map: None,
             ledger: None,
+            anchors: None,
             vouches: std::collections::BTreeSet::new(),
         }
     }

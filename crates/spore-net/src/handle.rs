@@ -168,6 +168,20 @@ pub async fn start(
             inputs.clone(),
         ));
     }
+    // Anchors (the longest-lived outbound peers of the last run) are kept like bootstrap
+    // peers, so a restart brings back peers this node chose rather than whoever dials it.
+    if let Some(path) = &config.anchors {
+        match spore_store::anchors::load_anchors(path) {
+            Ok(anchors) => {
+                for (peer, addr) in anchors {
+                    if let Err(e) = node.keep_connected(clock.now(), peer, vec![addr]) {
+                        warn!(%peer, %addr, error = %e, "cannot keep this anchor peer");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the anchor peers"),
+        }
+    }
     // Bootstrap peers are kept: the node dials them, with backoff, while it is short of peers.
     for (peer, addr) in &config.bootstrap {
         if let Err(e) = node.keep_connected(clock.now(), *peer, vec![*addr]) {

@@ -522,7 +522,9 @@ struct Entry {
 /// once from the wall clock at start and advanced by the monotonic clock, so it never jumps.
 /// How long a replaced connection stays open to deliver what was in flight on it.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-/// How often the credit ledger is saved while the node runs.
+/// Anchor peers saved (Bitcoin Core keeps two).
+const ANCHORS: usize = 2;
+/// How often the credit ledger and the anchor peers are saved while the node runs.
 const LEDGER_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy)]
@@ -670,6 +672,7 @@ impl Runtime {
             if tokio::time::Instant::now() >= next_ledger_save {
                 next_ledger_save += LEDGER_SAVE_EVERY;
                 self.save_ledger();
+                self.save_anchors();
             }
             let wake = self.node.poll_timeout().map(|t| self.clock.to_tokio(t));
             let input = tokio::select! {
@@ -2046,9 +2049,48 @@ impl Runtime {
         }
     }
 
+    /// Saves the anchor peers: up to [`ANCHORS`] ready outbound peers on direct paths, the
+    /// longest connected first, from distinct network groups where possible. An empty list
+    /// leaves the last saved anchors in place.
+    fn save_anchors(&self) {
+        use spore_core::trust::eviction::NetGroup;
+        let Some(path) = &self.config.anchors else {
+            return;
+        };
+        let mut outbound: Vec<(tokio::time::Instant, PeerId, SocketAddr)> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.direction == Direction::Outbound)
+            .filter(|(_, e)| !crate::relay::is_relayed(&e.conn.remote_address()))
+            .filter(|(p, _)| self.node.peer(p).is_some_and(|i| i.ready))
+            .map(|(p, e)| (e.since, *p, canonical(e.conn.remote_address())))
+            .collect();
+        outbound.sort();
+        let mut groups = Vec::new();
+        let (mut anchors, mut rest) = (Vec::new(), Vec::new());
+        for (_, peer, addr) in outbound {
+            let group = NetGroup::of(addr.ip());
+            if groups.contains(&group) {
+                rest.push((peer, addr));
+            } else {
+                groups.push(group);
+                anchors.push((peer, addr));
+            }
+        }
+        anchors.extend(rest);
+        anchors.truncate(ANCHORS);
+        if anchors.is_empty() {
+            return;
+        }
+        if let Err(e) = spore_store::anchors::save_anchors(path, &anchors) {
+            warn!(error = %e, "cannot save the anchor peers");
+        }
+    }
+
     async fn shutdown(&mut self) {
         info!("shutting down");
         self.save_ledger();
+        self.save_anchors();
         self.port_map.release().await;
         if let Some(turn) = self.turn.take() {
             let _ = turn.send(crate::turn::TurnCommand::Close).await;

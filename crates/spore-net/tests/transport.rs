@@ -354,3 +354,35 @@ async fn idle_connections_are_pruned_above_the_target() {
     .await;
     assert!(hub.status().await.unwrap().core.idle_closed >= 2);
 }
+
+/// The longest-lived outbound peers are saved as anchors at shutdown, and a restarted node with
+/// no bootstrap peers dials them by itself.
+#[tokio::test]
+async fn anchors_bring_back_outbound_peers_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("anchors.txt");
+    let (a, c) = (node().await, node().await);
+    let keypair = Keypair::generate(&mut rand_core::OsRng);
+    let stamp = Stamp::mint(&keypair.peer_id(), DIFFICULTY);
+    let mut cfg = config("127.0.0.1:0");
+    cfg.anchors = Some(path.clone());
+    let (b, _) = spore_net::start(keypair.clone(), stamp, cfg.clone())
+        .await
+        .unwrap();
+    b.dial(a.peer_id(), addr(&a)).await.unwrap();
+    b.dial(c.peer_id(), addr(&c)).await.unwrap();
+    b.shutdown().await;
+    let saved = spore_store::anchors::load_anchors(&path).unwrap();
+    let mut ids: Vec<_> = saved.iter().map(|(p, _)| *p).collect();
+    ids.sort();
+    let mut expected = vec![a.peer_id(), c.peer_id()];
+    expected.sort();
+    assert_eq!(ids, expected, "both outbound peers are anchors");
+
+    let (b, _) = spore_net::start(keypair, stamp, cfg).await.unwrap();
+    eventually("the restarted node reconnects to its anchors", || async {
+        ready_peers(&b).await.len() == 2
+    })
+    .await;
+    b.shutdown().await;
+}

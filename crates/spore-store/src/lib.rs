@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+pub mod anchors;
 mod api;
 pub mod blobs;
 pub mod credit;

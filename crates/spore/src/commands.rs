@@ -224,6 +224,7 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         doc_store: Some(doc_store(&dir)),
         vouches: dir.load_vouches()?,
         ledger: Some(dir.path().join(spore_store::credit::LEDGER_FILE)),
+        anchors: Some(dir.path().join(spore_store::anchors::ANCHORS_FILE)),
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
