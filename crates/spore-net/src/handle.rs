@@ -159,12 +159,14 @@ pub async fn start(
     let (app_tx, app_rx) = mpsc::channel(config.limits.max_pending_app_streams);
     let table = Arc::new(Mutex::new(ConnTable::default()));
     let handshakes = Arc::new(Semaphore::new(config.limits.max_pending_handshakes));
+    let memory = crate::resources::Memory::new(config.limits.max_memory);
     for endpoint in &endpoints {
         tokio::spawn(accept_loop(
             endpoint.clone(),
             config.clone(),
             table.clone(),
             handshakes.clone(),
+            memory.clone(),
             inputs.clone(),
         ));
     }
@@ -209,6 +211,7 @@ pub async fn start(
         app_tx,
     );
     runtime.peer_book = peer_book;
+    runtime.memory = memory;
     runtime.nat = nat;
     runtime.socket_v4 = relay_socket.clone();
     if let Some(turn) = runtime.config.nat.turn.clone() {
@@ -326,6 +329,7 @@ async fn accept_loop(
     config: NetConfig,
     table: Arc<Mutex<ConnTable>>,
     handshakes: Arc<Semaphore>,
+    memory: crate::resources::Memory,
     inputs: mpsc::Sender<Input>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
@@ -338,9 +342,15 @@ async fn accept_loop(
             }
             ok
         };
+        // A handshake in progress holds QUIC state too: it is charged like a connection's.
         let Some(permit) = admitted
             .then(|| handshakes.clone().try_acquire_owned().ok())
             .flatten()
+            .and_then(|p| {
+                let charge = crate::resources::CONNECTION_STATE;
+                let state = memory.try_reserve(crate::resources::Use::State, charge, None)?;
+                Some((p, state))
+            })
         else {
             debug!(%ip, "refusing incoming connection: limit reached");
             incoming.refuse();

@@ -1721,6 +1721,7 @@ impl Runtime {
                     }
                 }
             };
+            idle_windows.release();
             let duplicate = matches!(
                 &error,
                 quinn::ConnectionError::ApplicationClosed(c)
@@ -1806,7 +1807,8 @@ impl Runtime {
 
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
         let entry = self.conns.remove(&peer)?;
-        entry.windows.release();
+        // The windows stay reserved until QUIC has let go of the connection (the watcher
+        // releases them): a closing connection still holds its buffers.
         entry.scope.close();
         let addr = entry.conn.remote_address();
         if let Some(socket) = self.relay.socket.clone()
