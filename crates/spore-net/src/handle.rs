@@ -250,7 +250,12 @@ pub async fn start(
             .map_err(|source| StartError::Bind { addr, source })?;
         tokio::spawn(crate::relay::serve_tcp(listener, socket.clone()));
     }
-    let relay = Arc::new(RelayShared::new(&runtime.config.relay, relay_socket, clock));
+    let relay = Arc::new(RelayShared::new(
+        &runtime.config.relay,
+        relay_socket,
+        clock,
+        runtime.memory.clone(),
+    ));
     runtime.relay = relay.clone();
     tokio::spawn(runtime.run(inputs_rx));
     info!(peer_id = %keypair.peer_id(), addrs = ?listen_addrs, "node started");

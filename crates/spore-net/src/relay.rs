@@ -61,6 +61,8 @@ pub struct RelayStatus {
 /// What relay tasks share with the runtime.
 pub(crate) struct RelayShared {
     pub(crate) server: Option<Mutex<RelayServer>>,
+    /// The memory budget: circuits keep the windows of the connections they ride on grown.
+    memory: crate::resources::Memory,
     /// Relays where this node holds a reservation, with the reservation's end.
     pub(crate) reserved_at: Mutex<std::collections::BTreeMap<PeerId, tokio::time::Instant>>,
     /// The IPv4 socket that carries relayed paths (virtual addresses are IPv4).
@@ -79,8 +81,14 @@ impl std::fmt::Debug for RelayShared {
 }
 
 impl RelayShared {
-    pub(crate) fn new(config: &RelayConfig, socket: Option<Arc<NodeSocket>>, clock: Clock) -> Self {
+    pub(crate) fn new(
+        config: &RelayConfig,
+        socket: Option<Arc<NodeSocket>>,
+        clock: Clock,
+        memory: crate::resources::Memory,
+    ) -> Self {
         Self {
+            memory,
             server: config
                 .serve
                 .then(|| Mutex::new(RelayServer::new(config.limits.clone()))),
@@ -212,6 +220,12 @@ pub(crate) async fn serve_stream(
         }
         Err(_) => return,
     };
+    // A circuit carries a relayed connection's packets: the connection it rides on needs
+    // the windows of a bulk transfer for as long as it runs.
+    let _hold = match header {
+        Header::Reserve => None,
+        Header::Connect { .. } | Header::Incoming { .. } => shared.memory.hold(conn.stable_id()),
+    };
     match header {
         Header::Reserve => serve_reserve(&shared, conn, peer, send).await,
         Header::Connect { target } => serve_connect(&shared, peer, target, send, recv).await,
@@ -276,6 +290,9 @@ async fn serve_connect(
         Some(h) => h.connection(target).await.ok(),
         None => None,
     };
+    let _hold = target_conn
+        .as_ref()
+        .and_then(|c| shared.memory.hold(c.stable_id()));
     let answer = match target_conn {
         Some(conn) => ask(&conn, &Header::Incoming { from }).await.ok(),
         None => None,
@@ -453,7 +470,12 @@ impl NodeHandle {
         }
         let path = socket.open_path();
         let addr = path.addr;
-        tokio::spawn(pump(socket.clone(), path, recv, send));
+        let hold = shared.memory.hold(conn.stable_id());
+        let pumped = socket.clone();
+        tokio::spawn(async move {
+            let _hold = hold;
+            pump(pumped, path, recv, send).await
+        });
         let result = self.dial(peer, addr).await;
         if let Err(e) = &result {
             socket.close_path(&addr);

@@ -60,6 +60,9 @@ pub(crate) struct Memory(Arc<Budget>);
 struct Budget {
     permits: Arc<Semaphore>,
     limit: usize,
+    /// Every admitted connection's windows, by connection id, for code that has only the
+    /// connection (relay circuits hold the windows of the connections they ride on).
+    windows: Mutex<std::collections::HashMap<usize, std::sync::Weak<Windows>>>,
     used: [AtomicUsize; USES],
     /// Reservations refused (frames dropped, connections refused, windows not grown).
     refused: AtomicUsize,
@@ -91,6 +94,7 @@ impl Memory {
         Self(Arc::new(Budget {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            windows: Mutex::default(),
             used: Default::default(),
             refused: AtomicUsize::new(0),
         }))
@@ -182,6 +186,19 @@ impl Memory {
             node: None,
             local: None,
         }
+    }
+
+    /// Holds the windows of connection `conn_id` grown while the hold lives (a relay circuit
+    /// rides on it); `None` if the connection was not admitted or is gone.
+    pub(crate) fn hold(&self, conn_id: usize) -> Option<WindowHold> {
+        let windows = self
+            .0
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&conn_id)?
+            .upgrade()?;
+        Some(windows.hold())
     }
 
     pub(crate) fn usage(&self) -> MemoryUse {
@@ -320,6 +337,9 @@ impl Scope {
 #[derive(Debug)]
 pub(crate) struct Windows {
     inner: Mutex<WindowState>,
+    conn_id: usize,
+    /// Relay circuits riding on the connection: while any does, the windows stay grown.
+    holds: AtomicUsize,
     memory: Memory,
     base: u64,
     full_receive: u64,
@@ -351,7 +371,7 @@ impl Windows {
         let windows = memory.try_reserve(Use::Windows, 2 * base as usize, None)?;
         conn.set_receive_window(quinn::VarInt::from_u64(base).unwrap_or(quinn::VarInt::MAX));
         conn.set_send_window(base);
-        Some(Arc::new(Self {
+        let windows = Arc::new(Self {
             inner: Mutex::new(WindowState {
                 conn: Some(conn.clone()),
                 state: Some(state),
@@ -365,7 +385,23 @@ impl Windows {
             base,
             full_receive: u64::from(transport.receive_window).max(base),
             full_send: transport.send_window.max(base),
-        }))
+            conn_id: conn.stable_id(),
+            holds: AtomicUsize::new(0),
+        });
+        memory
+            .0
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.stable_id(), Arc::downgrade(&windows));
+        Some(windows)
+    }
+
+    /// Keeps the windows grown until the hold is dropped.
+    pub(crate) fn hold(self: &Arc<Self>) -> WindowHold {
+        self.holds.fetch_add(1, Ordering::Relaxed);
+        self.bulk();
+        WindowHold(self.clone())
     }
 
     /// Bulk data moved on the connection: grow its windows if they are not grown yet, to the
@@ -401,7 +437,8 @@ impl Windows {
     /// [`WINDOW_IDLE`].
     pub(crate) fn shrink_if_idle(&self) {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = s.last_bulk.is_none_or(|t| t.elapsed() >= WINDOW_IDLE);
+        let idle = s.last_bulk.is_none_or(|t| t.elapsed() >= WINDOW_IDLE)
+            && self.holds.load(Ordering::Relaxed) == 0;
         if s.grown.is_none() || !idle {
             return;
         }
@@ -424,11 +461,27 @@ impl Windows {
 
     /// The connection is gone: everything it reserved goes back to the budget.
     pub(crate) fn release(&self) {
+        self.memory
+            .0
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.conn_id);
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         s.conn = None;
         s.state = None;
         s.base = None;
         s.grown = None;
+    }
+}
+
+/// Keeps a connection's windows grown (see [`Windows::hold`]).
+#[derive(Debug)]
+pub(crate) struct WindowHold(Arc<Windows>);
+
+impl Drop for WindowHold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

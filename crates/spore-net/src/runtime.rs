@@ -649,6 +649,7 @@ impl Runtime {
                 &crate::relay::RelayConfig::default(),
                 None,
                 clock,
+                Memory::new(config_memory),
             )),
             port_map: crate::portmap::PortMap::off(),
             bound_announced,
