@@ -1711,6 +1711,7 @@ impl Runtime {
         let watcher = conn.clone();
         let inputs = self.inputs.clone();
         let idle_windows = windows.clone();
+        let closing_scope = scope.clone();
         tokio::spawn(async move {
             let closed = watcher.closed();
             tokio::pin!(closed);
@@ -1723,6 +1724,7 @@ impl Runtime {
                 }
             };
             idle_windows.release();
+            closing_scope.close();
             let duplicate = matches!(
                 &error,
                 quinn::ConnectionError::ApplicationClosed(c)
@@ -1808,9 +1810,9 @@ impl Runtime {
 
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
         let entry = self.conns.remove(&peer)?;
-        // The windows stay reserved until QUIC has let go of the connection (the watcher
-        // releases them): a closing connection still holds its buffers.
-        entry.scope.close();
+        // The windows and the frame scope stay until QUIC has let go of the connection (the
+        // watcher releases them): a closing connection still holds its buffers, and a retired
+        // one still delivers what was in flight on it.
         let addr = entry.conn.remote_address();
         if let Some(socket) = self.relay.socket.clone()
             && crate::relay::is_relayed(&addr)
