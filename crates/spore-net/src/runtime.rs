@@ -1214,6 +1214,18 @@ impl Runtime {
             ),
         ];
         let core = self.node.config();
+        let outbound = self
+            .conns
+            .values()
+            .filter(|e| e.direction == Direction::Outbound)
+            .count();
+        rows.push(LimitUse::new(
+            "outbound connections (a minimum)",
+            "node",
+            Some(n(outbound)),
+            n(core.outbound.min_outbound),
+            "connections",
+        ));
         rows.push(LimitUse::new(
             "peers known",
             "node",

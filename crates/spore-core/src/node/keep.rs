@@ -235,6 +235,7 @@ mod tests {
     fn a_node_with_enough_peers_leaves_kept_peers_alone() {
         let mut config = test_config();
         config.keep.min_peers = 0;
+        config.outbound.min_outbound = 0;
         let mut a = test_node(1, config);
         let b = test_node(2, test_config()).peer_id();
         let addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();

@@ -27,6 +27,7 @@
 //! `Node::for_each_protocol`.
 
 pub mod keep;
+pub mod outbound;
 mod protocol;
 
 pub use keep::KeepError;
@@ -118,6 +119,8 @@ pub struct Config {
     pub pex: pex::Config,
     /// Kept peers (dialed while the node is short of peers).
     pub keep: keep::Config,
+    /// Outbound diversity: how many outbound connections the node keeps, across network groups.
+    pub outbound: outbound::Config,
     /// Overlay membership and keyword search settings.
     pub gossip: gossip::Config,
     /// Pub/sub settings.
@@ -153,6 +156,7 @@ impl Default for Config {
             kad: kad::Config::default(),
             pex: pex::Config::default(),
             keep: keep::Config::default(),
+            outbound: outbound::Config::default(),
             gossip: gossip::Config::default(),
             pubsub: pubsub::Config::default(),
             swarm: swarm::Config::default(),
@@ -386,6 +390,9 @@ pub struct Stats {
     pub idle_closed: u64,
     /// Connections refused or closed because the peer is distrusted.
     pub distrusted_refused: u64,
+    /// Dials made to keep the minimum of outbound connections (see [`outbound`]).
+    #[serde(default)]
+    pub outbound_dials: u64,
 }
 
 /// A spore node's protocol core. See the [module docs](self) for the driving contract.
@@ -411,6 +418,8 @@ pub struct Node {
     keeper: Keeper,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
+    /// When to check the outbound connections next (see [`outbound`]).
+    next_outbound: Option<Instant>,
     /// DHT lookups of trust statements under way, and whose statement each looks for.
     trust_queries: BTreeMap<QueryId, PeerId>,
 }
@@ -516,6 +525,8 @@ impl Node {
             docs,
             keeper: Keeper::new(config.keep.clone()),
             next_prune: None,
+            next_outbound: (config.outbound.min_outbound > 0)
+                .then(|| now + config.outbound.interval),
             trust_queries: BTreeMap::new(),
             config,
         })
@@ -826,6 +837,9 @@ impl Node {
         if self.next_prune.is_some_and(|t| t <= now) {
             self.prune_idle();
         }
+        if self.next_outbound.is_some_and(|t| t <= now) {
+            self.fill_outbound();
+        }
         if self.out.wot.poll_timeout().is_some_and(|t| t <= now) {
             self.fetch_trust_statements();
         }
@@ -1019,6 +1033,60 @@ impl Node {
         self.gossip.active_view().any(|p| p == peer) || self.pubsub.in_any_mesh(peer)
     }
 
+    /// The `min_outbound` longest-connected ready outbound peers: kept, never pruned as idle.
+    fn kept_outbound(&self) -> std::collections::BTreeSet<PeerId> {
+        let mut outbound: Vec<(Instant, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.info.ready && p.info.direction == Direction::Outbound)
+            .map(|(id, p)| (p.info.connected_at, *id))
+            .collect();
+        outbound.sort();
+        outbound.truncate(self.config.outbound.min_outbound);
+        outbound.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Dials routing-table contacts, across network groups, while the node has fewer ready
+    /// outbound connections than [`outbound::Config::min_outbound`] (see [`outbound`]).
+    fn fill_outbound(&mut self) {
+        use crate::trust::eviction::NetGroup;
+        let config = self.config.outbound.clone();
+        self.next_outbound = (config.min_outbound > 0).then(|| self.now + config.interval);
+        let mut groups: BTreeMap<NetGroup, usize> = BTreeMap::new();
+        let mut outbound = 0;
+        for p in self.peers.values() {
+            if p.info.direction == Direction::Outbound {
+                *groups.entry(NetGroup::of(p.info.addr.ip())).or_default() += 1;
+                outbound += 1;
+            }
+        }
+        let want = config.min_outbound.saturating_sub(outbound);
+        if want == 0 {
+            return;
+        }
+        let now = self.now;
+        let candidates: Vec<(PeerId, Vec<SocketAddr>)> = self
+            .kad
+            .table()
+            .iter()
+            .filter(|e| !self.peers.contains_key(&e.contact.peer))
+            .filter(|e| !self.out.reputation.is_distrusted(now, &e.contact.peer))
+            .map(|e| (e.contact.peer, e.contact.addrs.to_vec()))
+            .collect();
+        let picked = outbound::pick(
+            &groups,
+            candidates,
+            want,
+            config.max_per_group,
+            &mut self.rng,
+        );
+        let mut cx = context!(self);
+        for (peer, addrs) in picked {
+            cx.dial(peer, &addrs);
+            self.stats.outbound_dials += 1;
+        }
+    }
+
     /// Drops `peer` for being idle and asks the driver to close its connection.
     fn close_idle(&mut self, peer: PeerId) {
         self.stats.idle_closed += 1;
@@ -1040,10 +1108,11 @@ impl Node {
     /// next connection becomes idle enough to close.
     fn prune_idle(&mut self) {
         let excess = self.peers.len().saturating_sub(self.config.target_peers);
+        let kept_outbound = self.kept_outbound();
         let mut candidates: Vec<(Instant, PeerId)> = self
             .peers
             .iter()
-            .filter(|(id, _)| !self.is_structural(id))
+            .filter(|(id, _)| !self.is_structural(id) && !kept_outbound.contains(id))
             .map(|(id, p)| (p.last_active, *id))
             .collect();
         candidates.sort();
@@ -1422,6 +1491,7 @@ impl Node {
             .into_iter()
             .chain(waiting)
             .chain(self.next_prune)
+            .chain(self.next_outbound)
             .chain(self.out.wot.poll_timeout())
             .min();
         let protocols = self
