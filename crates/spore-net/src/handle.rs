@@ -764,6 +764,14 @@ impl NodeHandle {
             .await??)
     }
 
+    /// Closes `doc` to peers this node does not trust within `depth` vouches: nothing about it
+    /// goes to them and nothing from them is taken, on sync and on its live topic alike.
+    pub async fn doc_close(&self, doc: DocId, depth: u8) -> Result<(), RequestError> {
+        Ok(self
+            .doc(|reply| DocOp::Close { doc, depth, reply })
+            .await??)
+    }
+
     /// Reconciles `doc` with `peer` now (sync also runs by itself on connection and
     /// periodically).
     pub async fn doc_sync(&self, peer: PeerId, doc: DocId) -> Result<(), RequestError> {

@@ -260,6 +260,11 @@ pub(crate) enum DocOp {
         doc: DocId,
         reply: oneshot::Sender<Option<Box<Document>>>,
     },
+    Close {
+        doc: DocId,
+        depth: u8,
+        reply: oneshot::Sender<Result<(), SyncError>>,
+    },
 }
 
 /// A Kademlia command from a handle.
@@ -992,6 +997,9 @@ impl Runtime {
             }
             DocOp::Get { doc, reply } => {
                 let _ = reply.send(self.node.docs().doc(&doc).cloned().map(Box::new));
+            }
+            DocOp::Close { doc, depth, reply } => {
+                let _ = reply.send(self.node.doc_close(now, &doc, depth));
             }
         }
     }

@@ -211,3 +211,49 @@ async fn a_closed_topic_admits_trusted_authors_only_and_a_revocation_shuts_one_o
     }
     while stops.join_next().await.is_some() {}
 }
+
+/// A document closed to peers trusted within one vouch: the owner vouches for b, not for c;
+/// both open the document (from its access list) and sync with the owner. b gets the text, c
+/// gets nothing, and the owner takes nothing from c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_document_replicates_to_trusted_peers_only() {
+    use spore_core::doc::Edit;
+    let nodes = [start().await, start().await, start().await];
+    let (owner, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    connect(&nodes, &[(1, 0), (2, 0)]).await;
+    let doc = owner.doc_create(7).await.unwrap();
+    owner.doc_close(doc, 1).await.unwrap();
+    owner.trust_vouch(b.peer_id()).await.unwrap();
+    wait_chain(owner, b.peer_id(), 1, true).await;
+    owner
+        .doc_edit(
+            doc,
+            vec![Edit::Insert("notes".into(), 0, "members only".into())],
+        )
+        .await
+        .unwrap();
+    let access = owner.doc_get(doc).await.unwrap().unwrap().access().clone();
+    for reader in [b, c] {
+        reader
+            .doc_open(access.clone(), vec![owner.peer_id()])
+            .await
+            .unwrap();
+        reader.doc_sync(owner.peer_id(), doc).await.unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let text = b.doc_get(doc).await.unwrap().unwrap().text("notes");
+        if text.as_deref() == Some("members only") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "b never got the text: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give c as long as b needed and more: it still has nothing.
+    tokio::time::sleep(started.elapsed() * 2 + Duration::from_millis(500)).await;
+    let text = c.doc_get(doc).await.unwrap().unwrap().text("notes");
+    assert_eq!(text, None, "c, untrusted, got the document");
+}

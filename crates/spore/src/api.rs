@@ -28,6 +28,7 @@
 //! | GET | `/v1/docs/{doc}/ticket` | | `{"ticket": "doc…"}` |
 //! | POST | `/v1/docs/{doc}/edits` | `[`[`EditRequest`]`]` | [`DocView`] after the change |
 //! | POST | `/v1/docs/{doc}/writers` | [`WriterRequest`] | [`DocView`]: the owner admitted a writer |
+//! | PUT | `/v1/docs/{doc}/closed` | `{"depth": D}` | [`ClosedDoc`]: only peers trusted within D vouches sync it with this node (while the node runs) |
 //! | GET | `/v1/docs/{doc}/events` | | server-sent events: `state` ([`DocView`]) now and on every change from other replicas |
 //! | GET | `/v1/trust` | | [`TrustView`]: vouches, the trust graph, closed topics, the reputation table |
 //! | PUT | `/v1/trust/vouches/{peer}` | | [`VouchView`]: vouches for the peer (saved in `vouches.txt`) |
@@ -52,7 +53,9 @@ pub mod search;
 pub mod topics;
 pub mod trust;
 
-pub use docs::{DocCreated, DocTicket, DocView, EditRequest, JoinRequest, WriterRequest};
+pub use docs::{
+    ClosedDoc, DocCreated, DocTicket, DocView, EditRequest, JoinRequest, WriterRequest,
+};
 pub use events::{EventStream, SseEvent};
 pub use search::{SearchRequest, SearchResponse, SharedName, UnsharedView};
 pub use topics::{
@@ -311,6 +314,7 @@ pub fn router(node: NodeHandle, token: String, data_dir: Option<spore_store::Dat
         .route("/v1/docs/{doc}/ticket", get(docs::ticket))
         .route("/v1/docs/{doc}/edits", post(docs::edit))
         .route("/v1/docs/{doc}/writers", post(docs::add_writer))
+        .route("/v1/docs/{doc}/closed", put(docs::close))
         .route("/v1/docs/{doc}/events", get(docs::events))
         .route("/v1/trust", get(trust::show))
         .route(

@@ -293,6 +293,15 @@ pub enum DocCommand {
         /// The peer.
         peer: spore_core::PeerId,
     },
+    /// Close the document to peers this node does not trust within DEPTH vouches: only
+    /// trusted peers sync it with this node or send it live changes (while the node runs).
+    Close {
+        /// The document's id.
+        doc: String,
+        /// How many vouches away a peer may be (0: nobody but this node; at most 4).
+        #[arg(long, value_name = "DEPTH", value_parser = clap::value_parser!(u8).range(0..=4))]
+        trusted_within: u8,
+    },
     /// Print the document's ticket.
     Ticket {
         /// The document's id.

@@ -106,6 +106,23 @@ pub async fn run(data_dir: Option<PathBuf>, command: DocCommand) -> Result<()> {
                 w.join(", ")
             });
         }
+        DocCommand::Close {
+            doc,
+            trusted_within,
+        } => {
+            let closed: crate::api::ClosedDoc = client
+                .put_json(
+                    &format!("/v1/docs/{doc}/closed"),
+                    &crate::api::ClosedDoc {
+                        depth: trusted_within,
+                    },
+                )
+                .await?;
+            println!(
+                "document {doc} now syncs only with peers trusted within {} vouches",
+                closed.depth
+            );
+        }
         DocCommand::Ticket { doc } => {
             let t: serde_json::Value = client.get(&format!("/v1/docs/{doc}/ticket")).await?;
             println!("{}", t["ticket"].as_str().unwrap_or_default());

@@ -134,11 +134,24 @@ fn two_nodes_share_and_edit_a_document() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].contains("Trip plan v2"), "{lines:?}");
 
-    // A restarts: the document is still there (redb), with everything.
+    // Closing the document to trusted peers: A vouches for nobody, so B's edits stop
+    // reaching A while A's own still apply; a depth beyond 4 is refused.
+    let closed = ok(spore(&a, &["doc", "close", &doc, "--trusted-within", "1"]));
+    assert!(closed.contains("trusted within 1"), "{closed}");
+    let too_deep = spore(&a, &["doc", "close", &doc, "--trusted-within", "9"]);
+    assert!(!too_deep.status.success());
+    ok(spore(&b, &["doc", "set", &doc, "title", "from outside"]));
+    ok(spore(&a, &["doc", "set", &doc, "votes", "1", "--incr"]));
+    std::thread::sleep(Duration::from_secs(1));
+    let v: Value = serde_json::from_str(&ok(spore(&a, &["doc", "get", &doc, "--json"]))).unwrap();
+    assert_eq!(v["entries"]["Register:title"], "Trip plan v2", "{v}");
+
+    // A restarts: the document is still there (redb), with everything; the closure lasted
+    // only while A ran, so B's edit arrives now.
     drop(node_a);
     let _node_a = start_node(&a);
     let v = wait_doc(&a, &doc, "A to reload the document", |e| {
-        e["Register:title"] == "Trip plan v2" && e["Counter:votes"] == "5"
+        e["Register:title"] == "from outside" && e["Counter:votes"] == "6"
     });
     assert!(v["writers"].as_array().unwrap().len() >= 2);
 }

@@ -1367,6 +1367,17 @@ impl Node {
         Ok(access)
     }
 
+    /// Command: close `doc` to peers this node does not trust within `depth` vouches (see
+    /// [`DocSync::close`]); its live topic is closed to untrusted authors too, and the node
+    /// follows the trust topic so that revocations reach it at once.
+    pub fn doc_close(&mut self, now: Instant, doc: &DocId, depth: u8) -> Result<(), SyncError> {
+        self.advance(now);
+        self.docs.close(doc, depth)?;
+        let _ = self.pubsub.close_topic(&doc.topic(), depth);
+        self.follow_trust_topic();
+        Ok(())
+    }
+
     /// Command: reconcile `doc` with `peer` now.
     pub fn doc_sync(&mut self, now: Instant, peer: PeerId, doc: DocId) -> Result<(), SyncError> {
         self.advance(now);

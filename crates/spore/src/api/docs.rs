@@ -360,6 +360,31 @@ pub(super) async fn add_writer(
     get(State(s), Path(doc)).await
 }
 
+/// Body and answer of `PUT /v1/docs/{doc}/closed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedDoc {
+    /// Peers must be trusted within this many vouches (0: only this node) to sync the document
+    /// with this node or send it live changes.
+    pub depth: u8,
+}
+
+pub(super) async fn close(
+    State(s): State<ApiState>,
+    Path(doc): Path<String>,
+    Json(body): Json<ClosedDoc>,
+) -> Result<Json<ClosedDoc>, ApiError> {
+    let id = parse_doc(&doc)?;
+    let max = spore_core::trust::wot::MAX_DEPTH;
+    if body.depth > max {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("trust depth {} is beyond the limit of {max}", body.depth),
+        ));
+    }
+    s.node.doc_close(id, body.depth).await.map_err(doc_error)?;
+    Ok(Json(body))
+}
+
 /// `GET /v1/docs/{doc}/events`: server-sent events, `state` ([`DocView`]) now and after every
 /// change that arrives from other replicas.
 pub(super) async fn events(

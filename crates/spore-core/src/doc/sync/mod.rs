@@ -323,6 +323,10 @@ pub struct Stats {
     pub bad_peers: u64,
     /// Messages about documents not replicated here.
     pub unknown_docs: u64,
+    /// Messages from or to peers the node does not trust enough for a closed document
+    /// ([`DocSync::close`]), dropped.
+    #[serde(default)]
+    pub untrusted: u64,
     /// Sessions refused for lack of room (sent `Busy`).
     pub busy: u64,
     /// Newer access lists adopted.
@@ -367,6 +371,8 @@ struct Replica {
     peers: BTreeMap<PeerId, Instant>,
     /// The reconciliation set and the log generation it was built at.
     ids: Option<(u64, IdSet)>,
+    /// Closed to peers not trusted within this many vouches ([`DocSync::close`]).
+    trusted_within: Option<u8>,
 }
 
 impl Replica {
@@ -375,6 +381,7 @@ impl Replica {
             doc,
             peers: BTreeMap::new(),
             ids: None,
+            trusted_within: None,
         }
     }
 
@@ -641,6 +648,30 @@ impl DocSync {
         }
         self.docs.insert(id, Replica::new(doc));
         Ok(id)
+    }
+
+    /// Command: closes `doc` to peers this node does not trust within `depth` vouches (see
+    /// [`crate::trust::wot`]): nothing about the document goes to them and nothing from them
+    /// is taken, so only trusted peers replicate it through this node. Lasts while the node
+    /// runs; [`open_to_all`](Self::open_to_all) lifts it.
+    pub fn close(&mut self, doc: &DocId, depth: u8) -> Result<(), SyncError> {
+        let replica = self.docs.get_mut(doc).ok_or(SyncError::UnknownDoc)?;
+        replica.trusted_within = Some(depth);
+        self.sessions.retain(|(_, d), _| d != doc);
+        Ok(())
+    }
+
+    /// Command: opens a closed document to every peer again. False if it was not closed.
+    pub fn open_to_all(&mut self, doc: &DocId) -> bool {
+        self.docs
+            .get_mut(doc)
+            .and_then(|r| r.trusted_within.take())
+            .is_some()
+    }
+
+    /// The depth of trust `doc` requires of peers, if it is closed.
+    pub fn trusted_within(&self, doc: &DocId) -> Option<u8> {
+        self.docs.get(doc).and_then(|r| r.trusted_within)
     }
 
     /// Command: stops replicating `doc`: ends its sessions and removes it from the store.
@@ -1611,6 +1642,12 @@ impl crate::node::Protocol for DocSync {
     type Message = Message;
 
     fn handle_message(&mut self, cx: &mut crate::node::Context<'_>, from: PeerId, msg: Message) {
+        if let Some(depth) = self.trusted_within(&msg.doc())
+            && !cx.trusts(&from, depth)
+        {
+            self.out.stats.untrusted += 1;
+            return;
+        }
         DocSync::handle_message(self, cx.now, from, msg);
         self.drain(cx);
     }
@@ -1644,6 +1681,12 @@ impl DocSync {
     /// Moves the queued messages and events into the node's outputs.
     pub(crate) fn drain(&mut self, cx: &mut crate::node::Context<'_>) {
         while let Some((to, m)) = self.poll_transmit() {
+            if let Some(depth) = self.trusted_within(&m.doc())
+                && !cx.trusts(&to, depth)
+            {
+                self.out.stats.untrusted += 1;
+                continue;
+            }
             cx.send(to, m);
         }
         while let Some(e) = self.poll_event() {
