@@ -68,6 +68,9 @@ pub mod close_code {
     pub const REJECTED: u32 = 4;
 }
 
+/// Most bytes a reader takes from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Error code for stopping an application stream nobody is accepting.
 const STREAM_REFUSED: u32 = 1;
 
@@ -237,7 +240,16 @@ async fn read_frames(
     let mut held = reader.memory.empty(Use::Inbound);
     let mut rate = (!bulk && reader.rate > 0).then(|| TokenBucket::new(reader.rate));
     loop {
-        let chunk = match recv.read_chunk(64 * 1024, true).await {
+        // Reserve before reading, so that nothing read is ever unaccounted; what the chunk
+        // does not use goes back at once.
+        let Some(mut room) = reader
+            .memory
+            .reserve(Use::Inbound, READ_CHUNK, &reader.scope)
+            .await
+        else {
+            return; // the connection is gone
+        };
+        let chunk = match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => {
                 if let Err(error) = decoder.finish() {
@@ -247,14 +259,8 @@ async fn read_frames(
             }
             Err(_) => return,
         };
-        match reader
-            .memory
-            .reserve(Use::Inbound, chunk.len(), &reader.scope)
-            .await
-        {
-            Some(r) => held.merge(r),
-            None => return, // the connection is gone
-        }
+        held.merge(room.split(chunk.len()));
+        drop(room);
         if bulk && let Some(w) = &reader.windows {
             w.bulk();
         }

@@ -22,6 +22,8 @@
 //! - **outbound frames**: frames queued for a peer and not yet written to QUIC. A frame that
 //!   cannot be reserved is dropped, as a full queue drops it.
 //!
+//! An eighth of the budget ([`HEADROOM`]) is never reserved, for what reservations cannot see.
+//!
 //! Inbound and outbound frames come from the connection's guaranteed allowance first, then
 //! from the shared budget, capped per connection by [`Limits::connection_memory`] so one peer
 //! cannot take the whole budget.
@@ -38,6 +40,10 @@ use crate::config::{Limits, TransportParams};
 pub const CONNECTION_STATE: usize = 64 << 10;
 /// Frame memory each connection is guaranteed, reserved when it is admitted.
 pub const FRAME_ALLOWANCE: usize = 256 << 10;
+/// One part in this many of the budget is never reserved: headroom for what reservations
+/// cannot see (the allocator's overhead, tasks' state, a connection between its handshake and
+/// its admission).
+pub const HEADROOM: usize = 8;
 /// Bulk traffic must have stopped this long before a connection's grown windows shrink back.
 pub const WINDOW_IDLE: Duration = Duration::from_secs(10);
 
@@ -60,6 +66,8 @@ pub(crate) struct Memory(Arc<Budget>);
 struct Budget {
     permits: Arc<Semaphore>,
     limit: usize,
+    /// `limit` less the headroom: what reservations may take.
+    usable: usize,
     /// Every admitted connection's windows, by connection id, for code that has only the
     /// connection (relay circuits hold the windows of the connections they ride on).
     windows: Mutex<std::collections::HashMap<usize, std::sync::Weak<Windows>>>,
@@ -89,11 +97,14 @@ pub struct MemoryUse {
 }
 
 impl Memory {
+    /// A budget of `limit` bytes, of which [`HEADROOM`] is kept back.
     pub(crate) fn new(limit: usize) -> Self {
         let limit = limit.min(Semaphore::MAX_PERMITS);
+        let usable = limit - limit / HEADROOM;
         Self(Arc::new(Budget {
-            permits: Arc::new(Semaphore::new(limit)),
+            permits: Arc::new(Semaphore::new(usable)),
             limit,
+            usable,
             windows: Mutex::default(),
             used: Default::default(),
             refused: AtomicUsize::new(0),
@@ -136,7 +147,7 @@ impl Memory {
         if let Some(own) = permits(&scope.own, bytes) {
             return Some(self.guaranteed(what, own));
         }
-        if bytes > scope.limit || bytes > self.0.limit {
+        if bytes > scope.limit || bytes > self.0.usable {
             return None;
         }
         let n = u32::try_from(bytes).ok()?;
@@ -199,6 +210,11 @@ impl Memory {
             .get(&conn_id)?
             .upgrade()?;
         Some(windows.hold())
+    }
+
+    /// Whether `bytes` could be reserved from the shared budget now.
+    pub(crate) fn has_room(&self, bytes: usize) -> bool {
+        self.0.permits.available_permits() >= bytes
     }
 
     pub(crate) fn usage(&self) -> MemoryUse {
@@ -506,10 +522,17 @@ mod tests {
         assert_eq!(memory.usage().outbound, 512 << 10);
         assert!(memory.try_reserve(Use::Outbound, 1, Some(&scope)).is_none());
         assert_eq!(memory.usage().refused, 1);
-        // Another connection gets the rest of the budget, then only its own allowance.
+        assert_eq!(memory.usage().limit, 1 << 20);
+        // Another connection gets the rest of the budget (an eighth is headroom), then only
+        // its own allowance.
         let other = Scope::new(8 << 20);
+        assert!(
+            memory
+                .try_reserve(Use::Inbound, 512 << 10, Some(&other))
+                .is_none()
+        );
         let rest = memory
-            .try_reserve(Use::Inbound, 512 << 10, Some(&other))
+            .try_reserve(Use::Inbound, 384 << 10, Some(&other))
             .unwrap();
         assert!(
             memory
@@ -558,13 +581,14 @@ mod tests {
             .reserve(Use::Inbound, FRAME_ALLOWANCE, &scope)
             .await
             .unwrap();
+        // 56 KiB usable: the rest is headroom.
         let shared = memory
-            .reserve(Use::Inbound, 64 << 10, &scope)
+            .reserve(Use::Inbound, 56 << 10, &scope)
             .await
             .unwrap();
         let waiting = {
             let (memory, scope) = (memory.clone(), scope.clone());
-            tokio::spawn(async move { memory.reserve(Use::Inbound, 64 << 10, &scope).await })
+            tokio::spawn(async move { memory.reserve(Use::Inbound, 56 << 10, &scope).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(

@@ -1627,7 +1627,7 @@ impl Runtime {
         let windows = 2 * u64::from(limits.base_window) as usize
             + crate::resources::CONNECTION_STATE
             + crate::resources::FRAME_ALLOWANCE;
-        let memory_short = self.memory.usage().used as usize + windows > limits.max_memory;
+        let memory_short = !self.memory.has_room(windows);
         let inbound_full = direction == Direction::Inbound && inbound >= limits.max_inbound;
         if !inbound_full && !memory_short {
             return Ok(());
