@@ -1328,6 +1328,31 @@ impl Runtime {
         if let Some(rate) = sc.upload_rate {
             rows.push(LimitUse::new("upload rate", "node", None, rate, "bytes/s"));
         }
+        if let Some(store) = &self.config.blobs {
+            let used = store.used_bytes();
+            rows.push(LimitUse::new(
+                "blob store",
+                "node",
+                Some(used),
+                store.limits().quota_bytes,
+                "bytes",
+            ));
+        }
+        let docs = self.node.docs();
+        rows.push(LimitUse::new(
+            "documents",
+            "node",
+            Some(n(docs.docs().count())),
+            n(docs.config().max_docs),
+            "documents",
+        ));
+        rows.push(LimitUse::new(
+            "document sync sessions",
+            "node",
+            Some(n(docs.sessions())),
+            n(docs.config().max_sessions),
+            "sessions",
+        ));
         let reputation = self.node.reputation();
         rows.push(LimitUse::new(
             "reputation entries",

@@ -591,8 +591,8 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     );
     let m = &s.resources.memory;
     println!(
-        "memory       {} of {} reserved: windows {}, frames in {}, frames out {}, state {}; \
-         {} reservations refused",
+        "memory       {} of {} reserved (an eighth is kept back as headroom): windows {}, \
+         frames in {}, frames out {}, connections {}; {} reservations refused",
         human_size(m.used),
         human_size(m.limit),
         human_size(m.windows),
