@@ -166,6 +166,10 @@ pub(crate) async fn accept_streams(
                 return report(&inputs, peer, conn_id, err).await;
             }
             Some(StreamKind::App) => {
+                // An application stream is bulk by nature: grow the windows for it.
+                if let Some(w) = &reader.windows {
+                    w.bulk();
+                }
                 if let Err(mpsc::error::TrySendError::Full((_, mut recv))) =
                     app_streams.try_send((peer, recv))
                 {

@@ -578,9 +578,13 @@ impl NodeHandle {
 
     /// The QUIC connection to a connected, ready peer.
     pub(crate) async fn connection(&self, peer: PeerId) -> Result<quinn::Connection, RequestError> {
-        self.request(|reply| Command::Connection { peer, reply })
-            .await
-            .unwrap_or(Err(RequestError::Shutdown))
+        self.request(|reply| Command::Connection {
+            peer,
+            bulk: false,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(RequestError::Shutdown))
     }
 
     /// The runtime's relay state, while the node runs.
@@ -601,7 +605,11 @@ impl NodeHandle {
     /// stream.
     pub async fn open_stream(&self, peer: PeerId) -> Result<quinn::SendStream, RequestError> {
         let conn = self
-            .request(|reply| Command::Connection { peer, reply })
+            .request(|reply| Command::Connection {
+                peer,
+                bulk: true,
+                reply,
+            })
             .await
             .unwrap_or(Err(RequestError::Shutdown))?;
         let mut send = conn

@@ -449,6 +449,15 @@ impl Windows {
         }
     }
 
+    /// The connection moved `bytes` (both ways) since the last call: if its windows are
+    /// grown and that is more than its base windows could carry idly, it still counts as bulk.
+    pub(crate) fn busy(&self, bytes: u64) {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if s.grown.is_some() && bytes >= 4 * self.base {
+            s.last_bulk = Some(tokio::time::Instant::now());
+        }
+    }
+
     /// Shrinks grown windows back to the base once bulk traffic has been idle for
     /// [`WINDOW_IDLE`].
     pub(crate) fn shrink_if_idle(&self) {

@@ -169,6 +169,8 @@ pub(crate) enum Command {
     },
     Connection {
         peer: PeerId,
+        /// The caller will move bulk data on it (an application stream): grow its windows.
+        bulk: bool,
         reply: oneshot::Sender<Result<quinn::Connection, RequestError>>,
     },
     Kad {
@@ -960,13 +962,13 @@ impl Runtime {
                 }
                 self.node.update_listen_addrs(self.clock.now(), addrs);
             }
-            Command::Connection { peer, reply } => {
+            Command::Connection { peer, bulk, reply } => {
                 let ready = self.node.peer(&peer).is_some_and(|p| p.ready);
-                let conn = self
-                    .conns
-                    .get(&peer)
-                    .filter(|_| ready)
-                    .map(|e| e.conn.clone());
+                let entry = self.conns.get(&peer).filter(|_| ready);
+                if bulk && let Some(e) = entry {
+                    e.windows.bulk();
+                }
+                let conn = entry.map(|e| e.conn.clone());
                 let _ = reply.send(conn.ok_or(RequestError::NotConnected(peer)));
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
@@ -1760,10 +1762,20 @@ impl Runtime {
         tokio::spawn(async move {
             let closed = watcher.closed();
             tokio::pin!(closed);
+            let moved = |c: &quinn::Connection| {
+                let s = c.stats();
+                s.udp_tx.bytes + s.udp_rx.bytes
+            };
+            let mut last = moved(&watcher);
             let error = loop {
                 tokio::select! {
                     error = &mut closed => break error,
                     _ = tokio::time::sleep(crate::resources::WINDOW_IDLE / 2) => {
+                        // Grown windows stay grown while the connection keeps moving bulk
+                        // (an application stream, a relay circuit), and shrink once it stops.
+                        let now = moved(&watcher);
+                        idle_windows.busy(now.saturating_sub(last));
+                        last = now;
                         idle_windows.shrink_if_idle();
                     }
                 }
