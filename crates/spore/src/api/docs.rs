@@ -374,13 +374,7 @@ pub(super) async fn close(
     Json(body): Json<ClosedDoc>,
 ) -> Result<Json<ClosedDoc>, ApiError> {
     let id = parse_doc(&doc)?;
-    let max = spore_core::trust::wot::MAX_DEPTH;
-    if body.depth > max {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("trust depth {} is beyond the limit of {max}", body.depth),
-        ));
-    }
+    super::trust::check_depth(body.depth)?;
     s.node.doc_close(id, body.depth).await.map_err(doc_error)?;
     Ok(Json(body))
 }

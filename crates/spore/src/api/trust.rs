@@ -149,13 +149,7 @@ pub(super) async fn close_topic(
     Path(topic): Path<String>,
     Json(body): Json<ClosedTopic>,
 ) -> Result<Json<ClosedTopic>, ApiError> {
-    let max = spore_core::trust::wot::MAX_DEPTH;
-    if body.depth > max {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("trust depth {} is beyond the limit of {max}", body.depth),
-        ));
-    }
+    check_depth(body.depth)?;
     s.node
         .close_topic(&topic, body.depth)
         .await
@@ -164,6 +158,19 @@ pub(super) async fn close_topic(
         topic,
         depth: body.depth,
     }))
+}
+
+/// A trust depth a closed topic or document may require: at most
+/// [`MAX_DEPTH`](spore_core::trust::wot::MAX_DEPTH).
+pub(super) fn check_depth(depth: u8) -> Result<(), ApiError> {
+    let max = spore_core::trust::wot::MAX_DEPTH;
+    if depth > max {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("trust depth {depth} is beyond the limit of {max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Saves the node's vouches in the data directory (one change at a time, so the file always
