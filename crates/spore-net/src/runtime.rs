@@ -1664,7 +1664,13 @@ impl Runtime {
         {
             info!(peer = %victim, "evicting an inbound connection for a newcomer");
             self.stats.evicted += 1;
+            let windows = self.conns.get(&victim).map(|e| e.windows.clone());
             self.close(victim, close_code::LIMIT, "evicted for a newcomer");
+            // Closed now: its windows go back at once (the watcher would, a moment later),
+            // so the newcomer finds the memory free.
+            if let Some(w) = windows {
+                w.release();
+            }
             return Ok(());
         }
         Err(if inbound_full {
@@ -1867,9 +1873,8 @@ impl Runtime {
 
     fn unregister(&mut self, peer: PeerId) -> Option<Entry> {
         let entry = self.conns.remove(&peer)?;
-        // The windows and the frame scope stay until QUIC has let go of the connection (the
-        // watcher releases them): a closing connection still holds its buffers, and a retired
-        // one still delivers what was in flight on it.
+        // The windows and the frame scope stay until the connection is closed (the watcher
+        // releases them): a retired connection still delivers what was in flight on it.
         let addr = entry.conn.remote_address();
         if let Some(socket) = self.relay.socket.clone()
             && crate::relay::is_relayed(&addr)
