@@ -343,7 +343,9 @@ async fn idle_connections_are_pruned_above_the_target() {
     // Overlay neighbours are never pruned as idle (they keep the overlay connected): this is
     // about plain connections.
     cfg.node.gossip.enabled = false;
-    let (hub, _s) = node_with(cfg).await;
+    // The hub dials every spoke, and the minimum of outbound connections would keep them.
+    cfg.node.outbound.min_outbound = 0;
+    let (hub, _s) = node_with(cfg.clone()).await;
     let spokes = [node().await, node().await, node().await];
     for s in &spokes {
         hub.dial(s.peer_id(), addr(s)).await.unwrap();
@@ -353,6 +355,19 @@ async fn idle_connections_are_pruned_above_the_target() {
     })
     .await;
     assert!(hub.status().await.unwrap().core.idle_closed >= 2);
+
+    // With a minimum of two outbound connections, pruning stops at two.
+    cfg.node.outbound.min_outbound = 2;
+    let (hub, _s) = node_with(cfg).await;
+    for s in &spokes {
+        hub.dial(s.peer_id(), addr(s)).await.unwrap();
+    }
+    eventually("the hub prunes down to its outbound minimum", || async {
+        hub.status().await.unwrap().connections <= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(hub.status().await.unwrap().connections, 2);
 }
 
 /// The longest-lived outbound peers are saved as anchors at shutdown, and a restarted node with
