@@ -382,7 +382,7 @@ impl Windows {
         limits: &Limits,
         transport: &TransportParams,
     ) -> Option<Arc<Self>> {
-        let base = u64::from(limits.base_window.min(transport.receive_window));
+        let base = Self::base(limits, transport);
         let state = memory.try_reserve(Use::State, CONNECTION_STATE + FRAME_ALLOWANCE, None)?;
         let windows = memory.try_reserve(Use::Windows, 2 * base as usize, None)?;
         conn.set_receive_window(quinn::VarInt::from_u64(base).unwrap_or(quinn::VarInt::MAX));
@@ -411,6 +411,17 @@ impl Windows {
             .unwrap_or_else(|e| e.into_inner())
             .insert(conn.stable_id(), Arc::downgrade(&windows));
         Some(windows)
+    }
+
+    /// Each way's window of a connection without bulk traffic.
+    fn base(limits: &Limits, transport: &TransportParams) -> u64 {
+        u64::from(limits.base_window.min(transport.receive_window))
+    }
+
+    /// What [`admit`](Self::admit) reserves for a connection: its state, its frame allowance
+    /// and its base windows.
+    pub(crate) fn admission(limits: &Limits, transport: &TransportParams) -> usize {
+        CONNECTION_STATE + FRAME_ALLOWANCE + 2 * Self::base(limits, transport) as usize
     }
 
     /// Keeps the windows grown until the hold is dropped.

@@ -631,7 +631,7 @@ impl Runtime {
         app_streams: mpsc::Sender<(PeerId, quinn::RecvStream)>,
     ) -> Self {
         let bound_announced = node.config().listen_addrs.clone();
-        let config_memory = config.limits.max_memory;
+        let memory = Memory::new(config.limits.max_memory);
         Self {
             node,
             keypair,
@@ -656,7 +656,7 @@ impl Runtime {
                 &crate::relay::RelayConfig::default(),
                 None,
                 clock,
-                Memory::new(config_memory),
+                memory.clone(),
             )),
             port_map: crate::portmap::PortMap::off(),
             bound_announced,
@@ -666,7 +666,7 @@ impl Runtime {
             turn_candidate: None,
             turn: None,
             turn_status: Arc::default(),
-            memory: Memory::new(config_memory),
+            memory,
             eviction_key: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
             stats: RuntimeStats::default(),
         }
@@ -1224,15 +1224,10 @@ impl Runtime {
             ),
         ];
         let core = self.node.config();
-        let outbound = self
-            .conns
-            .values()
-            .filter(|e| e.direction == Direction::Outbound)
-            .count();
         rows.push(LimitUse::new(
             "outbound connections (a minimum)",
             "node",
-            Some(n(outbound)),
+            Some(n(self.conns.len() - inbound)),
             n(core.outbound.min_outbound),
             "connections",
         ));
@@ -1651,10 +1646,9 @@ impl Runtime {
             .values()
             .filter(|e| e.direction == Direction::Inbound)
             .count();
-        let windows = 2 * u64::from(limits.base_window) as usize
-            + crate::resources::CONNECTION_STATE
-            + crate::resources::FRAME_ALLOWANCE;
-        let memory_short = !self.memory.has_room(windows);
+        let memory_short = !self
+            .memory
+            .has_room(Windows::admission(limits, &self.config.transport));
         let inbound_full = direction == Direction::Inbound && inbound >= limits.max_inbound;
         if !inbound_full && !memory_short {
             return Ok(());

@@ -95,12 +95,13 @@ pub struct Candidate {
 pub fn choose(candidates: &[Candidate], key: u64) -> Option<PeerId> {
     let mut left: Vec<&Candidate> = candidates.iter().filter(|c| !c.protected).collect();
     // Diversity: the longest-connected peer of each of the first groups in keyed order.
-    left.sort_by(|a, b| {
-        a.group
-            .keyed(key)
-            .cmp(&b.group.keyed(key))
-            .then(b.connected_for.cmp(&a.connected_for))
-            .then(a.peer.cmp(&b.peer))
+    // One hash per candidate, not one per comparison.
+    left.sort_by_cached_key(|c| {
+        (
+            c.group.keyed(key),
+            std::cmp::Reverse(c.connected_for),
+            c.peer,
+        )
     });
     let mut protected_groups = Vec::new();
     left.retain(|c| {
