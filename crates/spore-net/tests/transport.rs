@@ -401,3 +401,70 @@ async fn anchors_bring_back_outbound_peers_after_a_restart() {
     .await;
     b.shutdown().await;
 }
+
+/// A peer that writes control messages faster than `max_messages_per_sec` is read no faster
+/// than that: all of its pings are answered (held back, not dropped), at the limited rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_held_to_its_message_rate() {
+    use spore_core::node::PROTOCOL_VERSION;
+    use spore_core::wire::{Capabilities, FrameDecoder, Hello};
+    const RATE: u32 = 100;
+    const PINGS: u64 = 300;
+    let mut cfg = config("127.0.0.1:0");
+    cfg.limits.max_messages_per_sec = RATE;
+    let (b, _s) = node_with(cfg).await;
+
+    let keypair = Keypair::generate(&mut rand_core::OsRng);
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let client = tls::client_config(&keypair, b.peer_id(), transport).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(client, addr(&b), tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let hello = Hello {
+        versions: vec![PROTOCOL_VERSION],
+        capabilities: Capabilities::empty(),
+        listen_addrs: vec![],
+        observed_addr: addr(&b),
+        stamp: Stamp::mint(&keypair.peer_id(), DIFFICULTY),
+        agent: "fast".into(),
+    };
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(&wire::encode_frame(&Message::Hello(hello)).unwrap());
+    for nonce in 0..PINGS {
+        let ping = Message::Ping(ping::Message::Ping { nonce });
+        bytes.extend_from_slice(&wire::encode_frame(&ping).unwrap());
+    }
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&bytes).await.unwrap();
+
+    let mut answers = conn.accept_uni().await.unwrap();
+    let mut kind = [0u8; 1];
+    answers.read_exact(&mut kind).await.unwrap();
+    let mut decoder = FrameDecoder::new();
+    let (mut pongs, mut first) = (0, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while pongs < PINGS {
+        let chunk = tokio::time::timeout_at(deadline, answers.read_chunk(64 << 10, true))
+            .await
+            .expect("every ping is answered in time")
+            .unwrap()
+            .expect("the node keeps its control stream open");
+        decoder.extend(&chunk.bytes);
+        while let Some(msg) = decoder.next_message().unwrap() {
+            if matches!(msg, Message::Ping(ping::Message::Pong { .. })) {
+                pongs += 1;
+                first.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+    }
+    // A burst of RATE, then RATE per second: the last 200 take about two seconds.
+    let spread = first.unwrap().elapsed();
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "{PINGS} pings answered within {spread:?} at {RATE} per second"
+    );
+    conn.close(0u32.into(), b"done");
+}

@@ -112,6 +112,10 @@ fn a_flood_stays_under_the_memory_limit_and_honest_peers_are_served() {
             growth_kib << 10 < limit_bytes,
             "RSS grew by {growth_kib} KiB, over the {LIMIT_MIB} MiB limit"
         );
+        assert!(
+            status["runtime"]["evicted"].as_u64().unwrap() > 0,
+            "the attacker's newcomers never evicted anyone"
+        );
         assert_eq!(during.lost, 0, "honest pings went unanswered during the flood");
         assert!(during.rtts.len() >= 30, "too few honest pings: {}", during.summary());
         for node in &honest {
