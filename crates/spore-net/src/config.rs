@@ -18,6 +18,9 @@ pub struct NetConfig {
     pub listen: Vec<SocketAddr>,
     /// Peers to connect to at start and to keep reconnecting to with backoff.
     pub bootstrap: Vec<(PeerId, SocketAddr)>,
+    /// More bootstrap peers, listed in DNS TXT records (see [`crate::dns`]); `None` (the
+    /// default) sends no DNS query.
+    pub dns_bootstrap: Option<crate::dns::DnsBootstrap>,
     /// Protocol-core settings.
     pub node: spore_core::node::Config,
     /// Connection limits.
@@ -74,6 +77,7 @@ impl Default for NetConfig {
         Self {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
             bootstrap: Vec::new(),
+            dns_bootstrap: None,
             node: spore_core::node::Config::default(),
             limits: Limits::default(),
             transport: TransportParams::default(),

@@ -199,6 +199,7 @@ pub async fn start(
     };
     let mdns_config = config.mdns.clone();
     let mdns_max_dials = config.mdns_max_dials;
+    let dns_bootstrap = config.dns_bootstrap.clone().filter(|d| !d.names.is_empty());
     let mut runtime = Runtime::new(
         node,
         keypair.clone(),
@@ -214,6 +215,13 @@ pub async fn start(
     runtime.memory = memory;
     runtime.nat = nat;
     runtime.socket_v4 = relay_socket.clone();
+    let dns_status = dns_bootstrap.as_ref().map(|d| {
+        Arc::new(Mutex::new(crate::dns::DnsStatus {
+            names: d.names.clone(),
+            ..Default::default()
+        }))
+    });
+    runtime.dns_status = dns_status.clone();
     if let Some(turn) = runtime.config.nat.turn.clone() {
         let socket = relay_socket
             .clone()
@@ -279,6 +287,9 @@ pub async fn start(
                 }
             }
         });
+    }
+    if let (Some(config), Some(status)) = (dns_bootstrap, dns_status) {
+        tokio::spawn(crate::dns::run(handle.clone(), config, status));
     }
     if let Some(mdns_config) = mdns_config {
         let port = handle.listen_addrs.first().map(|a| a.port()).unwrap_or(0);
@@ -476,6 +487,19 @@ impl NodeHandle {
         self.request(|reply| Command::Dial { peer, addr, reply })
             .await
             .unwrap_or(Err(DialError::Shutdown))
+    }
+
+    /// Keeps a connection to `peer`, dialed at `addrs` now and again with backoff whenever it
+    /// is lost while the node is short of peers, as bootstrap peers are kept.
+    pub async fn keep_connected(
+        &self,
+        peer: PeerId,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<(), RequestError> {
+        self.request(|reply| Command::Keep { peer, addrs, reply })
+            .await
+            .ok_or(RequestError::Shutdown)?
+            .map_err(|e| RequestError::Refused(e.to_string()))
     }
 
     /// Pings a connected peer and returns the round-trip time.

@@ -46,6 +46,7 @@ mod blobs;
 mod config;
 mod conn;
 mod dial;
+pub mod dns;
 mod error;
 mod handle;
 pub mod mdns;

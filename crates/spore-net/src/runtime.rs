@@ -98,6 +98,12 @@ pub struct TrustStatus {
 
 /// Requests from [`NodeHandle`](crate::NodeHandle)s.
 pub(crate) enum Command {
+    /// Keep a connection to `peer` (dialed at `addrs` with backoff), like a bootstrap peer.
+    Keep {
+        peer: PeerId,
+        addrs: Vec<SocketAddr>,
+        reply: oneshot::Sender<Result<(), spore_core::node::KeepError>>,
+    },
     SetRelays {
         relays: Vec<PeerId>,
     },
@@ -332,6 +338,9 @@ pub struct Status {
     /// Every limit, with what is in use against it.
     #[serde(default)]
     pub resources: ResourceStatus,
+    /// Bootstrap peers found in DNS TXT records, if names are configured.
+    #[serde(default)]
+    pub dns: Option<crate::dns::DnsStatus>,
 }
 
 /// The resource manager's part of [`Status`]: the memory budget by use, and every limit the
@@ -610,6 +619,8 @@ pub(crate) struct Runtime {
     /// The TURN task, if TURN is on, and what it shows in `status`.
     pub(crate) turn: Option<mpsc::Sender<crate::turn::TurnCommand>>,
     pub(crate) turn_status: Arc<Mutex<crate::turn::TurnStatus>>,
+    /// What DNS bootstrap found, when names are configured.
+    pub(crate) dns_status: Option<Arc<Mutex<crate::dns::DnsStatus>>>,
     /// The memory budget (see [`crate::resources`]).
     pub(crate) memory: Memory,
     /// Orders network groups for inbound eviction; secret, so peers cannot predict it.
@@ -666,6 +677,7 @@ impl Runtime {
             turn_candidate: None,
             turn: None,
             turn_status: Arc::default(),
+            dns_status: None,
             memory,
             eviction_key: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
             stats: RuntimeStats::default(),
@@ -939,6 +951,9 @@ impl Runtime {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::Keep { peer, addrs, reply } => {
+                let _ = reply.send(self.node.keep_connected(now, peer, addrs));
+            }
             Command::SetRelays { relays } => self.node.set_relays(relays),
             Command::SetPunchCandidates { addrs, mapping } => {
                 self.stun_candidates = addrs;
@@ -1099,6 +1114,10 @@ impl Runtime {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             resources: self.resources(),
+            dns: self
+                .dns_status
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 

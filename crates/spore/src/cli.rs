@@ -479,6 +479,22 @@ pub struct NodeArgs {
     )]
     pub bootstrap: Vec<PeerAddr>,
 
+    /// A DNS name whose TXT records list bootstrap peers, one `spore=PEERID@IP:PORT` per record
+    /// (e.g. _spore.example.org); resolved at start and every 10 minutes, and the peers found
+    /// are kept like --bootstrap peers; repeat for several
+    #[arg(
+        long,
+        env = "SPORE_BOOTSTRAP_DNS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub bootstrap_dns: Vec<String>,
+
+    /// The DNS server to resolve --bootstrap-dns names with [default: the system's resolvers,
+    /// from /etc/resolv.conf]
+    #[arg(long, env = "SPORE_DNS_SERVER", value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+
     /// Address of the local HTTP API; must be a loopback address [default: 127.0.0.1:0, a free
     /// port, written to <data-dir>/api.addr]
     #[arg(long, env = "SPORE_API_LISTEN", value_name = "IP:PORT")]

@@ -228,6 +228,17 @@ pub(crate) async fn launch(dir: DataDir, args: NodeArgs, default_port: u16) -> R
         ..NetConfig::default()
     };
     config.node.difficulty = difficulty;
+    let bootstrap_dns = if args.bootstrap_dns.is_empty() {
+        file.bootstrap_dns.unwrap_or_default()
+    } else {
+        args.bootstrap_dns
+    };
+    if !bootstrap_dns.is_empty() {
+        config.dns_bootstrap = Some(spore_net::dns::DnsBootstrap {
+            server: args.dns_server.or(file.dns_server),
+            ..spore_net::dns::DnsBootstrap::new(bootstrap_dns)
+        });
+    }
     if let Some(mode) = args.dht_mode.or(file.dht_mode) {
         config.node.kad.mode = mode.into();
     }
@@ -510,6 +521,9 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     println!("nat          {}", nat_line(&s.nat));
     println!("port map     {}", s.port_map.summary());
     println!("turn         {}", s.turn.summary());
+    if let Some(dns) = &s.dns {
+        println!("dns          {}", dns.summary());
+    }
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
     let dht = &s.dht;
     let state = if dht.bootstrapped {

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub listen: Option<Vec<SocketAddr>>,
     /// Bootstrap peers as `PEERID@IP:PORT`.
     pub bootstrap: Option<Vec<String>>,
+    /// DNS names whose TXT records list bootstrap peers (`spore=PEERID@IP:PORT`).
+    pub bootstrap_dns: Option<Vec<String>>,
+    /// The DNS server for `bootstrap_dns` (default: the system's resolvers).
+    pub dns_server: Option<SocketAddr>,
     /// HTTP API address (must be a loopback address).
     pub api_listen: Option<SocketAddr>,
     /// Proof-of-work difficulty of the network.
