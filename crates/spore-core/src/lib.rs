@@ -66,6 +66,7 @@ pub mod ping;
 pub mod pow;
 pub mod pubsub;
 mod random;
+pub mod superpeer;
 pub mod swarm;
 pub mod time;
 pub mod trust;

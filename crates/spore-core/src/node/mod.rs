@@ -133,6 +133,8 @@ pub struct Config {
     pub reputation: reputation::Config,
     /// Web-of-trust settings: how deep the graph reaches, how often statements are refreshed.
     pub trust: wot::Config,
+    /// Super-peers: when this node serves as one, and how many it holds when behind a NAT.
+    pub superpeer: crate::superpeer::Config,
 }
 
 impl Default for Config {
@@ -157,6 +159,7 @@ impl Default for Config {
             pex: pex::Config::default(),
             keep: keep::Config::default(),
             outbound: outbound::Config::default(),
+            superpeer: crate::superpeer::Config::default(),
             gossip: gossip::Config::default(),
             pubsub: pubsub::Config::default(),
             swarm: swarm::Config::default(),
@@ -416,6 +419,7 @@ pub struct Node {
     swarm: Swarm,
     docs: DocSync,
     keeper: Keeper,
+    superpeers: crate::superpeer::SuperPeers,
     /// When to look for idle connections to prune; set while above the target count.
     next_prune: Option<Instant>,
     /// When to check the outbound connections next (see [`outbound`]).
@@ -524,6 +528,11 @@ impl Node {
             swarm,
             docs,
             keeper: Keeper::new(config.keep.clone()),
+            superpeers: {
+                let mut s = crate::superpeer::SuperPeers::new(config.superpeer.clone(), now);
+                s.set_listen_addrs(&config.listen_addrs);
+                s
+            },
             next_prune: None,
             next_outbound: (config.outbound.min_outbound > 0)
                 .then(|| now + config.outbound.interval),
@@ -548,6 +557,7 @@ impl Node {
         self.kad.set_listen_addrs(addrs.clone());
         self.pex.set_listen_addrs(addrs.clone());
         self.punch.set_listen_addrs(addrs.clone());
+        self.superpeers.set_listen_addrs(&addrs);
         self.out.own.set_addrs(addrs.clone());
         self.config.listen_addrs = addrs;
     }
@@ -790,6 +800,10 @@ impl Node {
                 let mut cx = context!(self);
                 self.punch.handle_message(&mut cx, from, m);
             }
+            Message::SuperPeer(m) => {
+                let mut cx = context!(self);
+                self.superpeers.handle_message(&mut cx, from, m);
+            }
         }
         self.after_input();
     }
@@ -839,6 +853,9 @@ impl Node {
         }
         if self.next_outbound.is_some_and(|t| t <= now) {
             self.fill_outbound();
+        }
+        if let Some(n) = self.superpeers.take_wants_candidates() {
+            self.meet_superpeer_candidates(n);
         }
         if self.out.wot.poll_timeout().is_some_and(|t| t <= now) {
             self.fetch_trust_statements();
@@ -1030,7 +1047,39 @@ impl Node {
     /// Whether `peer` holds the overlays together (an active-view neighbour, or a pub/sub mesh
     /// member): such connections are quiet by nature and are never closed as idle.
     fn is_structural(&self, peer: &PeerId) -> bool {
-        self.gossip.active_view().any(|p| p == peer) || self.pubsub.in_any_mesh(peer)
+        self.gossip.active_view().any(|p| p == peer)
+            || self.pubsub.in_any_mesh(peer)
+            || self.superpeers.is_structural(peer)
+    }
+
+    /// Dials up to `n` routing-table contacts this node is not connected to, at random: a
+    /// leaf that knows too few super-peers meets more (their `Hello` says whether they serve).
+    fn meet_superpeer_candidates(&mut self, n: usize) {
+        let now = self.now;
+        let contacts: Vec<(PeerId, Vec<SocketAddr>)> = self
+            .kad
+            .table()
+            .iter()
+            .filter(|e| !self.peers.contains_key(&e.contact.peer))
+            .filter(|e| !self.out.reputation.is_distrusted(now, &e.contact.peer))
+            .map(|e| (e.contact.peer, e.contact.addrs.to_vec()))
+            .collect();
+        let picked = crate::random::sample(&mut self.rng, contacts, n);
+        self.superpeers.discovery_dialed(picked.len());
+        let mut cx = context!(self);
+        for (peer, addrs) in picked {
+            cx.dial(peer, &addrs);
+        }
+    }
+
+    /// Super-peer election and choice: whether this node serves, its leaves, its super-peers.
+    pub fn superpeers(&self) -> &crate::superpeer::SuperPeers {
+        &self.superpeers
+    }
+
+    /// Counters and the current picture of super-peer election and choice.
+    pub fn superpeer_stats(&self) -> crate::superpeer::Stats {
+        self.superpeers.stats(self.now)
     }
 
     /// The `min_outbound` longest-connected ready outbound peers: kept, never pruned as idle.
@@ -1556,9 +1605,14 @@ impl Node {
 
     /// Our `Hello` for a connection that comes from `observed`.
     fn hello(&self, observed: SocketAddr) -> Hello {
+        let capabilities = if self.superpeers.is_serving() {
+            self.config.capabilities | Capabilities::SUPER_PEER
+        } else {
+            self.config.capabilities
+        };
         Hello {
             versions: vec![PROTOCOL_VERSION],
-            capabilities: self.config.capabilities,
+            capabilities,
             listen_addrs: self.config.listen_addrs.clone(),
             observed_addr: observed,
             stamp: self.stamp,
@@ -1652,7 +1706,7 @@ impl Node {
 
     /// Every sub-protocol, in a fixed order. This and [`for_each_protocol`](Self::for_each_protocol)
     /// are the two places that list them.
-    fn protocols(&self) -> [&dyn AnyProtocol; 9] {
+    fn protocols(&self) -> [&dyn AnyProtocol; 10] {
         [
             &self.ping,
             &self.punch,
@@ -1663,6 +1717,7 @@ impl Node {
             &self.swarm,
             &self.docs,
             &self.keeper,
+            &self.superpeers,
         ]
     }
 
@@ -1678,6 +1733,7 @@ impl Node {
         f(&mut self.swarm, &mut cx);
         f(&mut self.docs, &mut cx);
         f(&mut self.keeper, &mut cx);
+        f(&mut self.superpeers, &mut cx);
     }
 }
 

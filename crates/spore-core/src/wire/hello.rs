@@ -59,6 +59,9 @@ impl Capabilities {
     pub const RELAY: Capabilities = Capabilities(1 << 1);
     /// Believes itself reachable from the public internet.
     pub const PUBLIC: Capabilities = Capabilities(1 << 2);
+    /// Serves as a super-peer: its reachability is confirmed by others, it has run long enough
+    /// and has room for leaves (see [`crate::superpeer`]).
+    pub const SUPER_PEER: Capabilities = Capabilities(1 << 3);
 
     /// No capabilities.
     pub const fn empty() -> Self {
@@ -76,6 +79,7 @@ impl Capabilities {
             (Self::DHT_SERVER, "dht-server"),
             (Self::RELAY, "relay"),
             (Self::PUBLIC, "public"),
+            (Self::SUPER_PEER, "super-peer"),
         ]
         .into_iter()
         .filter(|(c, _)| self.contains(*c))

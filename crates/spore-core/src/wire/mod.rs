@@ -54,6 +54,8 @@ pub enum Message {
     Doc(crate::doc::sync::Message),
     /// Hole punching: moving a relayed connection to a direct path.
     Punch(crate::nat::punch::Message),
+    /// Super-peers: leaves joining and leaving them.
+    SuperPeer(crate::superpeer::Message),
 }
 
 impl Message {
@@ -69,6 +71,7 @@ impl Message {
             Message::Swarm(m) => m.validate(),
             Message::Doc(m) => m.validate(),
             Message::Punch(m) => m.validate(),
+            Message::SuperPeer(m) => m.validate(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Message {
             Message::Swarm(m) => m.kind(),
             Message::Doc(m) => m.kind(),
             Message::Punch(m) => m.kind(),
+            Message::SuperPeer(m) => m.kind(),
         }
     }
 }
@@ -129,6 +133,12 @@ impl From<crate::doc::sync::Message> for Message {
 impl From<swarm::Message> for Message {
     fn from(m: swarm::Message) -> Self {
         Message::Swarm(m)
+    }
+}
+
+impl From<crate::superpeer::Message> for Message {
+    fn from(m: crate::superpeer::Message) -> Self {
+        Message::SuperPeer(m)
     }
 }
 
