@@ -223,6 +223,33 @@ fn scale_runs_every_size() {
 }
 
 #[test]
+fn super_peers_cover_every_leaf_recover_from_losing_half_and_are_not_needed_for_lookups() {
+    let mut s = shipped("superpeers");
+    s.nodes = 400;
+    s.duration = mins(8);
+    s.join.settle = mins(1);
+    let sp = s.superpeers.as_mut().unwrap();
+    sp.remove[0].at = mins(4);
+    sp.remove[1].at = mins(6);
+    let lookups = s.lookups.as_mut().unwrap();
+    lookups.count = 600;
+    lookups.over = mins(7);
+    let report = run(&s);
+    let r = &report.runs[0];
+    assert!(metric(r, "superpeer_leaves") > 200.0, "{:?}", r.summary);
+    // Every leaf held three super-peers from two groups or more, from full coverage on.
+    assert_eq!(metric(r, "superpeer_coverage_steady_min"), 1.0, "{:?}", r.summary);
+    // Half crashed: coverage fell, and came back within two minutes.
+    assert!(metric(r, "removal1_coverage_min") < 1.0);
+    assert!(metric(r, "removal1_restore_secs") <= 120.0, "{:?}", r.summary);
+    // All crashed: nobody is covered, and lookups still succeed.
+    assert_eq!(metric(r, "superpeers_serving"), 0.0);
+    assert!(metric(r, "lookups_after_last_removal") > 50.0);
+    assert!(metric(r, "lookup_success_after_last_removal") >= 0.99, "{:?}", r.summary);
+    assert!(report.passed(), "{:?}", report.checks);
+}
+
+#[test]
 fn every_shipped_scenario_parses() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -246,6 +273,7 @@ fn every_shipped_scenario_parses() {
             "pubsub-1k",
             "reputation",
             "scale",
+            "superpeers",
             "swarm-500",
             "swarm-freeriders",
             "sybil"

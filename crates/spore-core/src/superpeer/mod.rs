@@ -26,7 +26,7 @@
 //! the peers whose `Hello` carried the bit (every connection a node makes while it joins and
 //! looks things up shows it some); when it knows too few, it dials a few of its routing table's
 //! contacts to meet more. It ranks candidates by reputation, measured round-trip time and
-//! advertised load, and picks **at random among the best `2 × want`** (so leaves spread over
+//! advertised load (and those it is connected to now above those it may not reach), and picks **at random among the best `4 × want`** (so leaves spread over
 //! super-peers of equal merit rather than all choosing the same one), taking network groups it
 //! has no super-peer in first and never more than [`Config::max_per_group`] in one group — so no
 //! single operator's address range can hold all of a leaf's super-peers, capture it or censor
@@ -62,6 +62,8 @@ const MAX_CANDIDATE_ADDRS: usize = 4;
 const MAX_CONFIRMATIONS: usize = 32;
 /// Routing-table contacts dialed per check when a leaf knows too few candidates.
 const DISCOVERY_DIALS: usize = 8;
+/// A leaf picks at random among this many times as many of the best candidates as it needs.
+const POOL: usize = 4;
 /// A load change, in points, worth telling leaves about.
 const LOAD_STEP: u8 = 10;
 /// Network groups that must see this node at an address it does not listen on before it
@@ -518,7 +520,10 @@ impl SuperPeers {
             .map(|c| Ranked {
                 peer: c.peer,
                 group: c.group,
-                score: score(c, cx.reputation(&c.peer)),
+                // A candidate connected now is certainly there: after a crash, candidates
+                // that went with it would each cost a failed dial.
+                score: score(c, cx.reputation(&c.peer))
+                    + if cx.is_ready(&c.peer) { 0.5 } else { 0.0 },
             })
             .collect();
         if available.len() < missing * 2 {
@@ -562,7 +567,7 @@ pub fn score(c: &Candidate, reputation: f64) -> f64 {
     reputation - load - rtt
 }
 
-/// Picks `want` of `candidates`: at random among the best `2 × want` (ties broken by id), groups
+/// Picks `want` of `candidates`: at random among the best `4 × want` (ties broken by id), groups
 /// absent from `held` and from what is already picked first, then at most `max_per_group` per
 /// group counting `held`. Random choice among equals spreads leaves over super-peers; the group
 /// rule keeps one operator's address range from holding all of a leaf's super-peers.
@@ -585,7 +590,7 @@ pub fn choose(
         let mut offered: BTreeMap<NetGroup, usize> = BTreeMap::new();
         let mut best: Vec<Ranked> = Vec::new();
         for c in &candidates {
-            if best.len() >= want.saturating_sub(picked.len()) * 2 {
+            if best.len() >= want.saturating_sub(picked.len()) * POOL {
                 break;
             }
             let held = counts.get(&c.group).copied().unwrap_or(0);

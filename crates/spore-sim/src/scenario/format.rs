@@ -201,6 +201,8 @@ pub struct Scenario {
     pub pubsub: Option<PubSubSpec>,
     /// A swarm download of one blob.
     pub swarm: Option<SwarmSpec>,
+    /// Super-peers: who may serve, how leaves choose, and super-peers removed at once.
+    pub superpeers: Option<SuperPeerSpec>,
     /// Further runs with other node settings.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -633,6 +635,49 @@ pub struct ChurnSpec {
 
 fn default_crash_fraction() -> f64 {
     0.5
+}
+
+/// Super-peer election and choice, measured: the share of leaves (honest nodes behind NATs)
+/// that hold `want` super-peers from at least two network groups (*coverage*), sampled every
+/// `coverage_every`, and how it recovers when super-peers are removed at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperPeerSpec {
+    /// Share of public nodes whose operators let them serve; the others never do. Default 1.
+    #[serde(default = "default_one")]
+    pub serve_share: f64,
+    /// How long a node must run before it may serve (spore's default: 30 min).
+    pub min_uptime: Option<Dur>,
+    /// Super-peers each leaf holds (default 3).
+    pub want: Option<usize>,
+    /// Most leaves per super-peer (default 64).
+    pub max_leaves: Option<usize>,
+    /// How often super-peers and leaves check (default 30 s).
+    pub interval: Option<Dur>,
+    /// How often coverage is measured. Default 1 s.
+    #[serde(default = "default_coverage_every")]
+    pub coverage_every: Dur,
+    /// Super-peers removed at once: `share` of those serving crash at `at`.
+    #[serde(default)]
+    pub remove: Vec<RemovalSpec>,
+}
+
+/// A share of the serving super-peers crashing at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovalSpec {
+    /// When, from the start of the measured phase.
+    pub at: Dur,
+    /// Share of the super-peers serving then (1 removes all).
+    pub share: f64,
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+
+fn default_coverage_every() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 /// A split into two groups, and the merge.
@@ -1219,6 +1264,31 @@ impl Scenario {
             }
             if p.at.0 + p.duration.0 > self.duration.0 {
                 return Err("the partition must end within the measured phase (duration)".into());
+            }
+        }
+        if let Some(sp) = &self.superpeers {
+            if !(0.0..=1.0).contains(&sp.serve_share) {
+                return Err("superpeers.serve_share must be in [0, 1]".into());
+            }
+            if sp.coverage_every.0 < Duration::from_millis(100) {
+                return Err("superpeers.coverage_every must be at least 100ms".into());
+            }
+            if sp.want == Some(0) || sp.max_leaves == Some(0) {
+                return Err("superpeers.want and superpeers.max_leaves must be positive".into());
+            }
+            if sp
+                .interval
+                .is_some_and(|i| i.0 < Duration::from_millis(100))
+            {
+                return Err("superpeers.interval must be at least 100ms".into());
+            }
+            for r in &sp.remove {
+                if !(r.share > 0.0 && r.share <= 1.0) {
+                    return Err("superpeers.remove.share must be in (0, 1]".into());
+                }
+                if r.at.0 >= self.duration.0 {
+                    return Err("superpeers.remove.at must be within the measured phase".into());
+                }
             }
         }
         if let Some(a) = &self.adversary {

@@ -18,6 +18,9 @@
 //! - `[swarm]`: seeders serve one blob and leechers of several bandwidth classes fetch it,
 //!   some of them free riders that never upload; each leecher's completion time is measured,
 //!   contributors against free riders.
+//! - `[superpeers]`: which public nodes may serve as super-peers, and removals of a share of
+//!   those serving at once; the share of leaves holding their super-peers is sampled, and how
+//!   long it takes to recover after each removal.
 //! - `[adversary]`: an eclipse attack by Sybils from one /16, record poisoners, message
 //!   droppers or free riders, and for pub/sub gossip droppers and spammers, each running the
 //!   real node code behind a rewriting filter.
@@ -34,13 +37,15 @@ mod format;
 mod pubsub;
 mod report;
 mod run;
+mod superpeer;
 mod swarm;
 mod truth;
 
 pub use format::{
     AdversaryRole, AdversarySpec, BandwidthClass, ByteSize, ChurnSpec, CrashSpec, Dur, Expect,
     JoinSpec, LatencySpec, LookupSpec, NatMix, NetworkSpec, NodeSettings, PartitionSpec,
-    PubSubSpec, Rate, Scenario, ScenarioError, SpamKind, SwarmSpec, ValueSpec, Variant,
+    PubSubSpec, Rate, RemovalSpec, Scenario, ScenarioError, SpamKind, SuperPeerSpec, SwarmSpec,
+    ValueSpec, Variant,
 };
 pub use report::{Check, LeecherResult, Report, RunReport, Sample};
 pub use run::{Progress, run};

@@ -105,6 +105,12 @@ pub struct Sample {
     /// The same for the free riders.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swarm_free_riders_verified: Option<f64>,
+    /// Share of the leaves holding their super-peers from two network groups or more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superpeer_coverage: Option<f64>,
+    /// Super-peers serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superpeers_serving: Option<usize>,
 }
 
 /// One bound of the scenario, checked.

@@ -16,6 +16,7 @@ use super::adversary;
 use super::format::{AdversaryRole, NodeSettings, Scenario};
 use super::pubsub::{self, PubSubRun, Spammer};
 use super::report::{Report, RunReport, Sample};
+use super::superpeer::SuperPeerRun;
 use super::swarm::{Role, SwarmRun};
 use super::truth::KeyIndex;
 use crate::config::{NatType, NodeSpec, SimConfig};
@@ -95,6 +96,8 @@ enum Action {
     MeshSnapshot,
     SwarmStart(usize),
     SwarmAnnounce,
+    Coverage,
+    RemoveSuperPeers(usize),
 }
 
 /// What a running query was for.
@@ -174,6 +177,7 @@ struct Runner<'a> {
     last_sample: Instant,
     pubsub: Option<PubSubRun>,
     swarm: Option<SwarmRun>,
+    superpeers: Option<SuperPeerRun>,
 }
 
 impl<'a> Runner<'a> {
@@ -186,7 +190,22 @@ impl<'a> Runner<'a> {
         settings: &NodeSettings,
     ) -> Result<Self, SimError> {
         let network = scenario.network_config().map_err(SimError::InvalidConfig)?;
-        let node = settings.node_config();
+        let mut node = settings.node_config();
+        if let Some(sp) = &scenario.superpeers {
+            let c = &mut node.superpeer;
+            if let Some(d) = sp.min_uptime {
+                c.min_uptime = d.0;
+            }
+            if let Some(n) = sp.want {
+                c.want = n;
+            }
+            if let Some(n) = sp.max_leaves {
+                c.max_leaves = n;
+            }
+            if let Some(d) = sp.interval {
+                c.interval = d.0;
+            }
+        }
         let k = node.kad.k;
         let sim = Sim::new(SimConfig {
             seed: scenario.seed,
@@ -238,6 +257,7 @@ impl<'a> Runner<'a> {
             last_sample: Instant::ZERO,
             pubsub: scenario.pubsub.clone().map(PubSubRun::new),
             swarm,
+            superpeers: scenario.superpeers.clone().map(SuperPeerRun::new),
         })
     }
 
@@ -333,6 +353,13 @@ impl<'a> Runner<'a> {
                 if nat != NatType::Public {
                     // What AutoNAT would conclude: unreachable nodes do not serve the DHT.
                     config.kad.mode = kad::Mode::Client;
+                }
+                if let Some(share) = s.superpeers.as_ref().map(|sp| sp.serve_share)
+                    && nat == NatType::Public
+                    && self.uniform() >= share
+                {
+                    // Its operator does not let it serve as a super-peer.
+                    config.superpeer.serve = false;
                 }
                 let bandwidth = match (role, &self.swarm) {
                     (Some(role), Some(w)) => {
@@ -634,6 +661,16 @@ impl<'a> Runner<'a> {
                 t = t + spec.announce_every.0;
             }
         }
+        if let Some(sp) = &s.superpeers {
+            let mut t = start;
+            while t <= end {
+                self.schedule(t, Action::Coverage);
+                t = t + sp.coverage_every.0;
+            }
+            for (n, r) in sp.remove.iter().enumerate() {
+                self.schedule(start + r.at.0, Action::RemoveSuperPeers(n));
+            }
+        }
         let mut told = 0u64;
         while let Some(Reverse((at, _, action))) = self.agenda.pop() {
             if at > end {
@@ -829,6 +866,19 @@ impl<'a> Runner<'a> {
                     w.announce(&mut self.sim, &mut self.rng);
                 }
             }
+            Action::Coverage => {
+                if let Some(sp) = self.superpeers.as_mut() {
+                    sp.measure(&self.sim, &self.honest, self.start);
+                }
+            }
+            Action::RemoveSuperPeers(n) => {
+                if let Some(sp) = self.superpeers.as_mut() {
+                    let share = sp.spec.remove[n].share;
+                    // Coverage just before, then the crash.
+                    sp.measure(&self.sim, &self.honest, self.start);
+                    sp.remove(&mut self.sim, share, &mut self.rng);
+                }
+            }
         }
         Ok(())
     }
@@ -864,9 +914,12 @@ impl<'a> Runner<'a> {
 
     fn record_failure(&mut self, purpose: Purpose) {
         match purpose {
-            Purpose::Lookup { .. } => {
+            Purpose::Lookup { started, .. } => {
                 self.window.lookups += 1;
                 self.totals.lookups += 1;
+                if let Some(sp) = self.superpeers.as_mut() {
+                    sp.lookup_finished(started, false);
+                }
             }
             Purpose::Target => self.totals.target_lookups += 1,
             Purpose::Put => self.totals.puts += 1,
@@ -914,6 +967,9 @@ impl<'a> Runner<'a> {
                         .push((outcome.at - started).as_secs_f64() * 1000.0);
                     self.window.lookups += 1;
                     self.window.lookup_ok += u64::from(ok);
+                    if let Some(sp) = self.superpeers.as_mut() {
+                        sp.lookup_finished(started, ok);
+                    }
                 }
                 (Purpose::Target, QueryResult::FindNode { closest }) => {
                     let truth = self.truth(&self.target.clone(), origin);
@@ -988,6 +1044,8 @@ impl<'a> Runner<'a> {
             swarm_free_riders_done: swarm.free_riders_done,
             swarm_contributors_verified: swarm.contributors_verified,
             swarm_free_riders_verified: swarm.free_riders_verified,
+            superpeer_coverage: self.superpeers.as_ref().map(|sp| sp.last.share),
+            superpeers_serving: self.superpeers.as_ref().map(|sp| sp.last.serving),
             t_secs: (now - self.start).as_secs_f64(),
             online,
             lookups: w.lookups,
@@ -1075,6 +1133,37 @@ impl<'a> Runner<'a> {
                 .min_by(f64::total_cmp)
             {
                 put("availability_min", min);
+            }
+        }
+        if let Some(sp) = &self.superpeers {
+            put("superpeers_serving", sp.last.serving as f64);
+            put("superpeer_leaves", sp.last.leaves as f64);
+            put("superpeer_peak_leaves_per_superpeer", sp.peak_leaves as f64);
+            put("superpeer_coverage_final", sp.last.share);
+            if let Some(min) = sp.steady_min {
+                put("superpeer_coverage_steady_min", min);
+            }
+            if let Some(at) = sp.first_full {
+                put(
+                    "superpeer_full_coverage_secs",
+                    (at - self.start).as_secs_f64(),
+                );
+            }
+            for (n, r) in sp.removals.iter().enumerate() {
+                let n = n + 1;
+                put(&format!("removal{n}_share"), r.share);
+                put(&format!("removal{n}_removed"), r.removed as f64);
+                put(&format!("removal{n}_coverage_before"), r.coverage_before);
+                put(&format!("removal{n}_coverage_min"), r.coverage_min);
+                // Absent when coverage never came back (as after removing every super-peer).
+                if let Some(d) = r.restored_after {
+                    put(&format!("removal{n}_restore_secs"), d.as_secs_f64());
+                }
+            }
+            if !sp.removals.is_empty() {
+                let (n, ok) = sp.lookups_after;
+                put("lookups_after_last_removal", n as f64);
+                put("lookup_success_after_last_removal", ratio(ok, n));
             }
         }
         if self.scenario.churn.is_some() {
