@@ -9,7 +9,7 @@ use spore_core::pow::Stamp;
 use spore_core::pubsub::Published;
 use spore_core::swarm::{PeerView, SwarmInfo};
 use spore_core::trust::reputation::{Observation, Standing};
-use spore_core::wire::Message;
+use spore_core::wire::{Capabilities, Message};
 use spore_core::{Keypair, Node, PeerId};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -99,6 +99,13 @@ pub async fn start(
     // The node decides which idle connections to close; the runtime carries it out.
     node_config.target_peers = config.limits.target_connections;
     node_config.idle_after = config.limits.idle_after;
+    if config.relay.serve {
+        node_config.capabilities = node_config.capabilities | Capabilities::RELAY;
+    }
+    // A super-peer must have upload to spare: a configured upload limit is what it has.
+    if let Some(rate) = node_config.swarm.upload_rate {
+        node_config.superpeer.upload_capacity = Some(rate);
+    }
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let (mut node, peer_book) = match &config.records {

@@ -329,6 +329,9 @@ pub struct Status {
     /// Hole punching: relayed connections upgraded to direct paths.
     #[serde(default)]
     pub punch: spore_core::nat::punch::Stats,
+    /// Super-peers: whether this node serves as one (and its leaves), or the ones it holds.
+    #[serde(default)]
+    pub superpeer: spore_core::superpeer::Stats,
     /// Port mapping at the gateway (UPnP-IGD, NAT-PMP, PCP).
     #[serde(default)]
     pub port_map: crate::portmap::PortMapStatus,
@@ -1107,6 +1110,7 @@ impl Runtime {
             nat: self.nat.status(&self.config.nat),
             relay: self.relay.status(),
             punch: self.node.punch_stats(),
+            superpeer: self.node.superpeer_stats(),
             port_map: self.port_map.status(),
             turn: self
                 .turn_status

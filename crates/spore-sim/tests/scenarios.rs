@@ -238,14 +238,27 @@ fn super_peers_cover_every_leaf_recover_from_losing_half_and_are_not_needed_for_
     let r = &report.runs[0];
     assert!(metric(r, "superpeer_leaves") > 200.0, "{:?}", r.summary);
     // Every leaf held three super-peers from two groups or more, from full coverage on.
-    assert_eq!(metric(r, "superpeer_coverage_steady_min"), 1.0, "{:?}", r.summary);
+    assert_eq!(
+        metric(r, "superpeer_coverage_steady_min"),
+        1.0,
+        "{:?}",
+        r.summary
+    );
     // Half crashed: coverage fell, and came back within two minutes.
     assert!(metric(r, "removal1_coverage_min") < 1.0);
-    assert!(metric(r, "removal1_restore_secs") <= 120.0, "{:?}", r.summary);
+    assert!(
+        metric(r, "removal1_restore_secs") <= 120.0,
+        "{:?}",
+        r.summary
+    );
     // All crashed: nobody is covered, and lookups still succeed.
     assert_eq!(metric(r, "superpeers_serving"), 0.0);
     assert!(metric(r, "lookups_after_last_removal") > 50.0);
-    assert!(metric(r, "lookup_success_after_last_removal") >= 0.99, "{:?}", r.summary);
+    assert!(
+        metric(r, "lookup_success_after_last_removal") >= 0.99,
+        "{:?}",
+        r.summary
+    );
     assert!(report.passed(), "{:?}", report.checks);
 }
 

@@ -525,6 +525,7 @@ pub async fn status(data_dir: Option<PathBuf>, json: bool) -> Result<()> {
         println!("dns          {}", dns.summary());
     }
     println!("connections  {} ({} ready)", s.connections, s.ready_peers);
+    println!("super-peer   {}", superpeer_line(&s.superpeer));
     let dht = &s.dht;
     let state = if dht.bootstrapped {
         "joined"
@@ -1115,6 +1116,24 @@ async fn keep_reservation(node: spore_net::NodeHandle, relay: PeerAddr) {
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// One line on the node's place in the hybrid topology: serving as a super-peer, or a leaf
+/// holding some, or neither (and how far it is from confirmed reachability).
+fn superpeer_line(s: &spore_core::superpeer::Stats) -> String {
+    if s.serving {
+        format!("serving {} leaves (load {} %)", s.leaves, s.load)
+    } else if s.leaf {
+        format!(
+            "leaf: holds {} super-peers ({} candidates known, {} rotations)",
+            s.held, s.candidates, s.rotations
+        )
+    } else {
+        format!(
+            "neither ({} of the network groups needed have dialed in directly)",
+            s.confirmations
+        )
     }
 }
 
