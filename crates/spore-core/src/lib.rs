@@ -57,6 +57,7 @@ macro_rules! ord_by_bytes32 {
 
 pub mod doc;
 pub mod gossip;
+pub mod group;
 pub mod identity;
 pub mod kad;
 pub mod nat;

@@ -18,7 +18,8 @@
 //!   [`Config::min_upload`];
 //! - it has room: fewer than [`Config::max_leaves`] leaves. Its **load** is leaves over that
 //!   maximum, in percent; it tells each leaf its load when accepting and whenever it moves by
-//!   10 points.
+//!   10 points. It accepts a leaf only if its load stays below [`Config::overload`] with it, so
+//!   the load its leaves see never makes them all leave at once.
 //!
 //! **Who uses them.** A node that does not serve, is not confirmed reachable, and is seen by
 //! peers from two network groups at an address it does not listen on (the observed address in
@@ -624,10 +625,10 @@ impl Protocol for SuperPeers {
         match msg {
             Message::Join => {
                 let known = self.leaves.contains_key(&from);
-                if self.serving
-                    && (known || self.leaves.len() < self.config.max_leaves)
-                    && self.load() < self.config.overload
-                {
+                // Room means the load stays below `overload` with this leaf: a super-peer that
+                // filled up to it would make all its leaves rotate away at once.
+                let after = (self.leaves.len() + 1) * 100 / self.config.max_leaves.max(1);
+                if self.serving && (known || after < usize::from(self.config.overload)) {
                     self.leaves.entry(from).or_insert(now);
                     self.stats.accepted += u64::from(!known);
                     cx.send(from, Message::Accept { load: self.load() });
