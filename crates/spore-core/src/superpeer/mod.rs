@@ -25,7 +25,8 @@
 //! peers from two network groups at an address it does not listen on (the observed address in
 //! their `Hello`: it is behind a NAT) is a **leaf** once it has run for [`Config::leaf_after`]: it holds [`Config::want`] super-peers. Candidates are
 //! the peers whose `Hello` carried the bit (every connection a node makes while it joins and
-//! looks things up shows it some); when it knows too few, it dials a few of its routing table's
+//! looks things up shows it some), and the connected peers that `Offer` themselves when they
+//! start serving; when it knows too few, it dials a few of its routing table's
 //! contacts to meet more. It ranks candidates by reputation, measured round-trip time and
 //! advertised load (and those it is connected to now above those it may not reach), and picks **at random among the best `4 × want`** (so leaves spread over
 //! super-peers of equal merit rather than all choosing the same one), taking network groups it
@@ -148,13 +149,30 @@ pub enum Message {
     },
     /// Either way: the relationship ends.
     Leave,
+    /// To every connected peer, when this node starts serving: it is a super-peer now (peers
+    /// connected before saw no bit in its `Hello`), at this load, listening at `addrs`.
+    Offer {
+        /// Its load, in percent.
+        load: u8,
+        /// Where it listens (at most 4).
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 impl Message {
     /// Checks the bounds the type system does not.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            Message::Accept { load } | Message::Refuse { load } if *load > 100 => {
+            Message::Offer { addrs, .. } if addrs.len() > MAX_CANDIDATE_ADDRS => {
+                Err(WireError::Bounds {
+                    field: "superpeer.addrs",
+                    found: addrs.len(),
+                    max: MAX_CANDIDATE_ADDRS,
+                })
+            }
+            Message::Accept { load } | Message::Refuse { load } | Message::Offer { load, .. }
+                if *load > 100 =>
+            {
                 Err(WireError::Bounds {
                     field: "superpeer.load",
                     found: usize::from(*load),
@@ -172,6 +190,7 @@ impl Message {
             Message::Accept { .. } => "superpeer-accept",
             Message::Refuse { .. } => "superpeer-refuse",
             Message::Leave => "superpeer-leave",
+            Message::Offer { .. } => "superpeer-offer",
         }
     }
 }
@@ -248,8 +267,8 @@ pub struct SuperPeers {
     chosen: BTreeMap<PeerId, Held>,
     /// Set when a leaf knows too few candidates: the node dials routing-table contacts.
     wants_candidates: bool,
-    /// The IP addresses this node listens on.
-    listen_ips: Vec<std::net::IpAddr>,
+    /// The addresses this node listens on (an observed address elsewhere means a NAT).
+    listen_addrs: Vec<SocketAddr>,
     /// Network groups of peers that saw this node at an IP it does not listen on.
     nat_reports: std::collections::BTreeSet<NetGroup>,
     stats: Stats,
@@ -269,7 +288,7 @@ impl SuperPeers {
             candidates: BTreeMap::new(),
             chosen: BTreeMap::new(),
             wants_candidates: false,
-            listen_ips: Vec::new(),
+            listen_addrs: Vec::new(),
             nat_reports: std::collections::BTreeSet::new(),
             stats: Stats::default(),
         }
@@ -277,7 +296,7 @@ impl SuperPeers {
 
     /// Sets the addresses this node listens on (an observed address elsewhere means a NAT).
     pub fn set_listen_addrs(&mut self, addrs: &[SocketAddr]) {
-        self.listen_ips = addrs.iter().map(|a| a.ip().to_canonical()).collect();
+        self.listen_addrs = addrs.to_vec();
         self.nat_reports.clear();
     }
 
@@ -348,6 +367,16 @@ impl SuperPeers {
         self.stats.discovery_dials += n as u64;
     }
 
+    /// The addresses an `Offer` names: where this node listens (at most 4).
+    fn offered_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_addrs
+            .iter()
+            .copied()
+            .filter(|a| !a.ip().is_unspecified())
+            .take(MAX_CANDIDATE_ADDRS)
+            .collect()
+    }
+
     fn load(&self) -> u8 {
         let max = self.config.max_leaves.max(1);
         u8::try_from((self.leaves.len() * 100 / max).min(100)).unwrap_or(100)
@@ -375,7 +404,11 @@ impl SuperPeers {
             return;
         };
         let ip = observed.ip().to_canonical();
-        if self.listen_ips.iter().any(|l| l.is_unspecified()) || self.listen_ips.contains(&ip) {
+        let listens = |l: &SocketAddr| {
+            let l = l.ip().to_canonical();
+            l.is_unspecified() || l == ip
+        };
+        if self.listen_addrs.iter().any(listens) {
             return;
         }
         if self.nat_reports.len() < MAX_CONFIRMATIONS {
@@ -404,7 +437,19 @@ impl SuperPeers {
         if !info.capabilities.contains(Capabilities::SUPER_PEER) || info.listen_addrs.is_empty() {
             return;
         }
-        if !self.candidates.contains_key(&info.peer)
+        let addrs: Vec<SocketAddr> = info.listen_addrs.iter().copied().collect();
+        self.add_candidate(info.peer, NetGroup::of(info.addr.ip()), &addrs, None);
+    }
+
+    /// Remembers (or refreshes) a candidate, if there is room.
+    fn add_candidate(
+        &mut self,
+        peer: PeerId,
+        group: NetGroup,
+        addrs: &[SocketAddr],
+        load: Option<u8>,
+    ) {
+        if !self.candidates.contains_key(&peer)
             && self.candidates.len() >= self.config.max_candidates
         {
             // Make room by forgetting a banned one; otherwise keep what we have.
@@ -418,15 +463,14 @@ impl SuperPeers {
             };
             self.candidates.remove(&banned);
         }
-        let addrs: Vec<SocketAddr> = info
-            .listen_addrs
+        let addrs: Vec<SocketAddr> = addrs
             .iter()
             .copied()
+            .filter(|a| !is_relayed_addr(a))
             .take(MAX_CANDIDATE_ADDRS)
             .collect();
-        let group = NetGroup::of(info.addr.ip());
-        let candidate = self.candidates.entry(info.peer).or_insert(Candidate {
-            peer: info.peer,
+        let candidate = self.candidates.entry(peer).or_insert(Candidate {
+            peer,
             group,
             addrs: Vec::new(),
             rtt: None,
@@ -435,6 +479,9 @@ impl SuperPeers {
         });
         candidate.group = group;
         candidate.addrs = addrs;
+        if load.is_some() {
+            candidate.load = load;
+        }
     }
 
     /// Drops `peer` from the leaf's choice and keeps it from being chosen for `backoff`.
@@ -456,6 +503,21 @@ impl SuperPeers {
         if self.serving && !serving {
             for leaf in std::mem::take(&mut self.leaves).into_keys() {
                 cx.send(leaf, Message::Leave);
+            }
+        }
+        let addrs = self.offered_addrs();
+        if serving && !self.serving && !addrs.is_empty() {
+            // Peers connected before saw no bit in our Hello: tell them.
+            let load = self.load();
+            let peers: Vec<PeerId> = cx.ready_peer_ids().collect();
+            for peer in peers {
+                cx.send(
+                    peer,
+                    Message::Offer {
+                        load,
+                        addrs: addrs.clone(),
+                    },
+                );
             }
         }
         self.serving = serving;
@@ -661,6 +723,13 @@ impl Protocol for SuperPeers {
                 // A refusal ends the relationship, whether or not it was still wanted.
                 if let Some(c) = self.candidates.get_mut(&from) {
                     c.banned_until = Some(now + self.config.backoff);
+                }
+            }
+            Message::Offer { load, addrs } => {
+                if let Some(ip) = cx.ready_ip(&from)
+                    && !addrs.is_empty()
+                {
+                    self.add_candidate(from, NetGroup::of(ip), &addrs, Some(load));
                 }
             }
             Message::Leave => {

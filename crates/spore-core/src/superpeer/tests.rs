@@ -94,8 +94,15 @@ fn a_node_serves_only_once_three_groups_dialed_it_and_it_is_old_enough() {
     let e = ready(&mut h, peer(6), at(701), addr(6, 1), inbound);
     h.with(at(701), |cx| s.handle_peer_event(cx, &e));
     assert!(s.is_confirmed_public(at(701)));
+    s.set_listen_addrs(&[addr(99, 1)]);
     tick(&mut s, &mut h, at(731));
     assert!(s.is_serving());
+    // Every connected peer hears that it serves now (their Hello from it had no bit).
+    let offers = sent(&mut h)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Offer { load: 0, addrs } if *addrs == [addr(99, 1)]))
+        .count();
+    assert_eq!(offers, 6);
 
     // Confirmations fade: an hour later, with nobody dialing in, it stops serving.
     tick(&mut s, &mut h, at(701 + 3600));
@@ -255,6 +262,42 @@ fn a_leaf_holds_three_super_peers_and_rotates_away_from_bad_ones() {
 }
 
 #[test]
+fn a_leaf_learns_of_a_connected_peer_that_starts_serving() {
+    let mut h = Harness::new();
+    let mut s = SuperPeers::new(config(), Instant::ZERO);
+    s.set_listen_addrs(&["10.0.0.5:7070".parse().unwrap()]);
+    for n in 1..=2 {
+        let e = ready(&mut h, peer(n), at(1), addr(n, 1), |i| {
+            i.observed_us = Some("198.51.100.9:40000".parse().unwrap());
+        });
+        h.with(at(1), |cx| s.handle_peer_event(cx, &e));
+    }
+    assert_eq!(s.stats(at(1)).candidates, 0);
+    h.with(at(70), |cx| {
+        s.handle_message(
+            cx,
+            peer(1),
+            Message::Offer {
+                load: 10,
+                addrs: vec![addr(1, 1)],
+            },
+        );
+        // A peer that is not connected cannot offer itself.
+        s.handle_message(
+            cx,
+            peer(7),
+            Message::Offer {
+                load: 0,
+                addrs: vec![addr(7, 1)],
+            },
+        );
+    });
+    assert_eq!(s.stats(at(70)).candidates, 1);
+    tick(&mut s, &mut h, at(70));
+    assert_eq!(sent(&mut h), [(peer(1), Message::Join)]);
+}
+
+#[test]
 fn a_reachable_node_is_no_leaf() {
     let (mut s, mut h) = leaf_with_candidates();
     let inbound = |info: &mut PeerInfo| info.direction = Direction::Inbound;
@@ -307,5 +350,7 @@ fn choose_takes_distinct_groups_first_and_varies_among_the_best() {
 #[test]
 fn load_over_100_is_invalid_on_the_wire() {
     assert!(Message::Accept { load: 101 }.validate().is_err());
+    let addrs = vec![addr(1, 1); 5];
+    assert!(Message::Offer { load: 0, addrs }.validate().is_err());
     assert!(Message::Refuse { load: 100 }.validate().is_ok());
 }
