@@ -23,19 +23,21 @@
 //!
 //! **Who uses them.** A node that does not serve, is not confirmed reachable, and is seen by
 //! peers from two network groups at an address it does not listen on (the observed address in
-//! their `Hello`: it is behind a NAT) is a **leaf** once it has run for [`Config::leaf_after`]: it holds [`Config::want`] super-peers. Candidates are
-//! the peers whose `Hello` carried the bit (every connection a node makes while it joins and
-//! looks things up shows it some), and the connected peers that `Offer` themselves when they
-//! start serving; when it knows too few, it dials a few of its routing table's
-//! contacts to meet more. It ranks candidates by reputation, measured round-trip time and
-//! advertised load (and those it is connected to now above those it may not reach), and picks **at random among the best `4 × want`** (so leaves spread over
+//! their `Hello`: it is behind a NAT) is a **leaf** once it has run for [`Config::leaf_after`]:
+//! it holds [`Config::want`] super-peers. Candidates are the peers whose `Hello` carried the bit
+//! (every connection a node makes while it joins and looks things up shows it some), and the
+//! connected peers that `Offer` themselves when they start serving; when it knows too few, it
+//! dials a few of its routing table's contacts to meet more. It ranks candidates by reputation,
+//! measured round-trip time and advertised load (and those it is connected to now above those
+//! it may not reach), and picks **at random among the best `4 × want`** (so leaves spread over
 //! super-peers of equal merit rather than all choosing the same one), taking network groups it
 //! has no super-peer in first and never more than [`Config::max_per_group`] in one group — so no
 //! single operator's address range can hold all of a leaf's super-peers, capture it or censor
-//! it. It **rotates away** from a super-peer that disconnects, refuses, does not answer within
-//! two intervals, reports a load of [`Config::overload`] or more, or becomes distrusted (the
-//! reputation system disconnects it): that one is not chosen again for [`Config::backoff`].
-//! Both ends keep the connection open (it is never pruned as idle).
+//! it. It asks twice as many as it lacks at once and leaves the extra ones that accept. It
+//! **rotates away** from a super-peer that disconnects, refuses, does not answer a `Join`
+//! within [`Config::join_timeout`], reports a load of [`Config::overload`] or more, or becomes
+//! distrusted (the reputation system disconnects it): that one is not chosen again for
+//! [`Config::backoff`]. Both ends keep the connection open (it is never pruned as idle).
 //!
 //! **When they are gone.** Nothing else depends on super-peers being there: DHT lookups, direct
 //! connections and hole punches coordinated by any peer both sides know keep working, so the
@@ -104,6 +106,9 @@ pub struct Config {
     pub leaf_after: Duration,
     /// How often both sides check. Default 30 s.
     pub interval: Duration,
+    /// How long a leaf waits for the answer to its `Join` (the connection included) before it
+    /// tries another. Default 5 s.
+    pub join_timeout: Duration,
     /// How long a super-peer that failed a leaf is not chosen again. Default 10 minutes.
     pub backoff: Duration,
     /// Most candidates a leaf remembers. Default 128.
@@ -125,6 +130,7 @@ impl Default for Config {
             max_per_group: 2,
             leaf_after: Duration::from_secs(60),
             interval: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(5),
             backoff: Duration::from_secs(10 * 60),
             max_candidates: 128,
         }
@@ -539,7 +545,7 @@ impl SuperPeers {
             }
             return;
         }
-        let silent_after = self.config.interval * 2;
+        let silent_after = self.config.join_timeout;
         let silent: Vec<PeerId> = self
             .chosen
             .iter()
@@ -564,8 +570,13 @@ impl SuperPeers {
             cx.send(peer, Message::Leave);
             self.rotate_away(now, &peer, self.config.backoff);
         }
-        let missing = self.config.want.saturating_sub(self.chosen.len());
-        if missing == 0 {
+        // Ask twice as many as are missing: after a crash half the candidates may be gone or
+        // full, and the answers come in parallel. Accepts beyond `want` are left at once.
+        let held = self.held().count();
+        let joining = self.chosen.len() - held;
+        let missing = self.config.want.saturating_sub(held);
+        let ask = (missing * 2).saturating_sub(joining);
+        if ask == 0 {
             return;
         }
         let held_groups: Vec<NetGroup> = self
@@ -586,7 +597,7 @@ impl SuperPeers {
                 // A candidate connected now is certainly there: after a crash, candidates
                 // that went with it would each cost a failed dial.
                 score: score(c, cx.reputation(&c.peer))
-                    + if cx.is_ready(&c.peer) { 0.5 } else { 0.0 },
+                    + if cx.is_ready(&c.peer) { 0.25 } else { 0.0 },
             })
             .collect();
         if available.len() < missing * 2 {
@@ -595,7 +606,7 @@ impl SuperPeers {
         let picked = choose(
             available,
             &held_groups,
-            missing,
+            ask,
             self.config.max_per_group,
             cx.rng,
         );
@@ -709,7 +720,13 @@ impl Protocol for SuperPeers {
                         }
                     }
                     if let Held::Joining(_) = held {
-                        self.chosen.insert(from, Held::Held(now));
+                        if self.held().count() >= self.config.want {
+                            // One of the extra asks: not needed after all.
+                            self.chosen.remove(&from);
+                            cx.send(from, Message::Leave);
+                        } else {
+                            self.chosen.insert(from, Held::Held(now));
+                        }
                     }
                 }
                 // Not (or no longer) wanted.
@@ -764,8 +781,18 @@ impl Protocol for SuperPeers {
         }
         self.check_serving(cx);
         self.check_leaf(cx);
-        // After the checks: what they rotated away from is already replaced.
-        self.next_check = cx.now + self.config.interval;
+        // After the checks: what they rotated away from is already replaced. A `Join` without
+        // an answer is looked at again when it times out.
+        let joining = self
+            .chosen
+            .values()
+            .filter_map(|h| match h {
+                Held::Joining(at) => Some(*at + self.config.join_timeout),
+                Held::Held(_) => None,
+            })
+            .min();
+        let next = cx.now + self.config.interval;
+        self.next_check = joining.map_or(next, |j| j.min(next));
     }
 
     /// Quiet while time alone can change nothing: no peer has dialed in (so it cannot come to
