@@ -1052,18 +1052,22 @@ impl Node {
             || self.superpeers.is_structural(peer)
     }
 
-    /// Dials up to `n` routing-table contacts this node is not connected to, at random: a
-    /// leaf that knows too few super-peers meets more (their `Hello` says whether they serve).
-    fn meet_superpeer_candidates(&mut self, n: usize) {
-        let now = self.now;
-        let contacts: Vec<(PeerId, Vec<SocketAddr>)> = self
-            .kad
+    /// Routing-table contacts this node is not connected to and does not distrust, with their
+    /// addresses: whom it may dial to widen its view.
+    fn dialable_contacts(&self) -> Vec<(PeerId, Vec<SocketAddr>)> {
+        self.kad
             .table()
             .iter()
             .filter(|e| !self.peers.contains_key(&e.contact.peer))
-            .filter(|e| !self.out.reputation.is_distrusted(now, &e.contact.peer))
+            .filter(|e| !self.out.reputation.is_distrusted(self.now, &e.contact.peer))
             .map(|e| (e.contact.peer, e.contact.addrs.to_vec()))
-            .collect();
+            .collect()
+    }
+
+    /// Dials up to `n` routing-table contacts this node is not connected to, at random: a
+    /// leaf that knows too few super-peers meets more (their `Hello` says whether they serve).
+    fn meet_superpeer_candidates(&mut self, n: usize) {
+        let contacts = self.dialable_contacts();
         let picked = crate::random::sample(&mut self.rng, contacts, n);
         self.superpeers.discovery_dialed(picked.len());
         let mut cx = context!(self);
@@ -1113,15 +1117,7 @@ impl Node {
         if want == 0 {
             return;
         }
-        let now = self.now;
-        let candidates: Vec<(PeerId, Vec<SocketAddr>)> = self
-            .kad
-            .table()
-            .iter()
-            .filter(|e| !self.peers.contains_key(&e.contact.peer))
-            .filter(|e| !self.out.reputation.is_distrusted(now, &e.contact.peer))
-            .map(|e| (e.contact.peer, e.contact.addrs.to_vec()))
-            .collect();
+        let candidates = self.dialable_contacts();
         let picked = outbound::pick(
             &groups,
             candidates,
