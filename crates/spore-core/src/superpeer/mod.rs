@@ -701,7 +701,9 @@ impl Protocol for SuperPeers {
                 // Room means the load stays below `overload` with this leaf: a super-peer that
                 // filled up to it would make all its leaves rotate away at once.
                 let after = (self.leaves.len() + 1) * 100 / self.config.max_leaves.max(1);
-                if self.serving && (known || after < usize::from(self.config.overload)) {
+                let room = self.leaves.len() < self.config.max_leaves
+                    && after < usize::from(self.config.overload);
+                if self.serving && (known || room) {
                     self.leaves.entry(from).or_insert(now);
                     self.stats.accepted += u64::from(!known);
                     cx.send(from, Message::Accept { load: self.load() });

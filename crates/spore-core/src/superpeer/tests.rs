@@ -149,6 +149,34 @@ fn too_young_or_too_slow_a_node_does_not_serve() {
 }
 
 #[test]
+fn max_leaves_holds_whatever_the_overload_mark() {
+    let mut h = Harness::new();
+    // An overload mark above 100 % never refuses by load: the count alone must.
+    let mut s = SuperPeers::new(
+        Config {
+            max_leaves: 2,
+            overload: 200,
+            ..config()
+        },
+        Instant::ZERO,
+    );
+    let inbound = |info: &mut PeerInfo| info.direction = Direction::Inbound;
+    for g in 1..=3 {
+        let e = ready(&mut h, peer(g), at(1), addr(g, 1), inbound);
+        h.with(at(1), |cx| s.handle_peer_event(cx, &e));
+    }
+    tick(&mut s, &mut h, at(600));
+    for n in 1..=3 {
+        h.with(at(601), |cx| s.handle_message(cx, peer(n), Message::Join));
+    }
+    assert_eq!(s.leaves().count(), 2);
+    assert!(matches!(
+        sent(&mut h).last(),
+        Some((_, Message::Refuse { .. }))
+    ));
+}
+
+#[test]
 fn a_full_super_peer_refuses_and_tells_its_load() {
     let mut h = Harness::new();
     let mut s = SuperPeers::new(
