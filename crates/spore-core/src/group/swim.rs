@@ -191,8 +191,9 @@ pub struct Swim {
     next_period: Instant,
     periods: u64,
     probe: Option<Probe>,
-    /// `PingReq`s we are serving: our seq → (who asked, their seq).
-    relays: BTreeMap<u64, (PeerId, u64)>,
+    /// `PingReq`s we are serving: our seq → (who asked, their seq, when). An answer later than
+    /// a period is of no use to the asker, so older entries are dropped.
+    relays: BTreeMap<u64, (PeerId, u64, Instant)>,
     seq: u64,
     health: u32,
     /// Updates to piggyback, with how many sends each has left.
@@ -370,7 +371,9 @@ impl Swim {
     /// one of a dead member.
     fn start_period(&mut self, now: Instant, rng: &mut ChaCha20Rng) {
         self.periods += 1;
-        self.next_period = now + self.scaled(self.config.period);
+        let period = self.scaled(self.config.period);
+        self.next_period = now + period;
+        self.relays.retain(|_, (_, _, at)| now < *at + period);
         if self.order.is_empty() {
             self.order = self
                 .members
@@ -504,11 +507,11 @@ impl Swim {
                     return;
                 }
                 let ours = self.next_seq();
-                self.relays.insert(ours, (from, seq));
+                self.relays.insert(ours, (from, seq, now));
                 self.send(target, |updates| Message::Ping { seq: ours, updates });
             }
             Message::Ack { seq, of, .. } => {
-                if let Some((asker, their)) = self.relays.remove(&seq) {
+                if let Some((asker, their, _)) = self.relays.remove(&seq) {
                     self.send(asker, |updates| Message::Ack {
                         seq: their,
                         of,

@@ -304,3 +304,29 @@ fn strangers_and_oversized_updates_are_ignored() {
         Some((_, Message::Ack { seq: 2, .. }))
     ));
 }
+
+#[test]
+fn indirect_probes_that_are_never_answered_do_not_fill_the_relay_table() {
+    let mut s = Swim::new(Config::default(), id(0), &[id(1), id(2)], Instant::ZERO);
+    let mut rng = ChaCha20Rng::from_seed([0; 32]);
+    let ping_req = |seq| Message::PingReq {
+        seq,
+        target: id(2),
+        updates: Vec::new(),
+    };
+    // Member 2 never answers: the table fills, and a further request is not served.
+    for seq in 0..MAX_MEMBERS as u64 {
+        s.handle_message(secs(1), id(1), ping_req(seq));
+    }
+    while s.poll_transmit().is_some() {}
+    s.handle_message(secs(1), id(1), ping_req(1_000));
+    assert!(s.poll_transmit().is_none());
+    // A period later the stale entries are gone and requests are served again.
+    s.handle_timeout(secs(3), &mut rng);
+    while s.poll_transmit().is_some() {}
+    s.handle_message(secs(3), id(1), ping_req(1_001));
+    assert!(matches!(
+        s.poll_transmit(),
+        Some((to, Message::Ping { .. })) if to == id(2)
+    ));
+}
