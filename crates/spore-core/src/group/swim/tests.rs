@@ -125,6 +125,17 @@ impl Group {
         self.members[observer].0.state(&self.ids[of]).unwrap()
     }
 
+    /// When the last member reported an event matching `pred` (each member's first one).
+    fn all_saw(&self, pred: impl Fn(&Event) -> bool) -> Instant {
+        (0..self.members.len())
+            .map(|i| {
+                self.first(|m, e| m == i && pred(e))
+                    .unwrap_or_else(|| panic!("member {i} never saw it"))
+            })
+            .max()
+            .unwrap()
+    }
+
     fn first(&self, pred: impl Fn(usize, &Event) -> bool) -> Option<Instant> {
         self.events
             .iter()
@@ -204,13 +215,7 @@ fn a_three_three_split_is_detected_on_both_sides_and_its_heal_too() {
             assert_eq!(g.state(i, j), State::Dead);
         }
     }
-    let detected = (0..6)
-        .map(|i| {
-            g.first(|m, e| m == i && matches!(e, Event::Partitioned { .. }))
-                .unwrap()
-        })
-        .max()
-        .unwrap();
+    let detected = g.all_saw(|e| matches!(e, Event::Partitioned { .. }));
     println!(
         "3 + 3 split at 10 s: every member saw it by {:.1} s",
         (detected - Instant::ZERO).as_secs_f64()
@@ -233,10 +238,7 @@ fn a_three_three_split_is_detected_on_both_sides_and_its_heal_too() {
             }
         }
     }
-    let healed = (0..6)
-        .map(|i| g.first(|m, e| m == i && *e == Event::Healed).unwrap())
-        .max()
-        .unwrap();
+    let healed = g.all_saw(|e| *e == Event::Healed);
     println!(
         "heal at 70 s: every member saw it by {:.1} s",
         (healed - Instant::ZERO).as_secs_f64()
