@@ -33,6 +33,7 @@
 //! every section; `docs/simulator.md` describes the format field by field.
 
 mod adversary;
+mod draw;
 mod format;
 mod pubsub;
 mod report;

@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
 use spore_core::time::Instant;
 use spore_core::trust::eviction::NetGroup;
 
+use super::draw::sample;
 use super::format::SuperPeerSpec;
 use crate::config::NatType;
 use crate::{NodeIndex, Sim};
@@ -124,24 +125,20 @@ impl SuperPeerRun {
     }
 
     /// Crashes `share` of the super-peers serving now, chosen at random.
-    pub(crate) fn remove(&mut self, sim: &mut Sim, share: f64, rng: &mut impl RngCore) {
-        let mut serving: Vec<NodeIndex> = sim
+    pub(crate) fn remove(&mut self, sim: &mut Sim, share: f64, rng: &mut ChaCha20Rng) {
+        let serving: Vec<NodeIndex> = sim
             .indices()
             .filter(|i| sim.is_online(*i) && sim.node(*i).superpeers().is_serving())
             .collect();
         let n = ((serving.len() as f64) * share).round() as usize;
-        // A partial Fisher-Yates shuffle picks `n` of them.
-        for k in 0..n.min(serving.len()) {
-            let j = k + (rng.next_u64() % (serving.len() - k) as u64) as usize;
-            serving.swap(k, j);
-        }
-        for &i in &serving[..n] {
+        let removed = sample(rng, serving, n);
+        for &i in &removed {
             sim.stop(i, true);
         }
         self.removals.push(Removal {
             at: sim.now(),
             share,
-            removed: n,
+            removed: removed.len(),
             coverage_before: self.last.share,
             coverage_min: self.last.share,
             restored_after: None,

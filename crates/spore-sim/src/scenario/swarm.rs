@@ -23,6 +23,7 @@ use spore_core::swarm::{self, Stats};
 use spore_core::time::Instant;
 
 use super::adversary::{self, FreeRiding};
+use super::draw::{sample, shuffle};
 use super::format::SwarmSpec;
 use crate::blobs::SharedBlob;
 use crate::config::{Bandwidth, NetworkConfig};
@@ -600,27 +601,6 @@ fn apportion(shares: &[f64], n: usize) -> Vec<usize> {
         left -= 1;
     }
     counts
-}
-
-fn index(rng: &mut ChaCha20Rng, n: usize) -> usize {
-    (rng.next_u64() % n as u64) as usize
-}
-
-fn shuffle<T>(rng: &mut ChaCha20Rng, items: &mut [T]) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, index(rng, i + 1));
-    }
-}
-
-/// `n` of `items` chosen uniformly at random.
-fn sample<T>(rng: &mut ChaCha20Rng, mut items: Vec<T>, n: usize) -> Vec<T> {
-    let n = n.min(items.len());
-    for i in 0..n {
-        let j = i + index(rng, items.len() - i);
-        items.swap(i, j);
-    }
-    items.truncate(n);
-    items
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
